@@ -1,0 +1,278 @@
+"""Engine configuration: `config/citywatch.yaml`, validated with pydantic, overridden by the environment.
+
+Secrets (passwords, tokens) are never read from the YAML file: only from the environment
+variables listed in `ENV_OVERRIDES`, so a committed config cannot leak them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a number or a string such as "500ms", "30s", "5m", "2h", "1d"."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or a string like '30s'")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return float(value)
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match:
+            return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    raise ValueError(f"not a duration: {value!r} (use seconds or a string like '30s', '5m', '2h')")
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class MqttConfig(StrictModel):
+    url: str = "mqtt://127.0.0.1:1883"
+    client_id: str = "citywatch-engine"
+    protocol: Literal["3.1.1", "5"] = "5"
+    topic: str = "city/{domain}/{sensor}/telemetry"
+    qos: Literal[0, 1] = 1
+    persistent_session: bool = True
+    session_expiry: Duration = 86400.0
+    # MQTT 5: how many unacknowledged QoS 1 messages the broker may send us. For MQTT 3.1.1 the
+    # broker's own max_inflight_messages applies instead (mosquitto default 20: raise it).
+    receive_maximum: int = Field(default=10000, ge=1, le=65535)
+    keepalive: int = Field(default=30, ge=5)
+    reconnect_min_delay: Duration = 0.5
+    reconnect_max_delay: Duration = 30.0
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_insecure: bool = False
+    alert_topic: str = "city/alerts/{domain}/{sensor}"
+    deadletter_topic: str = "city/deadletter/{domain}/{sensor}"
+    username: str | None = None
+    password: SecretStr | None = Field(default=None, exclude=True)
+
+    @property
+    def scheme(self) -> str:
+        return urlsplit(self.url).scheme
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.url)
+        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+
+    @property
+    def use_tls(self) -> bool:
+        return self.scheme == "mqtts"
+
+    @model_validator(mode="after")
+    def _check(self) -> "MqttConfig":
+        if self.scheme not in ("mqtt", "mqtts"):
+            raise ValueError(f"mqtt.url must start with mqtt:// or mqtts://, got {self.url!r}")
+        for name in ("domain", "sensor"):
+            if "{" + name + "}" not in self.topic:
+                raise ValueError(f"mqtt.topic must contain the segment {{{name}}}: {self.topic!r}")
+        return self
+
+
+class InfluxConfig(StrictModel):
+    url: str = "http://127.0.0.1:8086"
+    database: str = "citywatch"
+    retention_policy: str | None = None
+    create_database: bool = True
+    timeout: Duration = 10.0
+    gzip: bool = True
+    verify_tls: bool = True
+    ca_file: str | None = None
+    username: str | None = None
+    password: SecretStr | None = Field(default=None, exclude=True)
+    token: SecretStr | None = Field(default=None, exclude=True)
+
+
+class BatchingConfig(StrictModel):
+    # A micro-batch is flushed when it holds max_readings, or when its oldest message is max_age old.
+    max_readings: int = Field(default=5000, ge=1)
+    max_age: Duration = 0.5
+    # InfluxDB writes: points per HTTP request and requests in flight.
+    write_batch_points: int = Field(default=5000, ge=1)
+    concurrent_writes: int = Field(default=2, ge=1, le=16)
+    write_retries: int = Field(default=3, ge=0)
+    retry_backoff: Duration = 0.2
+    retry_backoff_max: Duration = 5.0
+
+
+class SpoolConfig(StrictModel):
+    directory: str = ".citywatch/spool"
+    max_bytes: int = Field(default=1 << 30, ge=1 << 16)
+    # What happens when the spool is full: "block" stops acknowledging MQTT messages (the broker keeps
+    # them); "drop_oldest" deletes the oldest spooled segment, counting the readings lost.
+    when_full: Literal["block", "drop_oldest"] = "block"
+    fsync: bool = True
+    replay_interval: Duration = 1.0
+
+
+class ValidationConfig(StrictModel):
+    unknown_sensor: Literal["reject", "auto_register"] = "reject"
+    unknown_metric: Literal["reject", "accept"] = "reject"
+    max_future_skew: Duration = 300.0
+    max_age: Duration = 30 * 86400.0
+    max_payload_bytes: int = Field(default=256 * 1024, ge=64)
+    deadletter_file: str | None = ".citywatch/deadletter.jsonl"
+    log_every: Duration = 10.0
+
+
+class ThresholdRule(StrictModel):
+    """warn/crit with their reset levels (hysteresis) and a for-duration, like Kapacitor's warn/warnReset."""
+
+    metric: str
+    domain: str | None = None
+    direction: Literal["above", "below"] = "above"
+    warn: float | None = None
+    warn_reset: float | None = None
+    crit: float | None = None
+    crit_reset: float | None = None
+    for_: Duration = Field(default=0.0, alias="for")
+    source: str | None = None
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _check(self) -> "ThresholdRule":
+        if self.warn is None and self.crit is None:
+            raise ValueError("a threshold rule needs warn or crit")
+        sign = 1 if self.direction == "above" else -1
+        for level, reset in (("warn", "warn_reset"), ("crit", "crit_reset")):
+            lv, rv = getattr(self, level), getattr(self, reset)
+            if lv is not None and rv is not None and sign * (rv - lv) > 0:
+                raise ValueError(f"{reset} ({rv}) must not be beyond {level} ({lv}) for direction {self.direction}")
+        if self.warn is not None and self.crit is not None and sign * (self.warn - self.crit) > 0:
+            raise ValueError(f"warn ({self.warn}) must come before crit ({self.crit}) for direction {self.direction}")
+        return self
+
+
+class DetectorsConfig(StrictModel):
+    physical_range: bool = True
+    thresholds: list[ThresholdRule] = Field(default_factory=list)
+    # Which detector results become points in the `scores` measurement: every scored reading,
+    # only readings whose level is not ok, or none.
+    write_scores: Literal["all", "nonzero", "none"] = "all"
+    state_file: str | None = ".citywatch/detector-state.npz"
+    snapshot_interval: Duration = 60.0
+
+
+class AlertsConfig(StrictModel):
+    mqtt: bool = True
+    influxdb: bool = True
+
+
+class DemoConfig(StrictModel):
+    work_dir: str = ".citywatch/demo"
+    speedup: float = Field(default=60.0, gt=0)
+
+
+class Settings(StrictModel):
+    registry: str = "sensors/bienhoa.yaml"
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    influxdb: InfluxConfig = Field(default_factory=InfluxConfig)
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    spool: SpoolConfig = Field(default_factory=SpoolConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    detectors: DetectorsConfig = Field(default_factory=DetectorsConfig)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    demo: DemoConfig = Field(default_factory=DemoConfig)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Directory the config was loaded from; relative paths in the config are resolved against it.
+    base_dir: Path = Field(default=Path("."), exclude=True)
+
+    def resolve(self, path: str | os.PathLike[str]) -> Path:
+        p = Path(path)
+        return p if p.is_absolute() else (self.base_dir / p)
+
+
+class ConfigError(Exception):
+    """A config or registry file is invalid: the message names the file, the key path and the reason."""
+
+
+ENV_OVERRIDES: dict[str, tuple[str, str]] = {
+    "CITYWATCH_MQTT_URL": ("mqtt", "url"),
+    "CITYWATCH_MQTT_USERNAME": ("mqtt", "username"),
+    "CITYWATCH_MQTT_PASSWORD": ("mqtt", "password"),
+    "CITYWATCH_INFLUX_URL": ("influxdb", "url"),
+    "CITYWATCH_INFLUX_DB": ("influxdb", "database"),
+    "CITYWATCH_INFLUX_TOKEN": ("influxdb", "token"),
+    "CITYWATCH_INFLUX_USERNAME": ("influxdb", "username"),
+    "CITYWATCH_INFLUX_PASSWORD": ("influxdb", "password"),
+}
+_SECRET_KEYS = {("mqtt", "password"), ("influxdb", "password"), ("influxdb", "token")}
+
+
+def format_validation_error(source: str, err: ValidationError) -> str:
+    lines = [f"{source}: {err.error_count()} error(s)"]
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        lines.append(f"  {source}: {path}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def read_yaml(path: Path) -> Any:
+    try:
+        with path.open("rb") as fh:
+            return yaml.safe_load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+
+
+def default_config_path() -> Path:
+    """`$CITYWATCH_CONFIG`, else ./config/citywatch.yaml, else the copy shipped in the package."""
+    env = os.environ.get("CITYWATCH_CONFIG")
+    if env:
+        return Path(env)
+    local = Path("config/citywatch.yaml")
+    if local.exists():
+        return local
+    return Path(str(resources.files("citywatch.config").joinpath("citywatch.yaml")))
+
+
+def load_settings(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None) -> Settings:
+    path = Path(path) if path is not None else default_config_path()
+    env = dict(os.environ) if env is None else env
+    raw = read_yaml(path) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    for section, key in _SECRET_KEYS:
+        if isinstance(raw.get(section), dict) and raw[section].get(key):
+            raise ConfigError(
+                f"{path}: {section}.{key}: secrets are not read from files; "
+                f"set {next(k for k, v in ENV_OVERRIDES.items() if v == (section, key))} instead"
+            )
+    for var, (section, key) in ENV_OVERRIDES.items():
+        if env.get(var):
+            raw.setdefault(section, {})
+            if not isinstance(raw[section], dict):
+                raise ConfigError(f"{path}: {section}: must be a mapping")
+            raw[section][key] = env[var]
+    try:
+        settings = Settings.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(str(path), err)) from None
+    settings.base_dir = path.resolve().parent
+    return settings

@@ -1,0 +1,116 @@
+"""The detector contract.
+
+A detector is stateful per series (sensor x metric) and processes a whole micro-batch at once with
+NumPy: no Python loop per reading. Its state lives in arrays indexed by the dense series id of
+`SeriesIndex`; the arrays grow as sensors appear. `snapshot()`/`restore()` carry the state across
+restarts, keyed by (sensor, metric) so that series ids may differ between runs.
+
+The batch a detector receives is sorted by (series, event time). Readings flagged LATE or DUPLICATE
+(see `citywatch.batch`) must not move the state: event time only goes forward per series.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from citywatch.batch import FLAG_DUPLICATE, FLAG_LATE, ReadingBatch
+from citywatch.registry import SeriesIndex
+
+LEVEL_NOT_EVALUATED = -1
+LEVEL_OK = 0
+LEVEL_WARNING = 1
+LEVEL_CRITICAL = 2
+LEVEL_NAMES = {LEVEL_NOT_EVALUATED: "not_evaluated", LEVEL_OK: "ok", LEVEL_WARNING: "warning", LEVEL_CRITICAL: "critical"}
+
+
+@dataclass(slots=True)
+class DetectorOutput:
+    """Per-reading results, aligned with the batch the detector processed."""
+
+    score: np.ndarray  # float64 in [0, 1]; NaN where not evaluated
+    level: np.ndarray  # int8: LEVEL_*
+    reason: np.ndarray  # int16: index into the detector's `reasons`; 0 means "ok"
+    threshold: np.ndarray  # float64: the limit the reading was compared with (NaN if none)
+
+    @classmethod
+    def not_evaluated(cls, n: int) -> "DetectorOutput":
+        return cls(np.full(n, np.nan), np.full(n, LEVEL_NOT_EVALUATED, np.int8), np.zeros(n, np.int16), np.full(n, np.nan))
+
+
+class Detector(ABC):
+    """Base class: state arrays that grow with the series index, snapshot and restore.
+
+    Subclasses declare `state_fields` (name -> (dtype, fill value)) and implement `_process`.
+    """
+
+    name: ClassVar[str]
+    reasons: ClassVar[tuple[str, ...]] = ("ok",)
+    state_fields: ClassVar[dict[str, tuple[type | str, object]]] = {}
+
+    def __init__(self, series: SeriesIndex) -> None:
+        self.series = series
+        self.state: dict[str, np.ndarray] = {
+            k: np.full(0, fill, dtype=dtype) for k, (dtype, fill) in self.state_fields.items()
+        }
+        self._capacity = 0
+        self._n = 0
+
+    def _grow(self) -> None:
+        n = len(self.series)
+        if n > self._capacity:
+            capacity = max(n, 2 * self._capacity, 64)
+            for k, (dtype, fill) in self.state_fields.items():
+                arr = np.full(capacity, fill, dtype=dtype)
+                arr[: self._capacity] = self.state[k]
+                self.state[k] = arr
+            self._capacity = capacity
+        if n > self._n:
+            self._on_new_series(self._n, n)
+            self._n = n
+
+    def _on_new_series(self, start: int, stop: int) -> None:
+        """Hook: series ids [start, stop) have just appeared (e.g. to look up their parameters)."""
+
+    def process(self, batch: ReadingBatch) -> DetectorOutput:
+        self._grow()
+        if len(batch) == 0:
+            return DetectorOutput.not_evaluated(0)
+        return self._process(batch)
+
+    @abstractmethod
+    def _process(self, batch: ReadingBatch) -> DetectorOutput: ...
+
+    @staticmethod
+    def in_order(batch: ReadingBatch) -> np.ndarray:
+        """Readings that may move per-series state (not late, not duplicate)."""
+        return (batch.flags & (FLAG_LATE | FLAG_DUPLICATE)) == 0
+
+    def snapshot(self) -> dict[str, np.ndarray]:
+        n = len(self.series)
+        self._grow()
+        snap = {k: v[:n].copy() for k, v in self.state.items()}
+        snap["__sensor"] = np.asarray(self.series.sensor_ids[:n], dtype=str)
+        snap["__metric"] = np.asarray(self.series.metrics[:n], dtype=str)
+        return snap
+
+    def restore(self, snap: dict[str, np.ndarray]) -> None:
+        """Load a snapshot; series unknown to the current registry are dropped."""
+        self._grow()
+        sensors, metrics = snap["__sensor"], snap["__metric"]
+        src, dst = [], []
+        for i, (s, m) in enumerate(zip(sensors.tolist(), metrics.tolist())):
+            sid = self.series.get(s, m)
+            if sid is not None:
+                src.append(i)
+                dst.append(sid)
+        src_idx, dst_idx = np.asarray(src, dtype=np.int64), np.asarray(dst, dtype=np.int64)
+        for k in self.state_fields:
+            if k in snap:
+                self.state[k][dst_idx] = snap[k][src_idx]
+
+    def reason_names(self, codes: np.ndarray) -> np.ndarray:
+        return np.asarray(self.reasons, dtype=object)[codes]
