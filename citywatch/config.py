@@ -54,7 +54,7 @@ class MqttConfig(StrictModel):
     # broker's own max_inflight_messages applies instead (mosquitto default 20: raise it).
     receive_maximum: int = Field(default=10000, ge=1, le=65535)
     keepalive: int = Field(default=30, ge=5)
-    reconnect_min_delay: Duration = 0.5
+    reconnect_min_delay: Duration = 1.0
     reconnect_max_delay: Duration = 30.0
     tls_ca_file: str | None = None
     tls_cert_file: str | None = None
@@ -119,7 +119,7 @@ class BatchingConfig(StrictModel):
 
 
 class SpoolConfig(StrictModel):
-    directory: str = ".citywatch/spool"
+    directory: str = "spool"
     max_bytes: int = Field(default=1 << 30, ge=1 << 16)
     # What happens when the spool is full: "block" stops acknowledging MQTT messages (the broker keeps
     # them); "drop_oldest" deletes the oldest spooled segment, counting the readings lost.
@@ -134,7 +134,7 @@ class ValidationConfig(StrictModel):
     max_future_skew: Duration = 300.0
     max_age: Duration = 30 * 86400.0
     max_payload_bytes: int = Field(default=256 * 1024, ge=64)
-    deadletter_file: str | None = ".citywatch/deadletter.jsonl"
+    deadletter_file: str | None = "deadletter.jsonl"
     log_every: Duration = 10.0
 
 
@@ -173,18 +173,13 @@ class DetectorsConfig(StrictModel):
     # Which detector results become points in the `scores` measurement: every scored reading,
     # only readings whose level is not ok, or none.
     write_scores: Literal["all", "nonzero", "none"] = "all"
-    state_file: str | None = ".citywatch/detector-state.npz"
+    state_file: str | None = "detector-state.npz"
     snapshot_interval: Duration = 60.0
 
 
 class AlertsConfig(StrictModel):
     mqtt: bool = True
     influxdb: bool = True
-
-
-class DemoConfig(StrictModel):
-    work_dir: str = ".citywatch/demo"
-    speedup: float = Field(default=60.0, gt=0)
 
 
 class Settings(StrictModel):
@@ -196,14 +191,21 @@ class Settings(StrictModel):
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     detectors: DetectorsConfig = Field(default_factory=DetectorsConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
-    demo: DemoConfig = Field(default_factory=DemoConfig)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Where the engine keeps its spool, detector state and dead letters (relative to the working dir).
+    data_dir: str = ".citywatch"
     # Directory the config was loaded from; relative paths in the config are resolved against it.
     base_dir: Path = Field(default=Path("."), exclude=True)
 
     def resolve(self, path: str | os.PathLike[str]) -> Path:
+        """A path from the config file (the registry), relative to the config file's directory."""
         p = Path(path)
         return p if p.is_absolute() else (self.base_dir / p)
+
+    def data_path(self, path: str | os.PathLike[str]) -> Path:
+        """A path of the engine's own data (spool, state, dead letters), relative to `data_dir`."""
+        p = Path(path)
+        return p if p.is_absolute() else (Path(self.data_dir) / p)
 
 
 class ConfigError(Exception):

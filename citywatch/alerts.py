@@ -1,0 +1,116 @@
+"""Minimal alerts: a change of a detector's level for a series (ok -> warning -> critical -> ok).
+
+The previous level of every (detector, series) lives in one int8 array per detector, so finding the
+transitions of a whole micro-batch is a vectorised comparison; only the (rare) transitions become
+Python objects. A reading that keeps the level raises nothing: no repeats.
+
+The alert's time is the reading's event time, not the time it arrived.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import numpy as np
+import orjson
+
+from citywatch.batch import ReadingBatch
+from citywatch.detectors.base import LEVEL_NAMES, LEVEL_OK, Detector, DetectorOutput
+from citywatch.registry import SeriesIndex
+
+
+@dataclass(slots=True)
+class AlertEvent:
+    sensor: str
+    domain: str
+    area: str
+    metric: str
+    detector: str
+    level: str
+    previous_level: str
+    value: float
+    threshold: float | None
+    score: float | None
+    ts_ns: int
+    reason: str
+
+    @property
+    def reading_time(self) -> str:
+        return datetime.fromtimestamp(self.ts_ns / 1e9, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+    def to_json(self) -> bytes:
+        return orjson.dumps({
+            "sensor": self.sensor, "domain": self.domain, "area": self.area, "metric": self.metric,
+            "detector": self.detector, "level": self.level, "previous_level": self.previous_level,
+            "value": self.value, "threshold": self.threshold, "score": self.score,
+            "reading_time": self.reading_time, "ts": self.ts_ns // 1_000_000, "reason": self.reason,
+        })
+
+
+class AlertTracker:
+    def __init__(self, series: SeriesIndex, detectors: list[Detector]) -> None:
+        self.series = series
+        self.detectors = detectors
+        self.previous = {d.name: np.zeros(0, np.int8) for d in detectors}
+
+    def _grow(self) -> None:
+        n = len(self.series)
+        for name, arr in self.previous.items():
+            if len(arr) < n:
+                grown = np.full(max(n, 2 * len(arr), 64), LEVEL_OK, np.int8)
+                grown[: len(arr)] = arr
+                self.previous[name] = grown
+
+    def update(self, batch: ReadingBatch, outputs: list[DetectorOutput]) -> list[AlertEvent]:
+        """Transitions in a (series, ts)-sorted batch; the new levels become the carried state."""
+        self._grow()
+        events: list[AlertEvent] = []
+        for det, out in zip(self.detectors, outputs):
+            evaluated = np.flatnonzero(out.level >= 0)
+            if len(evaluated) == 0:
+                continue
+            series = batch.series[evaluated]
+            level = out.level[evaluated]
+            prev_state = self.previous[det.name]
+            first = np.ones(len(series), bool)
+            first[1:] = series[1:] != series[:-1]
+            last = np.ones(len(series), bool)
+            last[:-1] = first[1:]
+            prev = np.empty_like(level)
+            prev[1:] = level[:-1]
+            prev[first] = prev_state[series[first]]
+            changed = np.flatnonzero(level != prev)
+            prev_state[series[last]] = level[last]
+            for j in changed.tolist():
+                row = int(evaluated[j])
+                sid = int(series[j])
+                thr = float(out.threshold[row])
+                score = float(out.score[row])
+                events.append(AlertEvent(
+                    sensor=self.series.sensor_ids[sid], domain=self.series.domains[sid], area=self.series.areas[sid],
+                    metric=self.series.metrics[sid], detector=det.name,
+                    level=LEVEL_NAMES[int(level[j])], previous_level=LEVEL_NAMES[int(prev[j])],
+                    value=float(batch.value[row]), threshold=None if np.isnan(thr) else thr,
+                    score=None if np.isnan(score) else score, ts_ns=int(batch.ts[row]),
+                    reason=det.reasons[int(out.reason[row])],
+                ))
+        return events
+
+    def snapshot(self) -> dict[str, np.ndarray]:
+        n = len(self.series)
+        self._grow()
+        snap = {f"{name}": arr[:n].copy() for name, arr in self.previous.items()}
+        snap["__sensor"] = np.asarray(self.series.sensor_ids[:n], dtype=str)
+        snap["__metric"] = np.asarray(self.series.metrics[:n], dtype=str)
+        return snap
+
+    def restore(self, snap: dict[str, np.ndarray]) -> None:
+        self._grow()
+        for i, (s, m) in enumerate(zip(snap["__sensor"].tolist(), snap["__metric"].tolist())):
+            sid = self.series.get(s, m)
+            if sid is None:
+                continue
+            for name, arr in self.previous.items():
+                if name in snap:
+                    arr[sid] = snap[name][i]

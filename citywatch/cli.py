@@ -1,0 +1,164 @@
+"""The `citywatch` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import structlog
+
+from citywatch import __version__
+from citywatch.config import ConfigError, Settings, default_config_path, load_settings
+from citywatch.registry import DOMAINS, Registry
+
+
+def setup_logging(level: str = "info", json_logs: bool = False, file: Path | None = None) -> None:
+    """Structured logs (structlog) to stderr, or to a file (the demo keeps the terminal for its status)."""
+    lvl = getattr(logging, level.upper())
+    renderer = structlog.processors.JSONRenderer() if json_logs or file else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    out = file.open("a") if file else sys.stderr
+    structlog.configure(
+        processors=[structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso", utc=True),
+                    structlog.processors.format_exc_info, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(lvl),
+        logger_factory=structlog.PrintLoggerFactory(out),
+        cache_logger_on_first_use=False,
+    )
+
+
+def _add_config_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", type=Path, default=None,
+                   help="config file (default: $CITYWATCH_CONFIG, ./config/citywatch.yaml, or the packaged sample)")
+
+
+def _load(args) -> tuple[Settings, Registry]:
+    settings = load_settings(args.config)
+    registry = Registry.load(settings.resolve(settings.registry))
+    return settings, registry
+
+
+def cmd_check_config(args) -> int:
+    settings, registry = _load(args)
+    path = args.config or default_config_path()
+    by_domain = {d: len(registry.by_domain(d)) for d in DOMAINS}
+    print(f"{path}: ok")
+    print(f"{registry.source}: ok, {len(registry.sensors)} sensors ({', '.join(f'{d} {n}' for d, n in by_domain.items())})")
+    print(f"mqtt {settings.mqtt.url} topic {settings.mqtt.topic}; influxdb {settings.influxdb.url} db {settings.influxdb.database}")
+    print(f"detectors: physical_range={'on' if settings.detectors.physical_range else 'off'}, "
+          f"{len(settings.detectors.thresholds)} threshold rules")
+    return 0
+
+
+def cmd_sensors_list(args) -> int:
+    _, registry = _load(args)
+    sensors = registry.by_domain(args.domain)
+    if args.format == "json":
+        rows = [s.model_dump(mode="json", exclude={"auto_registered", "profile"}) for s in sensors]
+        json.dump(rows, sys.stdout, ensure_ascii=False, indent=2)
+        print()
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{len(sensors)} sensors" + (f" ({args.domain})" if args.domain else ""))
+    for col in ("id", "domain", "area", "name", "lat", "lon", "interval", "metrics"):
+        table.add_column(col)
+    for s in sensors:
+        table.add_row(s.id, s.domain, s.area, s.name or "", f"{s.lat:.5f}", f"{s.lon:.5f}", f"{s.interval:g}s",
+                      ", ".join(f"{m} [{spec.unit}]" for m, spec in s.metrics.items()))
+    Console(width=max(160, Console().width)).print(table)
+    return 0
+
+
+def cmd_run(args) -> int:
+    from citywatch.pipeline import Engine
+
+    settings, registry = _load(args)
+    setup_logging(settings.log_level, json_logs=args.json_logs)
+    engine = Engine(settings, registry)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    engine.start()
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        engine.stop()
+    return 0
+
+
+def cmd_simulate(args) -> int:
+    from citywatch import simulator
+
+    return simulator.run(args)
+
+
+def cmd_demo(args) -> int:
+    from citywatch import demo
+
+    return demo.run(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="citywatch",
+        description="Streaming engine for a city's environmental operations centre: "
+                    "MQTT readings -> vectorised detectors -> alerts -> InfluxDB.")
+    parser.add_argument("--version", action="version", version=f"citywatch {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run the engine until SIGTERM/Ctrl-C (flushes everything on stop)",
+                       description="Subscribe to MQTT, detect, alert and write to InfluxDB until SIGTERM or Ctrl-C.")
+    _add_config_arg(p)
+    p.add_argument("--json-logs", action="store_true", help="log JSON lines instead of console text")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("check-config", help="validate the config file and the sensor registry",
+                       description="Validate the config and the sensor registry; errors name file, key path and reason.")
+    _add_config_arg(p)
+    p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("sensors", help="inspect the sensor registry", description="Inspect the sensor registry.")
+    ssub = p.add_subparsers(dest="sensors_command", required=True, metavar="SUBCOMMAND")
+    pl = ssub.add_parser("list", help="list sensors", description="List the registry's sensors.")
+    _add_config_arg(pl)
+    pl.add_argument("--domain", choices=DOMAINS, help="only sensors of this domain")
+    pl.add_argument("--format", choices=("table", "json"), default="table", help="output format (default: table)")
+    pl.set_defaults(func=cmd_sensors_list)
+
+    p = sub.add_parser("simulate", help="publish simulated Biên Hòa sensor readings over MQTT",
+                       description="Publish realistic simulated readings (with optional labelled faults) over MQTT.")
+    from citywatch import simulator
+
+    simulator.add_arguments(p)
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("demo", help="live demo: local broker + InfluxDB + simulator + engine, with a status view",
+                       description="Start private Mosquitto and InfluxDB instances on free loopback ports, run the "
+                                   "simulator and the engine, and show live status until Ctrl-C.")
+    from citywatch import demo
+
+    demo.add_arguments(p)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"citywatch: invalid configuration\n{exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,366 @@
+"""The engine: MQTT micro-batches -> validation -> detectors -> alerts -> InfluxDB (or the disk spool).
+
+One pipeline thread turns inbound messages into columnar micro-batches (flushed by size or age),
+runs every detector on the whole batch, and hands the encoded points to a small pool of writer
+threads. Acknowledgements go back to the broker strictly in arrival order and only once a batch's
+points are in InfluxDB or in the spool: that is the at-least-once guarantee. Alerts of a batch are
+published after its points are stored, so an alert never refers to a reading that could be lost.
+
+Event time: each series has a watermark, the newest event time it has processed. Readings at or
+before it are LATE (a resend, or a backlog older than what was seen): they are stored - data is
+never dropped for being late - but they do not move detector state or raise alerts.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import orjson
+import structlog
+
+from citywatch.alerts import AlertEvent, AlertTracker
+from citywatch.batch import FLAG_DUPLICATE, FLAG_LATE, ReadingBatch
+from citywatch.config import Settings
+from citywatch.detectors import build_detectors
+from citywatch.detectors.base import LEVEL_CRITICAL, LEVEL_NAMES, DetectorOutput
+from citywatch.ingest.mqtt import InboundMessage, MqttConsumer
+from citywatch.ingest.topics import TopicPattern
+from citywatch.ingest.validate import Rejection, Validator
+from citywatch.registry import Registry, SeriesIndex
+from citywatch.sinks.influxdb import InfluxWriter
+from citywatch.sinks.line_protocol import encode_line, escape_tag, series_prefix
+from citywatch.sinks.spool import Spool
+from citywatch.stats import RateLimitedLog, Stats
+
+INT64_MIN = np.iinfo(np.int64).min
+
+
+@dataclass
+class _Pending:
+    """A batch on its way to storage: acknowledged and announced when `future` is done."""
+
+    future: Future
+    messages: list[InboundMessage]
+    alerts: list[AlertEvent]
+    readings: int
+    first_arrival_ns: int
+
+
+@dataclass
+class Watermarks:
+    """Newest processed event time per series."""
+
+    ts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    def grow(self, n: int) -> None:
+        if len(self.ts) < n:
+            grown = np.full(max(n, 2 * len(self.ts), 64), INT64_MIN, np.int64)
+            grown[: len(self.ts)] = self.ts
+            self.ts = grown
+
+    def mark(self, batch: ReadingBatch) -> None:
+        """Flag LATE and DUPLICATE readings of a sorted batch, then advance the watermarks."""
+        if len(batch) == 0:
+            return
+        same_as_prev = np.zeros(len(batch), bool)
+        same_as_prev[1:] = (batch.series[1:] == batch.series[:-1]) & (batch.ts[1:] == batch.ts[:-1])
+        batch.flags[same_as_prev] |= FLAG_DUPLICATE
+        batch.flags[batch.ts <= self.ts[batch.series]] |= FLAG_LATE
+        last = batch.is_last
+        s = batch.series[last]
+        self.ts[s] = np.maximum(self.ts[s], batch.ts[last])
+
+
+class PointEncoder:
+    """Line protocol for readings, scores and alerts, with the per-series prefix cached."""
+
+    def __init__(self, series: SeriesIndex) -> None:
+        self.series = series
+        self._reading_prefix: list[str] = []
+        self._score_prefix: list[str] = []
+
+    def _grow(self) -> None:
+        s = self.series
+        for sid in range(len(self._reading_prefix), len(s)):
+            tags = {"sensor": s.sensor_ids[sid], "area": s.areas[sid]}
+            self._reading_prefix.append(series_prefix(s.domains[sid], tags) + " " + escape_tag(s.metrics[sid]) + "=")
+            self._score_prefix.append(
+                series_prefix("scores", {**tags, "domain": s.domains[sid], "metric": s.metrics[sid]}) + " ")
+
+    def readings(self, batch: ReadingBatch) -> list[str]:
+        self._grow()
+        prefix = self._reading_prefix
+        return [f"{prefix[s]}{v!r} {t}" for s, v, t in zip(batch.series.tolist(), batch.value.tolist(), batch.ts.tolist())]
+
+    def scores(self, batch: ReadingBatch, names: list[str], outputs: list[DetectorOutput], mode: str) -> list[str]:
+        if mode == "none" or not outputs:
+            return []
+        self._grow()
+        levels = np.stack([o.level for o in outputs])
+        scores = np.stack([o.score for o in outputs])
+        evaluated = (levels >= 0).any(axis=0)
+        level = levels.max(axis=0)
+        score = np.nan_to_num(np.nanmax(np.where(levels >= 0, scores, np.nan), axis=0, initial=-1.0), nan=0.0)
+        keep = evaluated if mode == "all" else evaluated & (level > 0)
+        rows = np.flatnonzero(keep)
+        if len(rows) == 0:
+            return []
+        prefix = self._score_prefix
+        per_det = [
+            [f",{n}_level={lv}i" if lv >= 0 else "" for lv in o.level[rows].tolist()] for n, o in zip(names, outputs)
+        ]
+        extra = ["".join(parts) for parts in zip(*per_det)]
+        return [
+            f"{prefix[s]}score={sc!r},level={lv}i{ex} {t}"
+            for s, sc, lv, ex, t in zip(batch.series[rows].tolist(), np.maximum(score[rows], 0.0).tolist(),
+                                        level[rows].tolist(), extra, batch.ts[rows].tolist())
+        ]
+
+    @staticmethod
+    def alert(a: AlertEvent) -> str:
+        fields: dict[str, object] = {"value": a.value, "reason": a.reason, "previous_level": a.previous_level,
+                                     "level_code": {v: k for k, v in LEVEL_NAMES.items()}[a.level]}
+        if a.threshold is not None:
+            fields["threshold"] = a.threshold
+        if a.score is not None:
+            fields["score"] = a.score
+        tags = {"sensor": a.sensor, "domain": a.domain, "area": a.area, "metric": a.metric,
+                "detector": a.detector, "level": a.level}
+        return encode_line("alerts", tags, fields, a.ts_ns)
+
+
+class Engine:
+    def __init__(self, settings: Settings, registry: Registry | None = None, logger=None) -> None:
+        self.settings = settings
+        self.log = logger or structlog.get_logger("citywatch.engine")
+        self.registry = registry or Registry.load(settings.resolve(settings.registry))
+        self.stats = Stats()
+        self.series = SeriesIndex(self.registry)
+        self.series.add_registry()
+        self.topic = TopicPattern(settings.mqtt.topic)
+        self.alert_topic = TopicPattern(settings.mqtt.alert_topic)
+        self.deadletter_topic = TopicPattern(settings.mqtt.deadletter_topic)
+        self.validator = Validator(self.registry, self.series, settings.validation, self.topic, self.stats)
+        self.detectors = build_detectors(self.series, settings.detectors)
+        self.alerts = AlertTracker(self.series, self.detectors)
+        self.watermarks = Watermarks()
+        self.encoder = PointEncoder(self.series)
+        self.spool = Spool(settings.data_path(settings.spool.directory), settings.spool.max_bytes,
+                           settings.spool.when_full, settings.spool.fsync, self.stats)
+        self.writer = InfluxWriter(settings.influxdb, settings.batching, self.spool, self.stats,
+                                   logger=self.log, on_rejected=self._on_rejected_points)
+        self.consumer = MqttConsumer(settings.mqtt, self.topic.subscription, self.stats, logger=self.log)
+        self._pool = ThreadPoolExecutor(settings.batching.concurrent_writes, thread_name_prefix="citywatch-write")
+        self._pending: deque[_Pending] = deque()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._bad_input_log = RateLimitedLog(self.log, settings.validation.log_every)
+        self._deadletter_file = (settings.data_path(settings.validation.deadletter_file)
+                                 if settings.validation.deadletter_file else None)
+        self._state_file = settings.data_path(settings.detectors.state_file) if settings.detectors.state_file else None
+        self._last_snapshot = time.monotonic()
+        self._last_health = time.monotonic()
+        self.latencies_ns: deque[int] = deque(maxlen=200_000)
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.load_state()
+        self.writer.ensure_database()
+        self.writer.start()
+        self.consumer.start()
+        self._thread = threading.Thread(target=self._run, name="citywatch-pipeline", daemon=True)
+        self._thread.start()
+        self.log.info("engine started", sensors=len(self.registry.sensors), series=len(self.series),
+                      subscription=self.topic.subscription, influx=self.settings.influxdb.url)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Flush everything: process what arrived, store it, acknowledge it, save state, disconnect."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self.consumer.stop()
+        self._pool.shutdown(wait=True)
+        self.writer.close(timeout)
+        self.log.info("engine stopped", **{k: v for k, v in self.stats.snapshot().items() if k.startswith("readings")})
+
+    def run_forever(self) -> None:
+        self.start()
+        try:
+            while not self._stop.is_set():
+                time.sleep(0.2)
+        finally:
+            self.stop()
+
+    # -- the pipeline thread -----------------------------------------------------------------------
+    def _run(self) -> None:
+        b = self.settings.batching
+        try:
+            while not self._stop.is_set():
+                self.consumer.has_messages.wait(0.05)
+                self._complete(block=False)
+                inbox = self.consumer.inbox
+                if inbox:
+                    age = (time.time_ns() - inbox[0].arrival_ns) / 1e9
+                    if len(inbox) >= b.max_readings or age >= b.max_age:
+                        self.process(self.consumer.drain(b.max_readings))
+                self._periodic()
+            while self.consumer.inbox:
+                self.process(self.consumer.drain(b.max_readings))
+            self._complete(block=True)
+            self.save_state()
+        except Exception:
+            self.log.exception("pipeline thread crashed")
+            raise
+
+    def process(self, messages: list[InboundMessage]) -> None:
+        if not messages:
+            return
+        batch, rejections = self.validator.validate([(m.topic, m.payload, m.arrival_ns) for m in messages])
+        self._dead_letter(rejections)
+        batch = batch.sorted_by_series_time()
+        self.watermarks.grow(len(self.series))
+        self.watermarks.mark(batch)
+        outputs = self._detect(batch)
+        events = self.alerts.update(batch, outputs)
+        lines = self.encoder.readings(batch)
+        lines += self.encoder.scores(batch, [d.name for d in self.detectors], outputs, self.settings.detectors.write_scores)
+        if self.settings.alerts.influxdb:
+            lines += [self.encoder.alert(a) for a in events]
+        self.stats.inc("batches")
+        future = self._pool.submit(self.writer.write, lines) if lines else _done()
+        self._pending.append(_Pending(future, messages, events, len(batch), messages[0].arrival_ns))
+        # Bounded concurrency: never more batches in flight than writer threads (plus one being built).
+        while len(self._pending) > self.settings.batching.concurrent_writes:
+            self._complete_one()
+
+    def _detect(self, batch: ReadingBatch) -> list[DetectorOutput]:
+        outputs: list[DetectorOutput] = []
+        skip: np.ndarray | None = None
+        for det in self.detectors:
+            out = det.process(batch, skip=skip)
+            outputs.append(out)
+            if det.name == "physical_range":
+                skip = out.level == LEVEL_CRITICAL
+                self.stats.inc("readings_out_of_range", int(skip.sum()))
+        return outputs
+
+    def _complete_one(self) -> None:
+        p = self._pending.popleft()
+        p.future.result()  # the writer spools rather than fail; an exception here is a bug
+        if self.settings.alerts.mqtt:
+            for a in p.alerts:
+                self.consumer.publish(self.alert_topic.format(domain=a.domain, sensor=a.sensor), a.to_json(), qos=1)
+        self.stats.inc("alerts", len(p.alerts))
+        self.consumer.ack(p.messages)
+        now = time.time_ns()
+        self.stats.inc("messages_acked", len(p.messages))
+        self.stats.inc("readings_stored", p.readings)
+        self.latencies_ns.append(now - p.first_arrival_ns)
+
+    def _complete(self, block: bool) -> None:
+        while self._pending and (block or self._pending[0].future.done()):
+            self._complete_one()
+
+    # -- bad input ---------------------------------------------------------------------------------
+    def _dead_letter(self, rejections: list[Rejection]) -> None:
+        if not rejections:
+            return
+        self.stats.inc("deadletters", len(rejections))
+        lines = []
+        for r in rejections:
+            body = r.to_json()
+            domain = r.domain if r.domain and self.topic_safe(r.domain) else "unknown"
+            sensor = r.sensor if r.sensor and self.topic_safe(r.sensor) else "unknown"
+            self.consumer.publish(self.deadletter_topic.format(domain=domain, sensor=sensor), body, qos=1)
+            lines.append(body)
+            self._bad_input_log.warning(r.reason, "rejected input", reason=r.reason, topic=r.topic, detail=r.detail)
+        if self._deadletter_file is not None:
+            self._deadletter_file.parent.mkdir(parents=True, exist_ok=True)
+            with self._deadletter_file.open("ab") as fh:
+                fh.write(b"\n".join(lines) + b"\n")
+
+    @staticmethod
+    def topic_safe(segment: str) -> bool:
+        return bool(segment) and not any(c in segment for c in "/+#\x00")
+
+    def _on_rejected_points(self, lines: list[str], error: str) -> None:
+        """Points InfluxDB refused (e.g. a field type conflict): kept in the dead-letter file."""
+        self._bad_input_log.warning("influx_rejected", "influxdb rejected points", count=len(lines), error=error)
+        if self._deadletter_file is not None:
+            self._deadletter_file.parent.mkdir(parents=True, exist_ok=True)
+            with self._deadletter_file.open("ab") as fh:
+                for line in lines:
+                    fh.write(orjson.dumps({"reason": "influx_rejected", "detail": error, "line": line}) + b"\n")
+
+    # -- state and health --------------------------------------------------------------------------
+    def _periodic(self) -> None:
+        now = time.monotonic()
+        if self._state_file and now - self._last_snapshot >= self.settings.detectors.snapshot_interval:
+            self._complete(block=True)  # a snapshot must never be ahead of what was acknowledged
+            self.save_state()
+        if now - self._last_health >= 10.0:
+            self._last_health = now
+            self._write_health()
+
+    def _write_health(self) -> None:
+        snap = self.stats.snapshot()
+        fields = {k: (int(v) if float(v).is_integer() else float(v)) for k, v in snap.items()}
+        fields["pending_batches"] = len(self._pending)
+        fields["inbox"] = len(self.consumer.inbox)
+        if self.latencies_ns:
+            fields["latency_p50_ms"] = float(np.percentile(np.fromiter(self.latencies_ns, np.int64), 50) / 1e6)
+        line = encode_line("citywatch", {"client_id": self.settings.mqtt.client_id}, fields, time.time_ns())
+        self._pending.append(_Pending(self._pool.submit(self.writer.write, [line]), [], [], 0, time.time_ns()))
+
+    def save_state(self) -> None:
+        if self._state_file is None:
+            return
+        arrays: dict[str, np.ndarray] = {}
+        for det in self.detectors:
+            arrays.update({f"{det.name}/{k}": v for k, v in det.snapshot().items()})
+        arrays.update({f"__alerts/{k}": v for k, v in self.alerts.snapshot().items()})
+        n = len(self.series)
+        self.watermarks.grow(n)
+        arrays["__watermarks/ts"] = self.watermarks.ts[:n].copy()
+        arrays["__watermarks/__sensor"] = np.asarray(self.series.sensor_ids[:n], dtype=str)
+        arrays["__watermarks/__metric"] = np.asarray(self.series.metrics[:n], dtype=str)
+        path = Path(self._state_file)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, **arrays)
+        tmp.replace(path)
+        self._last_snapshot = time.monotonic()
+
+    def load_state(self) -> None:
+        if self._state_file is None or not Path(self._state_file).exists():
+            return
+        with np.load(self._state_file, allow_pickle=False) as data:
+            groups: dict[str, dict[str, np.ndarray]] = {}
+            for key in data.files:
+                group, _, name = key.partition("/")
+                groups.setdefault(group, {})[name] = data[key]
+        for det in self.detectors:
+            if det.name in groups:
+                det.restore(groups[det.name])
+        if "__alerts" in groups:
+            self.alerts.restore(groups["__alerts"])
+        wm = groups.get("__watermarks")
+        if wm:
+            self.watermarks.grow(len(self.series))
+            for i, (s, m) in enumerate(zip(wm["__sensor"].tolist(), wm["__metric"].tolist())):
+                sid = self.series.get(s, m)
+                if sid is not None:
+                    self.watermarks.ts[sid] = wm["ts"][i]
+        self.log.info("detector state restored", file=str(self._state_file))
+
+
+def _done() -> Future:
+    f: Future = Future()
+    f.set_result("written")
+    return f
