@@ -75,11 +75,35 @@ class Detector(ABC):
     def _on_new_series(self, start: int, stop: int) -> None:
         """Hook: series ids [start, stop) have just appeared (e.g. to look up their parameters)."""
 
-    def process(self, batch: ReadingBatch) -> DetectorOutput:
+    def process(self, batch: ReadingBatch, skip: np.ndarray | None = None) -> DetectorOutput:
+        """Score a (series, ts)-sorted batch; the output is aligned with the batch's rows.
+
+        `skip` (optional, bool, one per row) marks readings this detector must neither evaluate nor
+        learn from, e.g. readings another check already rejected. They come out not evaluated
+        (level -1, score NaN) and the detector's state is as if they had never arrived. Subclasses
+        need not know about it: `_process` only ever sees the readings that are not skipped.
+        """
         self._grow()
-        if len(batch) == 0:
+        n = len(batch)
+        if n == 0:
             return DetectorOutput.not_evaluated(0)
-        return self._process(batch)
+        if skip is None:
+            return self._process(batch)
+        skip = np.asarray(skip, dtype=bool)
+        if skip.shape != (n,):
+            raise ValueError(f"skip mask has shape {skip.shape}, the batch has {n} readings")
+        if not skip.any():
+            return self._process(batch)
+        out = DetectorOutput.not_evaluated(n)
+        keep = np.flatnonzero(~skip)
+        if len(keep):
+            # A subset of a (series, ts)-sorted batch is still sorted.
+            sub = self._process(batch.take(keep))
+            out.score[keep] = sub.score
+            out.level[keep] = sub.level
+            out.reason[keep] = sub.reason
+            out.threshold[keep] = sub.threshold
+        return out
 
     @abstractmethod
     def _process(self, batch: ReadingBatch) -> DetectorOutput: ...
