@@ -19,6 +19,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import orjson
@@ -50,6 +51,7 @@ class _Pending:
     alerts: list[AlertEvent]
     readings: int
     first_arrival_ns: int
+    event_ts: np.ndarray | None = None  # kept only when a latency probe is installed
 
 
 @dataclass
@@ -166,7 +168,9 @@ class Engine:
         self._state_file = settings.data_path(settings.detectors.state_file) if settings.detectors.state_file else None
         self._last_snapshot = time.monotonic()
         self._last_health = time.monotonic()
-        self.latencies_ns: deque[int] = deque(maxlen=200_000)
+        self.latencies_ns: deque[int] = deque(maxlen=10_000)  # arrival -> stored, per batch
+        # Benchmarks: called with (event times of a stored batch, time it was stored), both in ns.
+        self.latency_probe: Callable[[np.ndarray, int], None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -234,7 +238,8 @@ class Engine:
             lines += [self.encoder.alert(a) for a in events]
         self.stats.inc("batches")
         future = self._pool.submit(self.writer.write, lines) if lines else _done()
-        self._pending.append(_Pending(future, messages, events, len(batch), messages[0].arrival_ns))
+        self._pending.append(_Pending(future, messages, events, len(batch), messages[0].arrival_ns,
+                                      batch.ts if self.latency_probe else None))
         # Bounded concurrency: never more batches in flight than writer threads (plus one being built).
         while len(self._pending) > self.settings.batching.concurrent_writes:
             self._complete_one()
@@ -261,7 +266,10 @@ class Engine:
         now = time.time_ns()
         self.stats.inc("messages_acked", len(p.messages))
         self.stats.inc("readings_stored", p.readings)
-        self.latencies_ns.append(now - p.first_arrival_ns)
+        if p.messages:
+            self.latencies_ns.append(now - p.first_arrival_ns)
+        if self.latency_probe is not None and p.event_ts is not None:
+            self.latency_probe(p.event_ts, now)
 
     def _complete(self, block: bool) -> None:
         while self._pending and (block or self._pending[0].future.done()):
