@@ -19,7 +19,7 @@ from citywatch.units import canonical_unit
 
 Domain = Literal["air", "water", "traffic", "forest"]
 DOMAINS: tuple[str, ...] = ("air", "water", "traffic", "forest")
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+SENSOR_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 class MetricSpec(StrictModel):
@@ -65,7 +65,7 @@ class Sensor(StrictModel):
     @field_validator("id")
     @classmethod
     def _id(cls, v: str) -> str:
-        if not _ID.match(v):
+        if not SENSOR_ID_PATTERN.match(v):
             raise ValueError("an id is 1-64 letters, digits, '-', '_' or '.', starting with a letter or digit")
         return v
 

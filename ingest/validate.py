@@ -1,0 +1,447 @@
+"""Validation of decoded MQTT micro-batches against the sensor registry.
+
+`Validator.validate(messages)` takes ``(topic, payload, arrival_ns)`` tuples, decodes each payload
+(`citywatch.ingest.payloads`), checks every reading, and returns one `ReadingBatch` of the good
+readings (value in the registry's unit, ts in ns) plus a `Rejection` for everything else. It never
+raises for bad input: every message yields readings and/or rejections. A partly bad message keeps
+its good readings.
+
+Checks, in order (reason codes are stable, for dashboards and the dead-letter topic):
+
+==================  =====================================================================  =========
+reason              when                                                                   rejects
+==================  =====================================================================  =========
+oversize_payload    payload longer than ``max_payload_bytes`` (not decoded at all)         message
+topic_mismatch      topic does not fit ``mqtt.topic`` (or a segment is empty/a wildcard)   message
+invalid_sensor_id   sensor segment does not match `SENSOR_ID_PATTERN` (spaces, commas...)  message
+unknown_sensor      sensor not in the registry (policy ``reject``), or ``auto_register``   message
+                    asked for a domain that is not one of `DOMAINS`
+domain_mismatch     topic domain differs from the sensor's registry domain                 message
+malformed_json      payload is not UTF-8 JSON                                              message
+bad_structure       JSON, but not a payload shape (see `payloads`)                         record
+no_readings         well-formed but no metric values (``{}``, ``[]``, only metadata)        message
+bad_timestamp       record timestamp unreadable (naive RFC 3339 string, "yesterday", ...)  record
+unknown_metric      metric not declared for the sensor (policy ``reject``), or an          reading
+                    undeclared metric whose name is not like a sensor id
+non_numeric         value is not a JSON number: strings (even "12.5": a device sending     reading
+                    strings is misconfigured), booleans, null, objects, SenML vs/vb/vd
+not_finite          NaN, Infinity, or a number beyond float64 (also after conversion)     reading
+wrong_unit          unit given and not convertible to the registry unit                    reading
+future_timestamp    ts > arrival + ``max_future_skew``                                     reading
+too_old             ts < arrival - ``max_age``                                             reading
+internal_error      a bug in this module (never expected; counted, message kept out)       message
+==================  =====================================================================  =========
+
+Units: a reading without a unit is taken to be in the registry unit. A different unit is converted
+with `citywatch.units.conversion` (e.g. 0.035 mg/m3 -> 35 ug/m3, 45 % -> 0.45 for a unit "1"); the
+conversion is done with the exact ratio (``(x * 5 - 160) / 9`` for degF -> Cel) so decimal values
+convert without float noise. Metrics that have no registry spec (auto-registered sensors, or
+``unknown_metric: accept``) are stored as sent; their unit is not checked.
+
+Unknown sensors: with ``unknown_sensor: auto_register`` a sensor whose message yields at least one
+decodable reading is added with ``registry.auto_register(sensor, domain)``; all its metrics are then
+accepted and get series ids from ``series.add``. Undeclared metric names must match
+`METRIC_NAME_PATTERN` (they become InfluxDB fields and topic-derived names).
+
+Time checks are relative to each message's arrival time, so a replayed spool is judged as it
+was when it arrived.
+
+Counters (in `Stats`): ``messages_received``, ``readings_accepted``, ``readings_rejected`` (one per
+`Rejection`: a whole-message rejection counts once) and ``rejected_<reason>``.
+
+Configuration (``validation:`` in ``config/citywatch.yaml``; paste and adapt)::
+
+    validation:
+      unknown_sensor: reject        # reject | auto_register
+      unknown_metric: reject        # reject | accept (auto-registered sensors always accept)
+      max_future_skew: 5m           # device clock ahead of arrival by more -> future_timestamp
+      max_age: 30d                  # older than arrival - max_age -> too_old
+      max_payload_bytes: 262144     # larger payloads are rejected without decoding
+      deadletter_file: .citywatch/deadletter.jsonl
+      log_every: 10s
+
+Dead letters: `Rejection.to_json()` is the body for ``mqtt.deadletter_topic``;
+`Rejection.deadletter_topic(pattern)` builds the topic, with ``_unknown`` for a missing domain or
+sensor.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from fractions import Fraction
+
+import numpy as np
+import orjson
+
+from citywatch.batch import ReadingBatch
+from citywatch.config import ValidationConfig
+from citywatch.ingest.payloads import decode_payload
+from citywatch.ingest.topics import TopicPattern
+from citywatch.registry import DOMAINS, SENSOR_ID_PATTERN, Registry, SeriesIndex, Sensor
+from citywatch.stats import Stats
+from citywatch.units import conversion
+
+__all__ = ["Validator", "Rejection", "REASONS", "METRIC_NAME_PATTERN", "SENSOR_ID_PATTERN"]
+
+REASONS: tuple[str, ...] = (
+    "oversize_payload",
+    "topic_mismatch",
+    "invalid_sensor_id",
+    "unknown_sensor",
+    "domain_mismatch",
+    "malformed_json",
+    "bad_structure",
+    "no_readings",
+    "bad_timestamp",
+    "unknown_metric",
+    "non_numeric",
+    "not_finite",
+    "wrong_unit",
+    "future_timestamp",
+    "too_old",
+    "internal_error",
+)
+METRIC_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+_PAYLOAD_EXCERPT = 512
+_VALUE_EXCERPT = 128
+
+
+def _value_excerpt(raw: object) -> str:
+    t = type(raw)
+    try:
+        if t is float or t is int:
+            text = repr(raw)
+        elif t is str:
+            text = raw
+        else:
+            text = orjson.dumps(raw).decode()
+    except Exception:
+        try:
+            text = repr(raw)
+        except Exception:
+            text = f"<{t.__name__}>"
+    return text if len(text) <= _VALUE_EXCERPT else text[: _VALUE_EXCERPT - 3] + "..."
+
+
+def _clean(s: str | None) -> str | None:
+    """Strings from the stdlib JSON parser may hold lone surrogates, which orjson cannot encode."""
+    if s is None:
+        return None
+    try:
+        s.encode("utf-8")
+        return s
+    except UnicodeEncodeError:
+        return s.encode("utf-8", "replace").decode("utf-8")
+
+
+@dataclass(slots=True)
+class Rejection:
+    topic: str
+    domain: str | None
+    sensor: str | None
+    reason: str  # one of REASONS
+    detail: str
+    metric: str | None
+    value: str | None  # excerpt of the raw value, for per-reading rejections
+    arrival_ns: int
+    payload: str  # first 512 bytes, decoded as UTF-8 with errors="replace"
+    ts_ns: int | None = None  # the reading's timestamp, when known
+
+    def to_json(self) -> bytes:
+        arrival = None
+        try:
+            secs, frac = divmod(self.arrival_ns, 1_000_000_000)
+            arrival = datetime.fromtimestamp(secs, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S") + f".{frac:09d}Z"
+        except (OverflowError, OSError, ValueError, TypeError):
+            pass
+        doc = {
+            "reason": self.reason,
+            "detail": _clean(self.detail),
+            "topic": _clean(self.topic),
+            "domain": _clean(self.domain),
+            "sensor": _clean(self.sensor),
+            "metric": _clean(self.metric),
+            "value": _clean(self.value),
+            "ts_ns": self.ts_ns,
+            "arrival_ns": self.arrival_ns,
+            "arrival": arrival,
+            "payload": _clean(self.payload),
+        }
+        try:
+            return orjson.dumps(doc)
+        except TypeError:  # e.g. a non-int arrival_ns: keep the dead letter rather than lose it
+            return orjson.dumps({k: (v if isinstance(v, (str, type(None))) else repr(v)) for k, v in doc.items()})
+
+    def deadletter_topic(self, pattern: TopicPattern, missing: str = "_unknown") -> str:
+        """The dead-letter topic for this rejection, e.g. ``city/deadletter/air/aq-001``."""
+        values = {"domain": self.domain or missing, "sensor": self.sensor or missing}
+        try:
+            return pattern.format(**values)
+        except ValueError:
+            return pattern.format(domain=missing, sensor=missing)
+
+
+class _Converter:
+    """value -> registry unit: (x * num + off) / den with small integers when the ratio is exact."""
+
+    __slots__ = ("num", "off", "den", "scale", "offset", "exact")
+
+    def __init__(self, scale: float, offset: float) -> None:
+        self.scale, self.offset = scale, offset
+        a = Fraction(scale).limit_denominator(1_000_000)
+        b = Fraction(offset).limit_denominator(1_000_000)
+        self.exact = float(a) == scale and float(b) == offset
+        den = a.denominator * b.denominator // math.gcd(a.denominator, b.denominator)
+        self.num = float(a * den)
+        self.off = float(b * den)
+        self.den = float(den)
+
+    def __call__(self, x: float) -> float:
+        if not self.exact:
+            return x * self.scale + self.offset
+        if self.num != 1.0:
+            x = x * self.num
+        if self.off != 0.0:
+            x = x + self.off
+        if self.den != 1.0:
+            x = x / self.den
+        return x
+
+
+_IDENTITY = object()
+
+
+class _Msg:
+    """Per-message context for building rejections."""
+
+    __slots__ = ("topic", "domain", "sensor", "arrival_ns", "raw", "_excerpt")
+
+    def __init__(self, topic, domain, sensor, arrival_ns, raw) -> None:
+        self.topic, self.domain, self.sensor, self.arrival_ns, self.raw = topic, domain, sensor, arrival_ns, raw
+        self._excerpt = None
+
+    @property
+    def excerpt(self) -> str:
+        if self._excerpt is None:
+            try:
+                self._excerpt = bytes(self.raw[:_PAYLOAD_EXCERPT]).decode("utf-8", errors="replace")
+            except Exception:
+                self._excerpt = _value_excerpt(self.raw)[:_PAYLOAD_EXCERPT]
+        return self._excerpt
+
+    def reject(self, reason: str, detail: str, metric=None, value=None, ts_ns=None) -> Rejection:
+        topic = self.topic if isinstance(self.topic, str) else repr(self.topic)
+        return Rejection(topic, self.domain, self.sensor, reason, detail, metric, value,
+                         self.arrival_ns, self.excerpt, ts_ns)
+
+
+class Validator:
+    """Decode + validate micro-batches of MQTT messages. Not thread-safe: one per ingest loop."""
+
+    def __init__(self, registry: Registry, series: SeriesIndex, cfg: ValidationConfig, topic: TopicPattern,
+                 stats: Stats) -> None:
+        missing = {"domain", "sensor"} - set(topic.names)
+        if missing:
+            raise ValueError(f"topic pattern {topic.pattern!r} needs the segments {sorted(missing)}")
+        self.registry = registry
+        self.series = series
+        self.cfg = cfg
+        self.topic = topic
+        self.stats = stats
+        self._max_bytes = cfg.max_payload_bytes
+        self._skew_ns = int(round(cfg.max_future_skew * 1e9))
+        self._age_ns = int(round(cfg.max_age * 1e9))
+        self._auto_register = cfg.unknown_sensor == "auto_register"
+        self._accept_metrics = cfg.unknown_metric == "accept"
+        self._converters: dict[tuple[str, str], object] = {}
+
+    def _converter(self, unit: str, target: str):
+        key = (unit, target)
+        conv = self._converters.get(key, False)
+        if conv is False:
+            pair = conversion(unit, target) if isinstance(unit, str) else None
+            if pair is None:
+                conv = None
+            elif pair == (1.0, 0.0):
+                conv = _IDENTITY
+            else:
+                conv = _Converter(*pair)
+            if len(self._converters) < 10_000:  # units come from devices: bound the cache
+                self._converters[key] = conv
+        return conv
+
+    def validate(self, messages: list[tuple[str, bytes, int]]) -> tuple[ReadingBatch, list[Rejection]]:
+        rejections: list[Rejection] = []
+        col_sid: list[int] = []
+        col_ts: list[int] = []
+        col_val: list[float] = []
+        col_flags: list[int] = []
+        col_arrival: list[int] = []
+        col_ref: list[tuple[_Msg, str, object]] = []  # for rejections found on the columns
+        for topic, payload, arrival_ns in messages:
+            start = len(col_sid)
+            n_rej = len(rejections)
+            try:
+                self._message(topic, payload, arrival_ns, rejections,
+                              col_sid, col_ts, col_val, col_flags, col_arrival, col_ref)
+            except Exception as exc:  # pragma: no cover - a bug; keep the ingest loop alive
+                for col in (col_sid, col_ts, col_val, col_flags, col_arrival, col_ref):
+                    del col[start:]
+                del rejections[n_rej:]
+                msg = _Msg(topic, None, None, arrival_ns, payload)
+                rejections.append(msg.reject("internal_error", f"{type(exc).__name__}: {exc}"))
+
+        batch = ReadingBatch.empty()
+        if col_sid:
+            ts = np.array(col_ts, dtype=np.int64)
+            arrival = np.array(col_arrival, dtype=np.int64)
+            value = np.array(col_val, dtype=np.float64)
+            not_finite = ~np.isfinite(value)
+            future = ts > arrival + np.int64(self._skew_ns)
+            too_old = ts < arrival - np.int64(self._age_ns)
+            bad = not_finite | future | too_old
+            if bad.any():
+                for i in np.flatnonzero(bad).tolist():
+                    msg, metric, raw = col_ref[i]
+                    t = col_ts[i]
+                    if not_finite[i]:
+                        reason = "not_finite"
+                        detail = f"{metric}: {_value_excerpt(raw)} is not a finite number"
+                        if math.isfinite(raw):
+                            detail += f" after conversion to the registry unit ({col_val[i]!r})"
+                    elif future[i]:
+                        reason = "future_timestamp"
+                        ahead = (t - col_arrival[i]) / 1e9
+                        detail = (f"{metric}: timestamp {t} is {ahead:.0f} s after arrival "
+                                  f"(max_future_skew {self.cfg.max_future_skew:g} s)")
+                    else:
+                        reason = "too_old"
+                        age = (col_arrival[i] - t) / 1e9
+                        detail = f"{metric}: timestamp {t} is {age:.0f} s before arrival (max_age {self.cfg.max_age:g} s)"
+                    rejections.append(msg.reject(reason, detail, metric, _value_excerpt(raw), t))
+                keep = ~bad
+                batch = ReadingBatch.from_columns(np.array(col_sid, dtype=np.int32)[keep], ts[keep], value[keep],
+                                                  np.array(col_flags, dtype=np.uint8)[keep])
+            else:
+                batch = ReadingBatch.from_columns(np.array(col_sid, dtype=np.int32), ts, value,
+                                                  np.array(col_flags, dtype=np.uint8))
+
+        self._count(len(messages), len(batch), rejections)
+        return batch, rejections
+
+    def _count(self, n_messages: int, n_accepted: int, rejections: list[Rejection]) -> None:
+        stats = self.stats
+        stats.inc("messages_received", n_messages)
+        if n_accepted:
+            stats.inc("readings_accepted", n_accepted)
+        if rejections:
+            stats.inc("readings_rejected", len(rejections))
+            for reason, n in Counter(r.reason for r in rejections).items():
+                stats.inc(f"rejected_{reason}", n)
+
+    def _message(self, topic, payload, arrival_ns, rejections, col_sid, col_ts, col_val, col_flags, col_arrival,
+                 col_ref) -> None:
+        m = self.topic.match(topic)
+        domain = m["domain"] if m else None
+        sensor_id = m["sensor"] if m else None
+        msg = _Msg(topic, domain, sensor_id, arrival_ns, payload)
+        size = len(payload)
+        if size > self._max_bytes:
+            rejections.append(msg.reject("oversize_payload",
+                                         f"payload is {size} bytes, max_payload_bytes is {self._max_bytes}"))
+            return
+        if m is None:
+            rejections.append(msg.reject("topic_mismatch", f"topic does not match {self.topic.pattern!r}"))
+            return
+        if not SENSOR_ID_PATTERN.match(sensor_id):
+            rejections.append(msg.reject(
+                "invalid_sensor_id",
+                f"sensor id {sensor_id!r} must be 1-64 letters, digits, '-', '_' or '.', starting with a letter or digit"))
+            return
+        sensor: Sensor | None = self.registry.get(sensor_id)
+        if sensor is None:
+            if not self._auto_register:
+                rejections.append(msg.reject("unknown_sensor", f"sensor {sensor_id!r} is not in the registry"))
+                return
+            if domain not in DOMAINS:
+                rejections.append(msg.reject(
+                    "unknown_sensor",
+                    f"sensor {sensor_id!r} is not in the registry and cannot be auto-registered: "
+                    f"domain {domain!r} is not one of {', '.join(DOMAINS)}"))
+                return
+        elif sensor.domain != domain:
+            rejections.append(msg.reject(
+                "domain_mismatch", f"sensor {sensor_id!r} is in domain {sensor.domain!r}, the topic says {domain!r}"))
+            return
+
+        decoded = decode_payload(payload, arrival_ns)
+        for err in decoded.errors:
+            reason, _, detail = err.partition(": ")
+            rejections.append(msg.reject(reason, detail))
+        readings = decoded.readings
+        if not readings:
+            return
+        if sensor is None:
+            sensor = self.registry.auto_register(sensor_id, domain)
+
+        metrics = sensor.metrics
+        accept_unknown = sensor.auto_registered or self._accept_metrics
+        series = self.series
+        for ts, metric, raw, unit, flags in readings:
+            spec = metrics.get(metric)
+            sid = series.get(sensor_id, metric)
+            if spec is None:
+                if not accept_unknown:
+                    rejections.append(msg.reject(
+                        "unknown_metric", f"{metric!r} is not a metric of sensor {sensor_id!r}",
+                        metric, _value_excerpt(raw), ts))
+                    continue
+                if sid is None:
+                    if not METRIC_NAME_PATTERN.match(metric):
+                        rejections.append(msg.reject(
+                            "unknown_metric",
+                            f"undeclared metric {_value_excerpt(metric)} is not a valid metric name "
+                            "(1-64 letters, digits, '-', '_' or '.')",
+                            metric, _value_excerpt(raw), ts))
+                        continue
+                    sid = series.add(sensor, metric)
+            elif sid is None:
+                sid = series.add(sensor, metric)
+
+            t = type(raw)
+            if t is float:
+                value = raw
+            elif t is int:
+                try:
+                    value = float(raw)
+                except OverflowError:
+                    rejections.append(msg.reject(
+                        "not_finite", f"{metric}: integer too large for float64", metric, _value_excerpt(raw), ts))
+                    continue
+            else:
+                kind = "a boolean" if t is bool else ("null" if raw is None else f"a {t.__name__}")
+                rejections.append(msg.reject(
+                    "non_numeric", f"{metric}: value is {kind}, not a JSON number", metric, _value_excerpt(raw), ts))
+                continue
+
+            if unit is not None and spec is not None and unit != spec.unit:
+                conv = self._converter(unit, spec.unit)
+                if conv is None:
+                    rejections.append(msg.reject(
+                        "wrong_unit", f"{metric}: unit {_value_excerpt(unit)} cannot be converted to {spec.unit!r}",
+                        metric, _value_excerpt(raw), ts))
+                    continue
+                if conv is not _IDENTITY:
+                    value = conv(value)
+
+            col_sid.append(sid)
+            col_ts.append(ts)
+            col_val.append(value)
+            col_flags.append(flags)
+            col_arrival.append(arrival_ns)
+            col_ref.append((msg, metric, raw))
