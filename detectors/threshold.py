@@ -229,8 +229,8 @@ class ThresholdDetector(Detector):
             raise ValueError("the batch must be sorted by (series, ts): use ReadingBatch.sorted_by_series_time()")
         rule = self._rule_of[sid]
         p = self._param
-        x = batch.value * self._sign[rule]  # "above" form; NaN for series without a rule
-        active = self.in_order(batch) & ~np.isnan(x)
+        x = batch.value * self._sign[rule]  # "above" form
+        active = (rule < len(self.rules)) & self.in_order(batch) & ~np.isnan(x)
         ts = batch.ts
         gs = batch.group_start
         first = gs == np.arange(n)
