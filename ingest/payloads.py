@@ -64,15 +64,17 @@ Timestamps
 
 * **Epoch numbers** (int or float, > 0), unit decided by magnitude:
 
-  ===================  ============  ===================================================
-  value                unit          covers
-  ===================  ============  ===================================================
-  < 1e11               seconds       up to the year 5138
-  1e11 .. < 1e14       milliseconds  1973-03-03 .. 5138
-  1e14 .. < 1e17       microseconds  1973-03-03 .. 5138
-  >= 1e17              nanoseconds   1973-03-03 .. 2262-04-11 (int64 limit)
-  ===================  ============  ===================================================
+  ================  ============  ==========================================
+  value             read as       a correct clock reads this way from
+  ================  ============  ==========================================
+  < 1e11            seconds       1970 (1e11 s would be the year 5138)
+  1e11 .. < 1e14    milliseconds  1973-03-03 (1e11 ms)
+  1e14 .. < 1e17    microseconds  1973-03-03 (1e14 us)
+  >= 1e17           nanoseconds   1973-03-03 (1e17 ns)
+  ================  ============  ==========================================
 
+  So any time after March 1973 is read right whatever the unit; times must also fit int64 ns
+  (before 2262-04-11).
   Float epochs are converted through their shortest decimal repr, so ``1717243200.123`` is exactly
   ``1717243200123000000`` ns. Zero, negative, NaN/inf, or beyond int64 ns: ``bad_timestamp``.
 * **RFC 3339 strings** with ``Z`` or a numeric offset: ``2024-06-01T12:00:00Z``,
@@ -142,8 +144,6 @@ _RFC3339 = re.compile(
     r"(?:([Zz])|([+-])([0-9]{2}):?([0-9]{2}))"
 )
 _NAIVE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}(?:[Tt ][0-9:.]*)?")
-
-Reading = tuple[int, str, object, "str | None", int]
 
 
 @dataclass(slots=True)

@@ -41,10 +41,10 @@ convert without float noise. Metrics that have no registry spec (auto-registered
 Unknown sensors: with ``unknown_sensor: auto_register`` a sensor whose message yields at least one
 decodable reading is added with ``registry.auto_register(sensor, domain)``; all its metrics are then
 accepted and get series ids from ``series.add``. Undeclared metric names must match
-`METRIC_NAME_PATTERN` (they become InfluxDB fields and topic-derived names).
+`METRIC_NAME_PATTERN` (the same rule as sensor ids): they end up in InfluxDB points and alert topics.
 
 Time checks are relative to each message's arrival time, so a replayed spool is judged as it
-was when it arrived.
+was when it arrived. Both windows are taken literally (0 means no tolerance at all).
 
 Counters (in `Stats`): ``messages_received``, ``readings_accepted``, ``readings_rejected`` (one per
 `Rejection`: a whole-message rejection counts once) and ``rejected_<reason>``.
@@ -57,8 +57,8 @@ Configuration (``validation:`` in ``config/citywatch.yaml``; paste and adapt)::
       max_future_skew: 5m           # device clock ahead of arrival by more -> future_timestamp
       max_age: 30d                  # older than arrival - max_age -> too_old
       max_payload_bytes: 262144     # larger payloads are rejected without decoding
-      deadletter_file: .citywatch/deadletter.jsonl
-      log_every: 10s
+      deadletter_file: .citywatch/deadletter.jsonl   # used by the MQTT client, not here
+      log_every: 10s                # rate limit of rejection log lines (MQTT client)
 
 Dead letters: `Rejection.to_json()` is the body for ``mqtt.deadletter_topic``;
 `Rejection.deadletter_topic(pattern)` builds the topic, with ``_unknown`` for a missing domain or
@@ -109,6 +109,7 @@ METRIC_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 _PAYLOAD_EXCERPT = 512
 _VALUE_EXCERPT = 128
+_WINDOW_MAX_NS = 1 << 62
 
 
 def _value_excerpt(raw: object) -> str:
@@ -254,8 +255,9 @@ class Validator:
         self.topic = topic
         self.stats = stats
         self._max_bytes = cfg.max_payload_bytes
-        self._skew_ns = int(round(cfg.max_future_skew * 1e9))
-        self._age_ns = int(round(cfg.max_age * 1e9))
+        # clamped so that arrival +/- the window stays inside int64 for any configured duration
+        self._skew_ns = min(int(round(cfg.max_future_skew * 1e9)), _WINDOW_MAX_NS)
+        self._age_ns = min(int(round(cfg.max_age * 1e9)), _WINDOW_MAX_NS)
         self._auto_register = cfg.unknown_sensor == "auto_register"
         self._accept_metrics = cfg.unknown_metric == "accept"
         self._converters: dict[tuple[str, str], object] = {}
