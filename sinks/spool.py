@@ -118,10 +118,12 @@ class Spool:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
-            os.close(fd)
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise SpoolLocked(f"spool directory {self.directory} is already in use") from None
-            raise
+                os.close(fd)
+                raise SpoolLocked(f"spool directory {self.directory} is already in use "
+                                  "(close the other Spool first)") from None
+            # e.g. ENOLCK on a network filesystem without locking: carry on unprotected
+            self._log.warning("cannot lock the spool directory", directory=str(self.directory), error=str(exc))
         return fd
 
     def _release_dir_lock(self) -> None:
