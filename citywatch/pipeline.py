@@ -156,7 +156,8 @@ class Engine:
         self.spool = Spool(settings.data_path(settings.spool.directory), settings.spool.max_bytes,
                            settings.spool.when_full, settings.spool.fsync, self.stats)
         self.writer = InfluxWriter(settings.influxdb, settings.batching, self.spool, self.stats,
-                                   logger=self.log, on_rejected=self._on_rejected_points)
+                                   logger=self.log, on_rejected=self._on_rejected_points,
+                                   replay_interval=settings.spool.replay_interval)
         self.consumer = MqttConsumer(settings.mqtt, self.topic.subscription, self.stats, logger=self.log)
         self._pool = ThreadPoolExecutor(settings.batching.concurrent_writes, thread_name_prefix="citywatch-write")
         self._pending: deque[_Pending] = deque()
@@ -191,6 +192,7 @@ class Engine:
         self.consumer.stop()
         self._pool.shutdown(wait=True)
         self.writer.close(timeout)
+        self.spool.close()
         self.log.info("engine stopped", **{k: v for k, v in self.stats.snapshot().items() if k.startswith("readings")})
 
     def run_forever(self) -> None:

@@ -81,22 +81,25 @@ def test_threshold_crossing_gives_one_alert_and_reset_gives_recovery(engine_fact
     engine_factory()
     listener = Listener(mosquitto.port, "city/alerts/#", f"{db_name}-alerts")
     try:
-        values = [100, 120, 250, 260, 255, 240, 150, 100, 90]  # crit at 250, stays, back to ok at 150
+        # crit at 250 and stays there; 150 is below crit_reset (180) but above warn_reset (144): warning
+        values = [100, 120, 250, 260, 255, 240, 150, 150, 100, 90]
         device.publish_all([("city/air/aq-003/telemetry", {"ts": T0_MS + i * 60_000, "no2": v})
                             for i, v in enumerate(values)])
         wait_for(lambda: count(influxdb, db_name, "air", "no2") == len(values), 15, "readings stored")
-        wait_for(lambda: len(listener.messages) >= 2, 10, "alert messages")
+        wait_for(lambda: len(listener.messages) >= 3, 10, "alert messages")
         time.sleep(0.5)  # any repeated alert would arrive now
         alerts = [m for _, m in listener.messages if m["detector"] == "threshold"]
-        assert [(a["previous_level"], a["level"]) for a in alerts] == [("ok", "critical"), ("critical", "ok")]
-        fired, recovered = alerts
+        assert [(a["previous_level"], a["level"]) for a in alerts] == [
+            ("ok", "critical"), ("critical", "warning"), ("warning", "ok")]
+        fired, eased, recovered = alerts
         assert listener.messages[0][0] == "city/alerts/air/aq-003"
         assert fired["value"] == 250 and fired["threshold"] == 200 and fired["metric"] == "no2"
         assert fired["ts"] == T0_MS + 2 * 60_000 and fired["reading_time"].endswith("Z")
-        assert recovered["value"] == 150 and recovered["ts"] == T0_MS + 6 * 60_000
+        assert eased["value"] == 150 and eased["ts"] == T0_MS + 6 * 60_000
+        assert recovered["value"] == 100 and recovered["ts"] == T0_MS + 8 * 60_000
         points = rows(influxdb, db_name, "SELECT * FROM alerts WHERE detector = 'threshold' ORDER BY time")
-        assert [(p["level"], p["time"]) for p in points] == [
-            ("critical", (T0_MS + 2 * 60_000) * 1_000_000), ("ok", (T0_MS + 6 * 60_000) * 1_000_000)]
+        assert [(p["level"], p["time"] // 60_000_000_000) for p in points] == [
+            ("critical", T0_MS // 60_000 + 2), ("warning", T0_MS // 60_000 + 6), ("ok", T0_MS // 60_000 + 8)]
     finally:
         listener.close()
 
