@@ -107,9 +107,11 @@ class InfluxConfig(StrictModel):
 
 
 class BatchingConfig(StrictModel):
-    # A micro-batch is flushed when it holds max_readings, or when its oldest message is max_age old.
-    max_readings: int = Field(default=5000, ge=1)
-    max_age: Duration = 0.5
+    # A micro-batch is flushed when it holds max_messages, or when its oldest message is max_age
+    # old; it takes at most max_messages messages and max_bytes of payload (backlog arrays are big).
+    max_messages: int = Field(default=5000, ge=1)
+    max_bytes: int = Field(default=1 << 20, ge=1024)
+    max_age: Duration = 0.2
     # InfluxDB writes: points per HTTP request and requests in flight.
     write_batch_points: int = Field(default=5000, ge=1)
     concurrent_writes: int = Field(default=2, ge=1, le=16)

@@ -206,18 +206,25 @@ class Engine:
     # -- the pipeline thread -----------------------------------------------------------------------
     def _run(self) -> None:
         b = self.settings.batching
+        consumer = self.consumer
+        consumer.batch_size = b.max_messages
         try:
             while not self._stop.is_set():
-                self.consumer.has_messages.wait(0.05)
                 self._complete(block=False)
-                inbox = self.consumer.inbox
-                if inbox:
-                    age = (time.time_ns() - inbox[0].arrival_ns) / 1e9
-                    if len(inbox) >= b.max_readings or age >= b.max_age:
-                        self.process(self.consumer.drain(b.max_readings))
                 self._periodic()
-            while self.consumer.inbox:
-                self.process(self.consumer.drain(b.max_readings))
+                inbox = consumer.inbox
+                if not inbox:
+                    consumer.wake.wait(0.1)
+                    consumer.wake.clear()
+                    continue
+                wait = b.max_age - (time.time_ns() - inbox[0].arrival_ns) / 1e9
+                if len(inbox) < b.max_messages and wait > 0:
+                    consumer.wake.wait(min(wait, 0.1))
+                    consumer.wake.clear()
+                    continue
+                self.process(consumer.drain(b.max_messages, b.max_bytes))
+            while consumer.inbox:
+                self.process(consumer.drain(b.max_messages, b.max_bytes))
             self._complete(block=True)
             self.save_state()
         except Exception:
@@ -240,6 +247,7 @@ class Engine:
             lines += [self.encoder.alert(a) for a in events]
         self.stats.inc("batches")
         future = self._pool.submit(self.writer.write, lines) if lines else _done()
+        future.add_done_callback(lambda _: self.consumer.wake.set())  # acknowledge promptly
         self._pending.append(_Pending(future, messages, events, len(batch), messages[0].arrival_ns,
                                       batch.ts if self.latency_probe else None))
         # Bounded concurrency: never more batches in flight than writer threads (plus one being built).

@@ -73,7 +73,11 @@ class MqttConsumer:
         self.stats = stats
         self.log = logger or structlog.get_logger("citywatch.mqtt")
         self.inbox: deque[InboundMessage] = deque()
-        self.has_messages = threading.Event()
+        # Set when the inbox goes from empty to non-empty, or reaches `batch_size` messages; the
+        # consumer of the inbox waits on it instead of polling (setting an Event takes a lock, so it
+        # is not done for every message).
+        self.wake = threading.Event()
+        self.batch_size = 1
         self.connected = threading.Event()
         self.generation = 0
         self._v5 = cfg.protocol == "5"
@@ -108,8 +112,11 @@ class MqttConsumer:
         self.log.warning("mqtt disconnected", reason=str(reason_code))
 
     def _on_message(self, client, userdata, msg) -> None:
-        self.inbox.append(InboundMessage(msg.topic, msg.payload, msg.mid, msg.qos, time.time_ns(), self.generation))
-        self.has_messages.set()
+        inbox = self.inbox
+        inbox.append(InboundMessage(msg.topic, msg.payload, msg.mid, msg.qos, time.time_ns(), self.generation))
+        n = len(inbox)
+        if n == 1 or n == self.batch_size:
+            self.wake.set()
 
     def start(self) -> None:
         props = None
@@ -132,16 +139,18 @@ class MqttConsumer:
     def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
         self.client.publish(topic, payload, qos=qos)
 
-    def drain(self, max_messages: int) -> list[InboundMessage]:
+    def drain(self, max_messages: int, max_bytes: int) -> list[InboundMessage]:
+        """Up to max_messages messages from the inbox, stopping once max_bytes of payload are taken."""
         out = []
         popleft = self.inbox.popleft
+        size = 0
         try:
-            for _ in range(max_messages):
-                out.append(popleft())
+            while len(out) < max_messages and size < max_bytes:
+                m = popleft()
+                out.append(m)
+                size += len(m.payload)
         except IndexError:
-            self.has_messages.clear()
-            if self.inbox:  # raced with the network thread
-                self.has_messages.set()
+            pass
         return out
 
     def stop(self) -> None:

@@ -22,8 +22,6 @@ The `influxdb:`, `batching:` and `spool:` sections of `config/citywatch.yaml` (d
       ca_file: null
 
     batching:
-      max_readings: 5000                # flush a micro-batch at this many messages...
-      max_age: 500ms                    # ...or when its oldest message is this old
       write_batch_points: 5000          # points per HTTP write
       concurrent_writes: 2              # writes in flight
       write_retries: 3                  # on 429 / 5xx / timeouts, then spool
