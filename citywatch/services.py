@@ -124,20 +124,30 @@ class _Process:
 @dataclass
 class Mosquitto(_Process):
     """A private broker. Queues are raised well above mosquitto's defaults (1000 queued, 20 in flight),
-    which would otherwise drop QoS 1 messages for a consumer that is briefly behind."""
+    which would otherwise drop QoS 1 messages for a consumer that is briefly behind.
+
+    With `password_file`, anonymous clients are refused; with `tls` = (ca, cert, key) a second
+    listener on `tls_port` speaks MQTT over TLS.
+    """
 
     extra_config: str = ""
     persistence: bool = False
+    password_file: Path | None = None
+    tls: tuple[Path, Path, Path] | None = None
+    tls_port: int = 0
 
     @property
     def url(self) -> str:
         return f"mqtt://127.0.0.1:{self.port}"
 
+    @property
+    def tls_url(self) -> str:
+        return f"mqtts://127.0.0.1:{self.tls_port}"
+
     def write_config(self) -> Path:
         conf = self.workdir / "mosquitto.conf"
         lines = [
             f"listener {self.port} 127.0.0.1",
-            "allow_anonymous true",
             "max_queued_messages 1000000",
             "max_queued_bytes 0",
             "max_inflight_messages 0",
@@ -147,8 +157,19 @@ class Mosquitto(_Process):
             "log_dest stderr",
             "log_type error",
             "log_type warning",
-            self.extra_config,
         ]
+        if self.password_file is not None:
+            lines += ["allow_anonymous false", f"password_file {self.password_file}"]
+        else:
+            lines.append("allow_anonymous true")
+        if self.tls is not None:
+            if not self.tls_port:
+                self.tls_port = free_port()
+            ca, cert, key = self.tls
+            lines += [f"listener {self.tls_port} 127.0.0.1", f"cafile {ca}", f"certfile {cert}", f"keyfile {key}"]
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            lines.append("user root")  # keep access to this instance's private files
+        lines.append(self.extra_config)
         conf.write_text("\n".join(lines) + "\n")
         return conf
 
@@ -158,6 +179,8 @@ class Mosquitto(_Process):
             raise ServiceError(f"mosquitto not found; install with: {install_command(['mosquitto'])}")
         self._spawn([binary, "-c", str(self.write_config())])
         _wait_port(self.port, self.proc, timeout, self.log_path)
+        if self.tls is not None:
+            _wait_port(self.tls_port, self.proc, timeout, self.log_path)
 
 
 @dataclass

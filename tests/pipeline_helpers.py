@@ -59,9 +59,12 @@ def engine_settings(mqtt_url: str, influx_url: str, db: str, data_dir: Path, cli
 class Device:
     """A separate MQTT client publishing at QoS 1, as a field device would."""
 
-    def __init__(self, port: int, client_id: str = "test-device", protocol: str = "3.1.1") -> None:
+    def __init__(self, port: int, client_id: str = "test-device", protocol: str = "3.1.1",
+                 username: str | None = None, password: str | None = None) -> None:
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
                                   protocol=MQTTProtocolVersion.MQTTv5 if protocol == "5" else MQTTProtocolVersion.MQTTv311)
+        if username:
+            self.client.username_pw_set(username, password)
         self.client.max_inflight_messages_set(1000)
         self.client.max_queued_messages_set(0)
         self.client.connect("127.0.0.1", port)
