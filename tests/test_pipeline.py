@@ -190,3 +190,38 @@ def test_late_and_resent_readings_are_stored_but_do_not_realert(engine_factory, 
         assert not math.isnan(rows(influxdb, db_name, "SELECT no2 FROM air WHERE no2 = 400")[0]["no2"])
     finally:
         listener.close()
+
+
+def test_restart_keeps_detector_and_alert_state(mosquitto, influxdb, db_name, tmp_path):
+    """A restart restores thresholds' state, alert levels and watermarks: no repeated alert, and the
+    recovery still comes."""
+    listener = Listener(mosquitto.port, "city/alerts/#", f"{db_name}-state")
+    device = Device(mosquitto.port, client_id=f"{db_name}-dev")
+
+    def run(values, first_minute, resend=False):
+        settings = engine_settings(mosquitto.url, influxdb.url, db_name, tmp_path / "engine", f"{db_name}-eng")
+        engine = Engine(settings, small_registry())
+        engine.start()
+        wait_for(engine.consumer.connected.is_set, 10, "engine connected")
+        time.sleep(0.2)
+        before = count(influxdb, db_name, "air", "no2")
+        device.publish_all([("city/air/aq-002/telemetry", {"ts": T0_MS + (first_minute + i) * 60_000, "no2": v})
+                            for i, v in enumerate(values)])
+        if resend:  # same series and time: InfluxDB overwrites the point, the count stays
+            wait_for(lambda: engine.stats.get("readings_stored") == len(values), 10, "stored")
+        else:
+            wait_for(lambda: count(influxdb, db_name, "air", "no2") == before + len(values), 10, "stored")
+        engine.stop()
+        time.sleep(0.3)
+
+    try:
+        run([50, 300], 0)
+        assert (tmp_path / "engine" / "detector-state.npz").exists()
+        run([310, 320], 2)  # still critical after the restart: nothing new to say
+        run([300], 1, resend=True)  # a resend of an old reading: late, ignored by the detectors
+        run([40], 4)
+        levels = [(m["previous_level"], m["level"], m["ts"]) for _, m in listener.messages if m["detector"] == "threshold"]
+        assert levels == [("ok", "critical", T0_MS + 60_000), ("critical", "ok", T0_MS + 4 * 60_000)]
+    finally:
+        device.close()
+        listener.close()
