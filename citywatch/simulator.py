@@ -64,6 +64,7 @@ the range check.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import math
 import os
@@ -136,6 +137,7 @@ _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _stream(*parts: object) -> np.uint64:
     digest = hashlib.blake2b(repr(parts).encode("utf-8"), digest_size=8).digest()
     return np.uint64(int.from_bytes(digest, "little"))
@@ -419,12 +421,14 @@ class _SensorSim:
 class Simulator:
     """Simulated devices for the sensors of `registry`.
 
-    * `seed`: everything (signals, noise, formats of nothing, fault schedule) follows from it;
+    * `seed`: signals, noise and the fault schedule follow from it (a sensor's payload format
+      depends only on its id);
     * `start`: epoch seconds of the simulated start (default: now); `speedup`: simulated seconds per
       wall second for `publish_forever`;
     * `formats`: the payload formats to mix (one per sensor, chosen deterministically from its id);
     * `faults`: kinds from `FAULT_KINDS` scheduled at random, `fault_rate` times per sensor per
-      simulated day for each kind (episodes: `fault_rate` x 2 per day city-wide);
+      simulated day for each kind (episodes: `fault_rate` x 2 per day city-wide), never starting
+      before `start`;
     * `truth`: a path or a text file receiving one JSON line per fault (see the module docstring);
     * `sensors` / `domains`: simulate only these sensor ids / domains;
     * `topic`: the topic pattern, with ``{domain}`` and ``{sensor}``;
@@ -550,7 +554,7 @@ class Simulator:
     def _noise(self, sim: _SensorSim, metric: str, k: np.ndarray, sd: float) -> np.ndarray:
         return sd * _normal(self._ks(sim, metric), k)
 
-    def _weather(self, t: np.ndarray, rain: _RainAt, k_sim: _SensorSim) -> tuple[np.ndarray, np.ndarray]:
+    def _weather(self, t: np.ndarray, rain: _RainAt) -> tuple[np.ndarray, np.ndarray]:
         """City-scale air temperature (°C) and relative humidity (0..1)."""
         h = local_hour(t)
         f = _diurnal(h, 5.5, 14.0)
@@ -565,7 +569,7 @@ class Simulator:
         h = local_hour(t)
         tp = traffic_profile(t)
         low = p["lowcost"]
-        temp, rh = self._weather(t, rain, sim)
+        temp, rh = self._weather(t, rain)
         temp = temp + 0.3 * _smooth(self._ks(sim, "temperature", "s"), t, 6 * _HOUR) + self._noise(sim, "temperature", k, 0.12 + 0.1 * low)
         rh = np.clip(rh + 0.02 * _smooth(self._ks(sim, "relativeHumidity", "s"), t, 6 * _HOUR)
                      + self._noise(sim, "relativeHumidity", k, 0.006 + 0.006 * low), 0.3, 0.99)
@@ -752,7 +756,7 @@ class Simulator:
             end = self._snap(sim, end)
             out.append(Fault(kind, (sim.sensor.id,), metric, start, end,
                              (metric,) if metric else tuple(sim.sensor.metrics), params, sim.sensor.domain))
-        return [f for f in out if f.overlaps(t0, t1)]
+        return [f for f in out if f.overlaps(t0, t1) and f.start >= self.start]
 
     def _scheduled_episodes(self, t0: float, t1: float) -> list[Fault]:
         if "episode" not in self.fault_kinds or self.fault_rate <= 0 or not self.episode_centres:
@@ -770,7 +774,7 @@ class Simulator:
             start = round((slot + u[1]) * _HOUR, 3)
             end = start + _HOUR + u[2] * 3 * _HOUR
             out.append(self._episode(centre, start, round(end, 3), 60.0 + 120.0 * float(u[3])))
-        return [f for f in out if f.overlaps(t0, t1)]
+        return [f for f in out if f.overlaps(t0, t1) and f.start >= self.start]
 
     def _sensor_faults(self, sim: _SensorSim, t0: float, t1: float) -> list[Fault]:
         sid = sim.sensor.id
@@ -1141,6 +1145,7 @@ class _Publisher:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish
+        self.client.on_connect_fail = self._on_connect_fail
 
     def _on_connect(self, client, userdata, flags, reason_code, properties=None) -> None:
         with self._cond:
@@ -1148,6 +1153,12 @@ class _Publisher:
                 self._connect_error = str(reason_code)
             else:
                 self._connected = True
+            self._cond.notify_all()
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        with self._cond:
+            if not self._connected:
+                self._connect_error = "connection failed"
             self._cond.notify_all()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties=None) -> None:
