@@ -253,7 +253,7 @@ def default_config_path() -> Path:
     local = Path("config/citywatch.yaml")
     if local.exists():
         return local
-    return Path(str(resources.files("citywatch.config").joinpath("citywatch.yaml")))
+    return Path(str(resources.files("citywatch.sample_config").joinpath("citywatch.yaml")))
 
 
 def load_settings(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None) -> Settings:
