@@ -1,16 +1,16 @@
 """`citywatch demo`: the whole pipeline on this machine, with nothing to set up.
 
 Starts a private Mosquitto and InfluxDB on free loopback ports (data under the work dir), the
-simulator as a separate process (a stand-in for the city's field devices) and the engine, then shows
-live status until Ctrl-C.
+simulated Biên Hòa devices (replaying the last day at `--speedup`, then live), and the engine, then
+shows live status until Ctrl-C. A scripted scenario makes something happen early on: a strong NO2
+and PM2.5 episode around one air station (crossing the QCVN 05:2023 1-hour NO2 limit), and a
+misconfigured device whose messages end up in the dead-letter topic.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
-import sys
 import threading
 import time
 from collections import deque
@@ -23,6 +23,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from citywatch.config import load_settings
 from citywatch.registry import Registry
 from citywatch.services import InfluxDB, Mosquitto, ServiceError, ensure_binaries
+from citywatch.simulator import Simulator
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,7 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--speedup", type=float, default=60.0, help="simulated seconds per wall second (default: 60)")
     p.add_argument("--duration", type=float, default=None, help="stop after this many wall seconds (default: Ctrl-C)")
     p.add_argument("--faults", default="spike,stuck,drift,dropout,episode",
-                   help="faults and events the simulator injects (default: all kinds)")
+                   help="faults and events the simulator injects at random (default: all kinds)")
+    p.add_argument("--seed", type=int, default=7, help="simulator seed (default: 7)")
     p.add_argument("--no-install", action="store_true",
                    help="do not install missing Debian packages; print the command instead")
 
@@ -64,6 +66,30 @@ def _status_table(stats: dict, rate: float, alerts: deque, deadletters: deque, s
     return Panel(Group(t, a, d), title="citywatch demo — Biên Hòa (Ctrl-C to stop)", subtitle=services)
 
 
+class MisconfiguredDevice:
+    """Every 20 s, one of the mistakes real devices make; each lands in the dead-letter topic."""
+
+    def __init__(self, client: paho.Client) -> None:
+        self.client = client
+        self.next = time.monotonic() + 5
+        self.step = 0
+
+    def maybe_publish(self) -> None:
+        if time.monotonic() < self.next:
+            return
+        self.next = time.monotonic() + 20
+        now_ms = int(time.time() * 1000)
+        mistakes = [
+            ("city/air/aq-999/telemetry", orjson.dumps({"ts": now_ms, "pm25": 31.0})),  # not in the registry
+            ("city/air/aq-003/telemetry", b'{"ts": %d, "pm25": NaN}' % now_ms),  # a failed sensor read
+            ("city/water/wq-002/telemetry", b'{"ts": %d, "pH": 7.1' % now_ms),  # truncated JSON
+            ("city/air/aq-004/telemetry", orjson.dumps({"ts": now_ms + 86_400_000, "pm25": 12.0})),  # clock wrong
+        ]
+        topic, payload = mistakes[self.step % len(mistakes)]
+        self.step += 1
+        self.client.publish(topic, payload, qos=1)
+
+
 def run(args) -> int:
     from rich.console import Console
     from rich.live import Live
@@ -88,12 +114,15 @@ def run(args) -> int:
     setup_logging(settings.log_level, file=work / "engine.log")
     engine = Engine(settings, registry)
     engine.start()
-    env = dict(os.environ, CITYWATCH_MQTT_URL=broker.url)
-    sim = subprocess.Popen(
-        [sys.executable, "-m", "citywatch", "simulate", "--speedup", str(args.speedup), "--faults", args.faults,
-         "--truth", str(work / "ground-truth.jsonl"), *(["--config", str(args.config)] if args.config else [])],
-        env=env, stdout=(work / "simulator.log").open("ab"), stderr=subprocess.STDOUT)
-
+    sim = Simulator(registry, seed=args.seed, start=time.time() - 86400, speedup=args.speedup,
+                    faults=[f for f in args.faults.split(",") if f], truth=work / "ground-truth.jsonl")
+    # The scenario: ten simulated minutes in, an hour-long episode around aq-005 strong enough to
+    # push NO2 past the QCVN 05:2023 1-hour limit (200 ug/m3) for longer than the rule's 5 minutes.
+    sim.inject("episode", "aq-005", start=sim.start + 600, end=sim.start + 4200, magnitude=650)
+    sim_stop = threading.Event()
+    sim_thread = threading.Thread(target=sim.publish_forever, args=(broker.url,),
+                                  kwargs={"stop": sim_stop, "client_id": "citywatch-demo-devices"}, daemon=True)
+    sim_thread.start()
     alerts: deque = deque(maxlen=50)
     deadletters: deque = deque(maxlen=50)
     watcher = paho.Client(CallbackAPIVersion.VERSION2, client_id="citywatch-demo-watch")
@@ -106,6 +135,7 @@ def run(args) -> int:
     watcher.on_message = on_message
     watcher.connect("127.0.0.1", broker.port)
     watcher.loop_start()
+    misconfigured = MisconfiguredDevice(watcher)
 
     services = f"MQTT {broker.url} · InfluxDB {influx.url} db={settings.influxdb.database} · logs {work}"
     console.print(f"[bold]citywatch demo[/] {len(registry.sensors)} sensors · {services}")
@@ -119,19 +149,18 @@ def run(args) -> int:
                 window.append((time.monotonic(), snap.get("readings_stored", 0)))
                 rate = ((window[-1][1] - window[0][1]) / (window[-1][0] - window[0][0])) if len(window) > 1 else 0.0
                 live.update(_status_table(snap, rate, alerts, deadletters, services))
-                if sim.poll() is not None:
-                    console.print(f"[red]simulator exited ({sim.returncode}); see {work / 'simulator.log'}")
+                misconfigured.maybe_publish()
+                if not sim_thread.is_alive():
+                    console.print("[red]the simulated devices stopped; see the engine log")
                     break
                 if args.duration is not None and time.monotonic() - started >= args.duration:
                     break
     except KeyboardInterrupt:
         pass
     finally:
-        sim.terminate()
-        try:
-            sim.wait(10)
-        except subprocess.TimeoutExpired:
-            sim.kill()
+        sim_stop.set()
+        sim_thread.join(15)
+        sim.close()
         engine.stop()
         watcher.loop_stop()
         watcher.disconnect()
