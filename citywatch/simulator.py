@@ -1015,12 +1015,7 @@ class Simulator:
             a = t0
             while a < t1 and not stop.is_set():
                 b = min(t1, a + chunk)
-                for m in self.messages(a, b):
-                    if stop.is_set():
-                        break
-                    pub.publish(m.topic, m.payload)
-                    stats.messages += 1
-                    stats.readings += m.readings
+                _publish_all(pub, self.messages(a, b), stats, stop)
                 stats.sim_end = b
                 a = b
         except KeyboardInterrupt:
@@ -1059,12 +1054,7 @@ class Simulator:
                     elapsed = duration  # type: ignore[assignment]
                 now = self.sim_time(elapsed)
                 if now > prev:
-                    for m in self.messages(prev, now, complete_batches=True):
-                        if stop.is_set():
-                            break
-                        pub.publish(m.topic, m.payload)
-                        stats.messages += 1
-                        stats.readings += m.readings
+                    _publish_all(pub, self.messages(prev, now, complete_batches=True), stats, stop)
                     stats.sim_end = now
                     prev = now
                 if final:
@@ -1105,6 +1095,16 @@ def _ms(t: float) -> int:
 
 # --------------------------------------------------------------------------------------------------
 # MQTT
+
+def _publish_all(pub: "_Publisher", messages: Iterable["SimMessage"], stats: "PublishStats",
+                 stop: threading.Event) -> None:
+    for m in messages:
+        if stop.is_set():
+            break
+        pub.publish(m.topic, m.payload)
+        stats.messages += 1
+        stats.readings += m.readings
+
 
 class _Publisher:
     """A paho-mqtt client publishing with QoS 1, counting acknowledgements, with back-pressure."""

@@ -109,6 +109,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
+from typing import Any
 
 import orjson
 
@@ -128,6 +129,9 @@ TIMESTAMP_KEYS: tuple[str, ...] = ("ts", "timestamp", "time", "dateObserved")
 METADATA_KEYS: frozenset[str] = frozenset({"id", "sensor", "device", "deviceId", "type", "seq"})
 SENML_KEYS: frozenset[str] = frozenset({"bn", "bt", "bu", "bv", "bs", "bver", "n", "v", "vs", "vb", "vd"})
 _SENML_BASE_KEYS = frozenset({"bn", "bt", "bu", "bv", "bs", "bver"})
+# base fields: (key, must be a number (else a string), rejection reason when it is not)
+_SENML_BASE_FIELDS = (("bn", False, "bad_structure"), ("bt", True, "bad_timestamp"),
+                      ("bu", False, "bad_structure"), ("bv", True, "bad_structure"))
 _SKIP_KEYS = METADATA_KEYS | frozenset(TIMESTAMP_KEYS)
 
 _ARRIVAL = int(FLAG_TS_FROM_ARRIVAL)
@@ -297,7 +301,7 @@ def _is_number(x: object) -> bool:
 
 
 def _decode_senml(records: list, arrival_ns: int, out: list, errors: list) -> None:
-    bn, bt, bu, bv = "", 0, None, None
+    base: dict[str, Any] = {"bn": "", "bt": 0, "bu": None, "bv": None}
     n_records = len(records)
     for i, rec in enumerate(records):
         if type(rec) is not dict:
@@ -305,31 +309,19 @@ def _decode_senml(records: list, arrival_ns: int, out: list, errors: list) -> No
             continue
         if not _SENML_BASE_KEYS.isdisjoint(rec):
             bad = None
-            if "bn" in rec:
-                if type(rec["bn"]) is str:
-                    bn = rec["bn"]
-                else:
-                    bad = ("bad_structure", f"bn {_short(rec['bn'])} is not a string")
-            if "bt" in rec:
-                if _is_number(rec["bt"]):
-                    bt = rec["bt"]
-                else:
-                    bad = ("bad_timestamp", f"bt {_short(rec['bt'])} is not a finite number")
-            if "bu" in rec:
-                if type(rec["bu"]) is str:
-                    bu = rec["bu"]
-                else:
-                    bad = ("bad_structure", f"bu {_short(rec['bu'])} is not a string")
-            if "bv" in rec:
-                if _is_number(rec["bv"]):
-                    bv = rec["bv"]
-                else:
-                    bad = ("bad_structure", f"bv {_short(rec['bv'])} is not a finite number")
+            for key, numeric, reason in _SENML_BASE_FIELDS:
+                if key in rec:
+                    v = rec[key]
+                    if _is_number(v) if numeric else type(v) is str:
+                        base[key] = v
+                    else:
+                        bad = (reason, f"{key} {_short(v)} is not a {'finite number' if numeric else 'string'}")
             if bad is not None:
                 rest = n_records - i - 1
                 errors.append(f"{bad[0]}: record {i}: {bad[1]}; this record and the {rest} following dropped")
                 return
         # value
+        bn, bt, bu, bv = base["bn"], base["bt"], base["bu"], base["bv"]
         if "v" in rec:
             value = rec["v"]
             if bv is not None and _is_number(value):
