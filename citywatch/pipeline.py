@@ -26,7 +26,7 @@ import orjson
 import structlog
 
 from citywatch.alerts import AlertEvent, AlertTracker
-from citywatch.batch import FLAG_DUPLICATE, FLAG_LATE, ReadingBatch
+from citywatch.batch import FLAG_DUPLICATE, FLAG_LATE, FLAG_TS_FROM_ARRIVAL, ReadingBatch
 from citywatch.config import Settings
 from citywatch.detectors import build_detectors
 from citywatch.detectors.base import LEVEL_CRITICAL, LEVEL_NAMES, DetectorOutput
@@ -105,10 +105,10 @@ class PointEncoder:
             return []
         self._grow()
         levels = np.stack([o.level for o in outputs])
-        scores = np.stack([o.score for o in outputs])
-        evaluated = (levels >= 0).any(axis=0)
+        evaluated_by = levels >= 0
+        evaluated = evaluated_by.any(axis=0)
         level = levels.max(axis=0)
-        score = np.nan_to_num(np.nanmax(np.where(levels >= 0, scores, np.nan), axis=0, initial=-1.0), nan=0.0)
+        score = np.where(evaluated_by, np.nan_to_num(np.stack([o.score for o in outputs])), 0.0).max(axis=0)
         keep = evaluated if mode == "all" else evaluated & (level > 0)
         rows = np.flatnonzero(keep)
         if len(rows) == 0:
@@ -117,11 +117,13 @@ class PointEncoder:
         per_det = [
             [f",{n}_level={lv}i" if lv >= 0 else "" for lv in o.level[rows].tolist()] for n, o in zip(names, outputs)
         ]
+        # a reading that came without a timestamp is marked, so that Grafana can show it
+        per_det.append([",ts_from_arrival=true" if f else "" for f in (batch.flags[rows] & FLAG_TS_FROM_ARRIVAL).tolist()])
         extra = ["".join(parts) for parts in zip(*per_det)]
         return [
             f"{prefix[s]}score={sc!r},level={lv}i{ex} {t}"
-            for s, sc, lv, ex, t in zip(batch.series[rows].tolist(), np.maximum(score[rows], 0.0).tolist(),
-                                        level[rows].tolist(), extra, batch.ts[rows].tolist())
+            for s, sc, lv, ex, t in zip(batch.series[rows].tolist(), score[rows].tolist(), level[rows].tolist(),
+                                        extra, batch.ts[rows].tolist())
         ]
 
     @staticmethod

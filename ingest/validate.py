@@ -77,7 +77,7 @@ from fractions import Fraction
 import numpy as np
 import orjson
 
-from citywatch.batch import ReadingBatch
+from citywatch.batch import FLAG_TS_FROM_ARRIVAL, ReadingBatch
 from citywatch.config import ValidationConfig
 from citywatch.ingest.payloads import decode_payload
 from citywatch.ingest.topics import TopicPattern
@@ -333,14 +333,17 @@ class Validator:
                 batch = ReadingBatch.from_columns(np.array(col_sid, dtype=np.int32), ts, value,
                                                   np.array(col_flags, dtype=np.uint8))
 
-        self._count(len(messages), len(batch), rejections)
+        self._count(len(messages), batch, rejections)
         return batch, rejections
 
-    def _count(self, n_messages: int, n_accepted: int, rejections: list[Rejection]) -> None:
+    def _count(self, n_messages: int, batch: ReadingBatch, rejections: list[Rejection]) -> None:
         stats = self.stats
         stats.inc("messages_received", n_messages)
-        if n_accepted:
-            stats.inc("readings_accepted", n_accepted)
+        if len(batch):
+            stats.inc("readings_accepted", len(batch))
+            no_time = int(np.count_nonzero(batch.flags & FLAG_TS_FROM_ARRIVAL))
+            if no_time:
+                stats.inc("readings_ts_from_arrival", no_time)
         if rejections:
             stats.inc("readings_rejected", len(rejections))
             for reason, n in Counter(r.reason for r in rejections).items():

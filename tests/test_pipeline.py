@@ -77,6 +77,18 @@ def test_every_payload_format_lands_with_exact_values_and_timestamps(engine_fact
     assert count(influxdb, db_name, "scores", "score") == 6
 
 
+def test_reading_without_timestamp_gets_arrival_time_and_is_flagged(engine_factory, device, influxdb, db_name):
+    engine = engine_factory()
+    before = time.time_ns()
+    device.publish_all([("city/air/aq-003/telemetry", {"pm25": 17.5})])
+    wait_for(lambda: count(influxdb, db_name, "air", "pm25") == 1, 10, "reading stored")
+    stored = rows(influxdb, db_name, "SELECT pm25 FROM air")[0]
+    assert before <= stored["time"] <= time.time_ns() and stored["pm25"] == 17.5
+    flagged = rows(influxdb, db_name, "SELECT ts_from_arrival FROM scores WHERE ts_from_arrival = true")
+    assert [r["time"] for r in flagged] == [stored["time"]]
+    assert engine.stats.get("readings_ts_from_arrival") == 1
+
+
 def test_threshold_crossing_gives_one_alert_and_reset_gives_recovery(engine_factory, device, mosquitto, influxdb, db_name):
     engine_factory()
     listener = Listener(mosquitto.port, "city/alerts/#", f"{db_name}-alerts")
