@@ -87,10 +87,11 @@ def cmd_run(args) -> int:
     engine.start()
     try:
         while not stop.wait(0.5):
-            pass
+            if not engine.running:
+                break
     finally:
         engine.stop()
-    return 0
+    return 0 if stop.is_set() else 1
 
 
 def cmd_simulate(args) -> int:

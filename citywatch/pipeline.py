@@ -197,13 +197,10 @@ class Engine:
         self.spool.close()
         self.log.info("engine stopped", **{k: v for k, v in self.stats.snapshot().items() if k.startswith("readings")})
 
-    def run_forever(self) -> None:
-        self.start()
-        try:
-            while not self._stop.is_set():
-                time.sleep(0.2)
-        finally:
-            self.stop()
+    @property
+    def running(self) -> bool:
+        """False once the pipeline thread has died (a storage failure it cannot survive)."""
+        return self._thread is not None and self._thread.is_alive()
 
     # -- the pipeline thread -----------------------------------------------------------------------
     def _run(self) -> None:
@@ -224,14 +221,26 @@ class Engine:
                     consumer.wake.wait(min(wait, 0.1))
                     consumer.wake.clear()
                     continue
-                self.process(consumer.drain(b.max_messages, b.max_bytes))
+                self._process_safely(consumer.drain(b.max_messages, b.max_bytes))
             while consumer.inbox:
-                self.process(consumer.drain(b.max_messages, b.max_bytes))
+                self._process_safely(consumer.drain(b.max_messages, b.max_bytes))
             self._complete(block=True)
             self.save_state()
         except Exception:
-            self.log.exception("pipeline thread crashed")
+            # Only storage can get here (the writer could neither write nor spool): stop without
+            # acknowledging, so that the broker keeps every message that was not stored.
+            self.log.exception("pipeline stopped: readings can be neither written nor spooled")
             raise
+
+    def _process_safely(self, messages: list[InboundMessage]) -> None:
+        """A batch that trips a bug is quarantined whole (raw payloads kept), not allowed to stop the engine."""
+        try:
+            self.process(messages)
+        except Exception as exc:
+            self.log.exception("batch quarantined after an internal error", messages=len(messages))
+            self.stats.inc("batches_quarantined")
+            self._quarantine(messages, f"{type(exc).__name__}: {exc}")
+            self.consumer.ack(messages)
 
     def process(self, messages: list[InboundMessage]) -> None:
         if not messages:
@@ -304,6 +313,16 @@ class Engine:
             self._deadletter_file.parent.mkdir(parents=True, exist_ok=True)
             with self._deadletter_file.open("ab") as fh:
                 fh.write(b"\n".join(lines) + b"\n")
+
+    def _quarantine(self, messages: list[InboundMessage], error: str) -> None:
+        if self._deadletter_file is None:
+            return
+        self._deadletter_file.parent.mkdir(parents=True, exist_ok=True)
+        with self._deadletter_file.open("ab") as fh:
+            for m in messages:
+                fh.write(orjson.dumps({"reason": "internal_error", "detail": error, "topic": m.topic,
+                                       "payload": m.payload.decode("utf-8", "replace"),
+                                       "arrival_ns": m.arrival_ns}) + b"\n")
 
     @staticmethod
     def topic_safe(segment: str) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 
+import orjson
 import pytest
 
 from citywatch.pipeline import Engine
@@ -237,3 +238,27 @@ def test_restart_keeps_detector_and_alert_state(mosquitto, influxdb, db_name, tm
     finally:
         device.close()
         listener.close()
+
+
+def test_a_batch_that_trips_a_bug_is_quarantined_and_the_engine_goes_on(engine_factory, device, influxdb, db_name,
+                                                                         tmp_path):
+    engine = engine_factory()
+    detector = engine.detectors[0]
+    original = detector.process
+    calls = {"n": 0}
+
+    def broken_once(batch, skip=None):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("simulated bug")
+        return original(batch, skip=skip)
+
+    detector.process = broken_once
+    device.publish_all([("city/air/aq-001/telemetry", {"ts": T0_MS, "pm25": 1.25})])
+    wait_for(lambda: engine.stats.get("batches_quarantined") == 1, 10, "quarantine")
+    device.publish_all([("city/air/aq-001/telemetry", {"ts": T0_MS + 1000, "pm25": 2.5})])
+    wait_for(lambda: count(influxdb, db_name, "air", "pm25") == 1, 10, "next batch stored")
+    assert engine.running
+    quarantined = [orjson.loads(line) for line in engine._deadletter_file.read_bytes().splitlines()]
+    assert [(q["reason"], orjson.loads(q["payload"])["pm25"]) for q in quarantined] == [("internal_error", 1.25)]
+    assert "simulated bug" in quarantined[0]["detail"]
