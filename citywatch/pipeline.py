@@ -304,38 +304,30 @@ class Engine:
         lines = []
         for r in rejections:
             body = r.to_json()
-            domain = r.domain if r.domain and self.topic_safe(r.domain) else "unknown"
-            sensor = r.sensor if r.sensor and self.topic_safe(r.sensor) else "unknown"
-            self.consumer.publish(self.deadletter_topic.format(domain=domain, sensor=sensor), body, qos=1)
+            self.consumer.publish(r.deadletter_topic(self.deadletter_topic), body, qos=1)
             lines.append(body)
             self._bad_input_log.warning(r.reason, "rejected input", reason=r.reason, topic=r.topic, detail=r.detail)
-        if self._deadletter_file is not None:
-            self._deadletter_file.parent.mkdir(parents=True, exist_ok=True)
-            with self._deadletter_file.open("ab") as fh:
-                fh.write(b"\n".join(lines) + b"\n")
+        self._keep_dead_letters(lines)
 
     def _quarantine(self, messages: list[InboundMessage], error: str) -> None:
-        if self._deadletter_file is None:
-            return
-        self._deadletter_file.parent.mkdir(parents=True, exist_ok=True)
-        with self._deadletter_file.open("ab") as fh:
-            for m in messages:
-                fh.write(orjson.dumps({"reason": "internal_error", "detail": error, "topic": m.topic,
-                                       "payload": m.payload.decode("utf-8", "replace"),
-                                       "arrival_ns": m.arrival_ns}) + b"\n")
-
-    @staticmethod
-    def topic_safe(segment: str) -> bool:
-        return bool(segment) and not any(c in segment for c in "/+#\x00")
+        self._keep_dead_letters([
+            orjson.dumps({"reason": "internal_error", "detail": error, "topic": m.topic,
+                          "payload": m.payload.decode("utf-8", "replace"), "arrival_ns": m.arrival_ns})
+            for m in messages])
 
     def _on_rejected_points(self, lines: list[str], error: str) -> None:
         """Points InfluxDB refused (e.g. a field type conflict): kept in the dead-letter file."""
         self._bad_input_log.warning("influx_rejected", "influxdb rejected points", count=len(lines), error=error)
-        if self._deadletter_file is not None:
-            self._deadletter_file.parent.mkdir(parents=True, exist_ok=True)
-            with self._deadletter_file.open("ab") as fh:
-                for line in lines:
-                    fh.write(orjson.dumps({"reason": "influx_rejected", "detail": error, "line": line}) + b"\n")
+        self._keep_dead_letters([orjson.dumps({"reason": "influx_rejected", "detail": error, "line": line})
+                                 for line in lines])
+
+    def _keep_dead_letters(self, records: list[bytes]) -> None:
+        """Append JSON records to the dead-letter file (the quarantine that outlives the MQTT topic)."""
+        if self._deadletter_file is None or not records:
+            return
+        self._deadletter_file.parent.mkdir(parents=True, exist_ok=True)
+        with self._deadletter_file.open("ab") as fh:
+            fh.write(b"\n".join(records) + b"\n")
 
     # -- state and health --------------------------------------------------------------------------
     def _periodic(self) -> None:
