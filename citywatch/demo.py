@@ -111,6 +111,9 @@ def run(args) -> int:
     broker.start()
     influx.start()
     settings.mqtt.url, settings.influxdb.url, settings.data_dir = broker.url, influx.url, str(work / "engine")
+    # Each demo replays the last day from scratch: state from an earlier run would make it "late".
+    if settings.detectors.state_file:
+        settings.data_path(settings.detectors.state_file).unlink(missing_ok=True)
     setup_logging(settings.log_level, file=work / "engine.log")
     engine = Engine(settings, registry)
     engine.start()
@@ -167,6 +170,7 @@ def run(args) -> int:
         influx.stop()
         broker.stop()
     snap = engine.stats.snapshot()
+    console.print()
     console.print(f"stored {int(snap.get('readings_stored', 0)):,} readings, rejected "
                   f"{int(snap.get('readings_rejected', 0)):,}, {int(snap.get('alerts', 0)):,} alerts; "
                   f"data kept in {work}")
