@@ -100,17 +100,11 @@ class AlertTracker:
     def snapshot(self) -> dict[str, np.ndarray]:
         n = len(self.series)
         self._grow()
-        snap = {f"{name}": arr[:n].copy() for name, arr in self.previous.items()}
-        snap["__sensor"] = np.asarray(self.series.sensor_ids[:n], dtype=str)
-        snap["__metric"] = np.asarray(self.series.metrics[:n], dtype=str)
-        return snap
+        return {**{name: arr[:n].copy() for name, arr in self.previous.items()}, **self.series.snapshot_keys()}
 
     def restore(self, snap: dict[str, np.ndarray]) -> None:
         self._grow()
-        for i, (s, m) in enumerate(zip(snap["__sensor"].tolist(), snap["__metric"].tolist())):
-            sid = self.series.get(s, m)
-            if sid is None:
-                continue
-            for name, arr in self.previous.items():
-                if name in snap:
-                    arr[sid] = snap[name][i]
+        src, dst = self.series.remap(snap)
+        for name, arr in self.previous.items():
+            if name in snap:
+                arr[dst] = snap[name][src]

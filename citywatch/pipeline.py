@@ -358,9 +358,8 @@ class Engine:
         arrays.update({f"__alerts/{k}": v for k, v in self.alerts.snapshot().items()})
         n = len(self.series)
         self.watermarks.grow(n)
-        arrays["__watermarks/ts"] = self.watermarks.ts[:n].copy()
-        arrays["__watermarks/__sensor"] = np.asarray(self.series.sensor_ids[:n], dtype=str)
-        arrays["__watermarks/__metric"] = np.asarray(self.series.metrics[:n], dtype=str)
+        watermarks = {"ts": self.watermarks.ts[:n].copy(), **self.series.snapshot_keys()}
+        arrays.update({f"__watermarks/{k}": v for k, v in watermarks.items()})
         path = Path(self._state_file)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npz")
@@ -384,10 +383,8 @@ class Engine:
         wm = groups.get("__watermarks")
         if wm:
             self.watermarks.grow(len(self.series))
-            for i, (s, m) in enumerate(zip(wm["__sensor"].tolist(), wm["__metric"].tolist())):
-                sid = self.series.get(s, m)
-                if sid is not None:
-                    self.watermarks.ts[sid] = wm["ts"][i]
+            src, dst = self.series.remap(wm)
+            self.watermarks.ts[dst] = wm["ts"][src]
         self.log.info("detector state restored", file=str(self._state_file))
 
 

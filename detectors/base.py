@@ -116,22 +116,12 @@ class Detector(ABC):
     def snapshot(self) -> dict[str, np.ndarray]:
         n = len(self.series)
         self._grow()
-        snap = {k: v[:n].copy() for k, v in self.state.items()}
-        snap["__sensor"] = np.asarray(self.series.sensor_ids[:n], dtype=str)
-        snap["__metric"] = np.asarray(self.series.metrics[:n], dtype=str)
-        return snap
+        return {**{k: v[:n].copy() for k, v in self.state.items()}, **self.series.snapshot_keys()}
 
     def restore(self, snap: dict[str, np.ndarray]) -> None:
         """Load a snapshot; series unknown to the current registry are dropped."""
         self._grow()
-        sensors, metrics = snap["__sensor"], snap["__metric"]
-        src, dst = [], []
-        for i, (s, m) in enumerate(zip(sensors.tolist(), metrics.tolist())):
-            sid = self.series.get(s, m)
-            if sid is not None:
-                src.append(i)
-                dst.append(sid)
-        src_idx, dst_idx = np.asarray(src, dtype=np.int64), np.asarray(dst, dtype=np.int64)
+        src_idx, dst_idx = self.series.remap(snap)
         for k in self.state_fields:
             if k in snap:
                 self.state[k][dst_idx] = snap[k][src_idx]
