@@ -1,0 +1,35 @@
+"""Official indices as vectorised pure functions over arrays shaped (n_stations, n_times) or (n_times,).
+
+One module per index:
+
+* `vn_aqi`: Vietnam AQI (QĐ 1459/QĐ-TCMT), hourly (NowCast) and daily;
+* `us_aqi`: US EPA AQI with the 2024 PM2.5 breakpoints and NowCast;
+* `vn_wqi`: Vietnam water quality index (QĐ 1460/QĐ-TCMT);
+* `fire_danger`: forest fire danger, Nesterov index as applied in Vietnam;
+* `traffic`: flow, PCU, occupancy, speed ratio, travel-time index, level of service.
+
+The numbers follow the project's domain reference; each module's docstring says which choices were
+interpretations and which tables are parameters because the reference is not certain of them.
+"""
+
+from citywatch.detectors.indices._common import Category, IndexResult, nowcast, round_half_up, truncate
+from citywatch.detectors.indices.vn_aqi import (
+    vn_aqi_category,
+    vn_aqi_daily,
+    vn_aqi_daily_from_aggregates,
+    vn_aqi_hourly,
+    vn_aqi_subindex,
+)
+
+__all__ = [
+    "Category",
+    "IndexResult",
+    "nowcast",
+    "round_half_up",
+    "truncate",
+    "vn_aqi_category",
+    "vn_aqi_daily",
+    "vn_aqi_daily_from_aggregates",
+    "vn_aqi_hourly",
+    "vn_aqi_subindex",
+]
