@@ -20,6 +20,13 @@ from citywatch.detectors.indices.vn_aqi import (
     vn_aqi_hourly,
     vn_aqi_subindex,
 )
+from citywatch.detectors.indices.us_aqi import (
+    ugm3_to_native,
+    us_aqi_category,
+    us_aqi_daily_from_aggregates,
+    us_aqi_hourly,
+    us_aqi_subindex,
+)
 
 __all__ = [
     "Category",
@@ -27,6 +34,11 @@ __all__ = [
     "nowcast",
     "round_half_up",
     "truncate",
+    "ugm3_to_native",
+    "us_aqi_category",
+    "us_aqi_daily_from_aggregates",
+    "us_aqi_hourly",
+    "us_aqi_subindex",
     "vn_aqi_category",
     "vn_aqi_daily",
     "vn_aqi_daily_from_aggregates",
