@@ -27,6 +27,13 @@ from citywatch.detectors.indices.us_aqi import (
     us_aqi_hourly,
     us_aqi_subindex,
 )
+from citywatch.detectors.indices.vn_wqi import (
+    do_percent_saturation,
+    do_saturation,
+    vn_wqi,
+    vn_wqi_category,
+    wqi_subindex,
+)
 
 __all__ = [
     "Category",
@@ -44,4 +51,9 @@ __all__ = [
     "vn_aqi_daily_from_aggregates",
     "vn_aqi_hourly",
     "vn_aqi_subindex",
+    "do_percent_saturation",
+    "do_saturation",
+    "vn_wqi",
+    "vn_wqi_category",
+    "wqi_subindex",
 ]
