@@ -34,6 +34,13 @@ from citywatch.detectors.indices.vn_wqi import (
     vn_wqi_category,
     wqi_subindex,
 )
+from citywatch.detectors.indices.fire_danger import (
+    fire_danger,
+    fire_danger_level,
+    nesterov_vn,
+    saturation_deficit,
+    saturation_vapour_pressure,
+)
 
 __all__ = [
     "Category",
@@ -56,4 +63,9 @@ __all__ = [
     "vn_wqi",
     "vn_wqi_category",
     "wqi_subindex",
+    "fire_danger",
+    "fire_danger_level",
+    "nesterov_vn",
+    "saturation_deficit",
+    "saturation_vapour_pressure",
 ]
