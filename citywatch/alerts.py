@@ -16,7 +16,7 @@ import numpy as np
 import orjson
 
 from citywatch.batch import ReadingBatch
-from citywatch.detectors.base import LEVEL_NAMES, LEVEL_OK, Detector, DetectorOutput
+from citywatch.detectors.base import LEVEL_NAMES, LEVEL_OK, Detector, DetectorOutput, SeriesState
 from citywatch.registry import SeriesIndex
 
 
@@ -48,19 +48,13 @@ class AlertEvent:
         })
 
 
-class AlertTracker:
-    def __init__(self, series: SeriesIndex, detectors: list[Detector]) -> None:
-        self.series = series
-        self.detectors = detectors
-        self.previous = {d.name: np.zeros(0, np.int8) for d in detectors}
+class AlertTracker(SeriesState):
+    """The last level of every (detector, series): one int8 state array per detector."""
 
-    def _grow(self) -> None:
-        n = len(self.series)
-        for name, arr in self.previous.items():
-            if len(arr) < n:
-                grown = np.full(max(n, 2 * len(arr), 64), LEVEL_OK, np.int8)
-                grown[: len(arr)] = arr
-                self.previous[name] = grown
+    def __init__(self, series: SeriesIndex, detectors: list[Detector]) -> None:
+        self.state_fields = {d.name: (np.int8, LEVEL_OK) for d in detectors}
+        super().__init__(series)
+        self.detectors = detectors
 
     def update(self, batch: ReadingBatch, outputs: list[DetectorOutput]) -> list[AlertEvent]:
         """Transitions in a (series, ts)-sorted batch; the new levels become the carried state."""
@@ -72,7 +66,7 @@ class AlertTracker:
                 continue
             series = batch.series[evaluated]
             level = out.level[evaluated]
-            prev_state = self.previous[det.name]
+            prev_state = self.state[det.name]
             first = np.ones(len(series), bool)
             first[1:] = series[1:] != series[:-1]
             last = np.ones(len(series), bool)
@@ -96,15 +90,3 @@ class AlertTracker:
                     reason=det.reasons[int(out.reason[row])],
                 ))
         return events
-
-    def snapshot(self) -> dict[str, np.ndarray]:
-        n = len(self.series)
-        self._grow()
-        return {**{name: arr[:n].copy() for name, arr in self.previous.items()}, **self.series.snapshot_keys()}
-
-    def restore(self, snap: dict[str, np.ndarray]) -> None:
-        self._grow()
-        src, dst = self.series.remap(snap)
-        for name, arr in self.previous.items():
-            if name in snap:
-                arr[dst] = snap[name][src]

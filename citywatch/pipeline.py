@@ -17,7 +17,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -29,7 +29,7 @@ from citywatch.alerts import AlertEvent, AlertTracker
 from citywatch.batch import FLAG_DUPLICATE, FLAG_LATE, FLAG_TS_FROM_ARRIVAL, ReadingBatch
 from citywatch.config import Settings
 from citywatch.detectors import build_detectors
-from citywatch.detectors.base import LEVEL_CRITICAL, LEVEL_NAMES, DetectorOutput
+from citywatch.detectors.base import LEVEL_CRITICAL, LEVEL_NAMES, DetectorOutput, SeriesState
 from citywatch.ingest.mqtt import InboundMessage, MqttConsumer
 from citywatch.ingest.topics import TopicPattern
 from citywatch.ingest.validate import Rejection, Validator
@@ -54,29 +54,24 @@ class _Pending:
     event_ts: np.ndarray | None = None  # kept only when a latency probe is installed
 
 
-@dataclass
-class Watermarks:
+class Watermarks(SeriesState):
     """Newest processed event time per series."""
 
-    ts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-
-    def grow(self, n: int) -> None:
-        if len(self.ts) < n:
-            grown = np.full(max(n, 2 * len(self.ts), 64), INT64_MIN, np.int64)
-            grown[: len(self.ts)] = self.ts
-            self.ts = grown
+    state_fields = {"ts": (np.int64, INT64_MIN)}
 
     def mark(self, batch: ReadingBatch) -> None:
         """Flag LATE and DUPLICATE readings of a sorted batch, then advance the watermarks."""
+        self._grow()
         if len(batch) == 0:
             return
         same_as_prev = np.zeros(len(batch), bool)
         same_as_prev[1:] = (batch.series[1:] == batch.series[:-1]) & (batch.ts[1:] == batch.ts[:-1])
         batch.flags[same_as_prev] |= FLAG_DUPLICATE
-        batch.flags[batch.ts <= self.ts[batch.series]] |= FLAG_LATE
+        ts = self.state["ts"]
+        batch.flags[batch.ts <= ts[batch.series]] |= FLAG_LATE
         last = batch.is_last
         s = batch.series[last]
-        self.ts[s] = np.maximum(self.ts[s], batch.ts[last])
+        ts[s] = np.maximum(ts[s], batch.ts[last])
 
 
 class PointEncoder:
@@ -153,7 +148,7 @@ class Engine:
         self.validator = Validator(self.registry, self.series, settings.validation, self.topic, self.stats)
         self.detectors = build_detectors(self.series, settings.detectors)
         self.alerts = AlertTracker(self.series, self.detectors)
-        self.watermarks = Watermarks()
+        self.watermarks = Watermarks(self.series)
         self.encoder = PointEncoder(self.series)
         self.spool = Spool(settings.data_path(settings.spool.directory), settings.spool.max_bytes,
                            settings.spool.when_full, settings.spool.fsync, self.stats)
@@ -248,7 +243,6 @@ class Engine:
         batch, rejections = self.validator.validate([(m.topic, m.payload, m.arrival_ns) for m in messages])
         self._dead_letter(rejections)
         batch = batch.sorted_by_series_time()
-        self.watermarks.grow(len(self.series))
         self.watermarks.mark(batch)
         outputs = self._detect(batch)
         events = self.alerts.update(batch, outputs)
@@ -349,17 +343,16 @@ class Engine:
         line = encode_line("citywatch", {"client_id": self.settings.mqtt.client_id}, fields, time.time_ns())
         self._pending.append(_Pending(self._pool.submit(self.writer.write, [line]), [], [], 0, time.time_ns()))
 
+    def _stateful(self) -> dict[str, SeriesState]:
+        """Everything whose per-series state survives a restart, by snapshot prefix."""
+        return {**{d.name: d for d in self.detectors}, "__alerts": self.alerts, "__watermarks": self.watermarks}
+
     def save_state(self) -> None:
         if self._state_file is None:
             return
         arrays: dict[str, np.ndarray] = {}
-        for det in self.detectors:
-            arrays.update({f"{det.name}/{k}": v for k, v in det.snapshot().items()})
-        arrays.update({f"__alerts/{k}": v for k, v in self.alerts.snapshot().items()})
-        n = len(self.series)
-        self.watermarks.grow(n)
-        watermarks = {"ts": self.watermarks.ts[:n].copy(), **self.series.snapshot_keys()}
-        arrays.update({f"__watermarks/{k}": v for k, v in watermarks.items()})
+        for name, part in self._stateful().items():
+            arrays.update({f"{name}/{k}": v for k, v in part.snapshot().items()})
         path = Path(self._state_file)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npz")
@@ -375,16 +368,9 @@ class Engine:
             for key in data.files:
                 group, _, name = key.partition("/")
                 groups.setdefault(group, {})[name] = data[key]
-        for det in self.detectors:
-            if det.name in groups:
-                det.restore(groups[det.name])
-        if "__alerts" in groups:
-            self.alerts.restore(groups["__alerts"])
-        wm = groups.get("__watermarks")
-        if wm:
-            self.watermarks.grow(len(self.series))
-            src, dst = self.series.remap(wm)
-            self.watermarks.ts[dst] = wm["ts"][src]
+        for name, part in self._stateful().items():
+            if name in groups:
+                part.restore(groups[name])
         self.log.info("detector state restored", file=str(self._state_file))
 
 

@@ -41,14 +41,13 @@ class DetectorOutput:
         return cls(np.full(n, np.nan), np.full(n, LEVEL_NOT_EVALUATED, np.int8), np.zeros(n, np.int16), np.full(n, np.nan))
 
 
-class Detector(ABC):
-    """Base class: state arrays that grow with the series index, snapshot and restore.
+class SeriesState:
+    """Per-series state arrays that grow with the series index, with snapshot and restore.
 
-    Subclasses declare `state_fields` (name -> (dtype, fill value)) and implement `_process`.
+    Subclasses declare `state_fields` (name -> (dtype, fill value)); `self.state[name][series_id]`.
+    Shared by detectors and by the stateful aggregations that feed the indices.
     """
 
-    name: ClassVar[str]
-    reasons: ClassVar[tuple[str, ...]] = ("ok",)
     state_fields: ClassVar[dict[str, tuple[type | str, object]]] = {}
 
     def __init__(self, series: SeriesIndex) -> None:
@@ -74,6 +73,29 @@ class Detector(ABC):
 
     def _on_new_series(self, start: int, stop: int) -> None:
         """Hook: series ids [start, stop) have just appeared (e.g. to look up their parameters)."""
+
+    def snapshot(self) -> dict[str, np.ndarray]:
+        n = len(self.series)
+        self._grow()
+        return {**{k: v[:n].copy() for k, v in self.state.items()}, **self.series.snapshot_keys()}
+
+    def restore(self, snap: dict[str, np.ndarray]) -> None:
+        """Load a snapshot; series unknown to the current registry are dropped."""
+        self._grow()
+        src_idx, dst_idx = self.series.remap(snap)
+        for k in self.state_fields:
+            if k in snap:
+                self.state[k][dst_idx] = snap[k][src_idx]
+
+
+class Detector(SeriesState, ABC):
+    """Base class of the detectors: per-series state (`SeriesState`) and batch scoring.
+
+    Subclasses declare `name`, `reasons` and `state_fields`, and implement `_process`.
+    """
+
+    name: ClassVar[str]
+    reasons: ClassVar[tuple[str, ...]] = ("ok",)
 
     def process(self, batch: ReadingBatch, skip: np.ndarray | None = None) -> DetectorOutput:
         """Score a (series, ts)-sorted batch; the output is aligned with the batch's rows.
@@ -112,19 +134,6 @@ class Detector(ABC):
     def in_order(batch: ReadingBatch) -> np.ndarray:
         """Readings that may move per-series state (not late, not duplicate)."""
         return (batch.flags & (FLAG_LATE | FLAG_DUPLICATE)) == 0
-
-    def snapshot(self) -> dict[str, np.ndarray]:
-        n = len(self.series)
-        self._grow()
-        return {**{k: v[:n].copy() for k, v in self.state.items()}, **self.series.snapshot_keys()}
-
-    def restore(self, snap: dict[str, np.ndarray]) -> None:
-        """Load a snapshot; series unknown to the current registry are dropped."""
-        self._grow()
-        src_idx, dst_idx = self.series.remap(snap)
-        for k in self.state_fields:
-            if k in snap:
-                self.state[k][dst_idx] = snap[k][src_idx]
 
     def reason_names(self, codes: np.ndarray) -> np.ndarray:
         return np.asarray(self.reasons, dtype=object)[codes]

@@ -12,7 +12,6 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-import orjson
 import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
