@@ -41,6 +41,19 @@ from citywatch.detectors.indices.fire_danger import (
     saturation_deficit,
     saturation_vapour_pressure,
 )
+from citywatch.detectors.indices.traffic import (
+    density,
+    effective_pcu_factor,
+    flow_veh_per_hour,
+    level_of_service,
+    occupancy_percent,
+    pcu_flow,
+    peak_hour_factor,
+    space_mean_speed,
+    speed_ratio,
+    travel_time_index,
+    vc_ratio,
+)
 
 __all__ = [
     "Category",
@@ -68,4 +81,15 @@ __all__ = [
     "nesterov_vn",
     "saturation_deficit",
     "saturation_vapour_pressure",
+    "density",
+    "effective_pcu_factor",
+    "flow_veh_per_hour",
+    "level_of_service",
+    "occupancy_percent",
+    "pcu_flow",
+    "peak_hour_factor",
+    "space_mean_speed",
+    "speed_ratio",
+    "travel_time_index",
+    "vc_ratio",
 ]
