@@ -143,3 +143,17 @@ def test_many_stations_equal_each_alone():
         np.testing.assert_array_equal(together.value[s], alone.value)
         np.testing.assert_array_equal(together.dominant[s], alone.dominant)
         np.testing.assert_array_equal(together.category[s], alone.category)
+
+
+def test_daily_from_hourly():
+    from citywatch.detectors.indices.us_aqi import us_aqi_daily
+
+    lead = 7
+    pm25 = np.full(lead + 48, 12.0)
+    pm25[lead + 24 :] = 35.9
+    no2 = np.full(lead + 48, 20.0)
+    no2[lead + 30] = 225.8
+    r = us_aqi_daily({"pm25": pm25, "no2": no2}, lead_hours=lead)
+    assert r.value.tolist() == [56, 105]
+    assert r.dominant.tolist() == ["pm25", "no2"]
+    assert r.subindices["pm25"].tolist() == [56, 102]

@@ -23,6 +23,7 @@ from citywatch.detectors.indices.vn_aqi import (
 from citywatch.detectors.indices.us_aqi import (
     ugm3_to_native,
     us_aqi_category,
+    us_aqi_daily,
     us_aqi_daily_from_aggregates,
     us_aqi_hourly,
     us_aqi_subindex,
@@ -63,6 +64,7 @@ __all__ = [
     "truncate",
     "ugm3_to_native",
     "us_aqi_category",
+    "us_aqi_daily",
     "us_aqi_daily_from_aggregates",
     "us_aqi_hourly",
     "us_aqi_subindex",

@@ -16,6 +16,7 @@ __all__ = [
     "rolling_mean",
     "nowcast",
     "category_index",
+    "daily_reduce",
 ]
 
 # Rounding to this many decimals first removes floating-point noise, so that e.g. 109.4999999999
@@ -131,3 +132,20 @@ def category_index(value, upper_bounds) -> np.ndarray:
     v = np.asarray(value, dtype=np.float64)
     cat = np.searchsorted(np.asarray(upper_bounds, dtype=np.float64), v, side="left") + 1
     return np.where(np.isnan(v), 0, cat).astype(np.int8)
+
+
+def daily_reduce(x, hours_per_day: int, min_hours: int, how: str) -> np.ndarray:
+    """Per-day mean or max of hourly values (..., n_days * hours_per_day) -> (..., n_days), NaN
+    skipped; NaN for a day with fewer than `min_hours` values."""
+    x = np.asarray(x, dtype=np.float64)
+    days = x.reshape(x.shape[:-1] + (-1, hours_per_day))
+    valid = ~np.isnan(days)
+    n = valid.sum(axis=-1)
+    if how == "mean":
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out = np.where(valid, days, 0.0).sum(axis=-1) / n
+    elif how == "max":
+        out = np.where(valid, days, -np.inf).max(axis=-1)
+    else:
+        raise ValueError(f"unknown reduction {how!r}")
+    return np.where(n >= min_hours, out, np.nan)

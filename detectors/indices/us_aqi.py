@@ -18,8 +18,9 @@ with MW (g/mol) NO2 46.0055, SO2 64.066, O3 48.00, CO 28.01 (`MOLECULAR_WEIGHTS`
 * **Hourly report** (`us_aqi_hourly`): PM NowCast; O3 the larger of the 8-h sub-index (trailing
   8-h mean) and the 1-h one; CO the trailing 8-h mean; SO2 and NO2 the 1-h mean. A trailing 8-h
   mean needs `min_hours_8h` (default 6) of its 8 hours (a completeness rule not in the reference).
-* **Daily** (`us_aqi_daily_from_aggregates`): PM 24-h means, O3 and CO max 8-h, SO2 and NO2 max
-  1-h (and O3 max 1-h when given).
+* **Daily** (`us_aqi_daily`, `us_aqi_daily_from_aggregates`): PM 24-h means, O3 and CO max 8-h
+  mean, SO2 and NO2 max 1-h (and O3 max 1-h, which counts from 0.125 ppm). A 24-h mean or daily
+  max needs `min_hours` (default 18) hours of the day.
 * AQI = max of the sub-indices, categories `CATEGORIES` (colours 00e400 ffff00 ff7e00 ff0000
   8f3f97 7e0023).
 
@@ -52,6 +53,7 @@ from citywatch.detectors.indices._common import (
     Category,
     IndexResult,
     category_index,
+    daily_reduce,
     nowcast,
     rolling_mean,
     round_half_up,
@@ -68,6 +70,7 @@ __all__ = [
     "TRUNCATE_DECIMALS",
     "ugm3_to_native",
     "us_aqi_category",
+    "us_aqi_daily",
     "us_aqi_daily_from_aggregates",
     "us_aqi_hourly",
     "us_aqi_subindex",
@@ -225,3 +228,35 @@ def us_aqi_daily_from_aggregates(aggregates_ugm3: Mapping[str, np.ndarray | floa
             us_aqi_subindex("o3_1h", ugm3_to_native("o3", aggregates_ugm3.get("o3_1h", np.nan)), breakpoints=breakpoints),
         )
     return _combine(sub)
+
+
+def us_aqi_daily(
+    hourly_ugm3: Mapping[str, np.ndarray],
+    *,
+    hours_per_day: int = 24,
+    lead_hours: int = 0,
+    min_hours: int = 18,
+    min_hours_8h: int = 6,
+    breakpoints=BREAKPOINTS,
+) -> IndexResult:
+    """Daily US AQI from hourly means in ug/m3 shaped (..., lead_hours + n_days * 24), oldest
+    first; the first `lead_hours` hours only feed the 8-h means of the first day (as in
+    `citywatch.detectors.indices.vn_aqi.vn_aqi_daily`). Returns an `IndexResult` (..., n_days)."""
+    agg: dict[str, np.ndarray] = {}
+    for p in POLLUTANTS:
+        if p not in hourly_ugm3:
+            continue
+        x = np.asarray(hourly_ugm3[p], dtype=np.float64)
+        if (x.shape[-1] - lead_hours) % hours_per_day or x.shape[-1] < lead_hours:
+            raise ValueError(f"{p}: {x.shape[-1]} hours is not lead_hours + whole days of {hours_per_day} hours")
+        body = x[..., lead_hours:]
+        if p in ("pm25", "pm10"):
+            agg[p] = daily_reduce(body, hours_per_day, min_hours, "mean")
+        elif p in ("o3", "co"):
+            m8 = rolling_mean(x, 8, min_hours_8h)[..., lead_hours:]
+            agg["o3_8h" if p == "o3" else p] = daily_reduce(m8, hours_per_day, 1, "max")
+            if p == "o3":
+                agg["o3_1h"] = daily_reduce(body, hours_per_day, min_hours, "max")
+        else:
+            agg[p] = daily_reduce(body, hours_per_day, min_hours, "max")
+    return us_aqi_daily_from_aggregates(agg, breakpoints=breakpoints)

@@ -67,6 +67,7 @@ from citywatch.detectors.indices._common import (
     Category,
     IndexResult,
     category_index,
+    daily_reduce,
     nowcast,
     rolling_mean,
     round_half_up,
@@ -223,18 +224,6 @@ def vn_aqi_daily_from_aggregates(
     return _combine(raw, require_pm)
 
 
-def _daily_reduce(x: np.ndarray, hours_per_day: int, min_hours: int, how: str) -> np.ndarray:
-    days = x.reshape(x.shape[:-1] + (-1, hours_per_day))
-    valid = ~np.isnan(days)
-    n = valid.sum(axis=-1)
-    if how == "mean":
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out = np.where(valid, days, 0.0).sum(axis=-1) / n
-    else:
-        out = np.where(valid, days, -np.inf).max(axis=-1)
-    return np.where(n >= min_hours, out, np.nan)
-
-
 def vn_aqi_daily(
     hourly: Mapping[str, np.ndarray],
     *,
@@ -261,11 +250,11 @@ def vn_aqi_daily(
             raise ValueError(f"{p}: {x.shape[-1]} hours is not lead_hours + whole days of {hours_per_day} hours")
         body = x[..., lead_hours:]
         if p in ("pm25", "pm10"):
-            agg[p] = _daily_reduce(body, hours_per_day, min_hours, "mean")
+            agg[p] = daily_reduce(body, hours_per_day, min_hours, "mean")
         elif p == "o3":
-            agg["o3_1h"] = _daily_reduce(body, hours_per_day, min_hours, "max")
+            agg["o3_1h"] = daily_reduce(body, hours_per_day, min_hours, "max")
             m8 = rolling_mean(x, 8, min_hours_8h)[..., lead_hours:]
-            agg["o3_8h"] = _daily_reduce(m8, hours_per_day, 1, "max")
+            agg["o3_8h"] = daily_reduce(m8, hours_per_day, 1, "max")
         else:
-            agg[p] = _daily_reduce(body, hours_per_day, min_hours, "max")
+            agg[p] = daily_reduce(body, hours_per_day, min_hours, "max")
     return vn_aqi_daily_from_aggregates(agg, breakpoints=breakpoints, require_pm=require_pm)
