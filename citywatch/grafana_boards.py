@@ -1,0 +1,729 @@
+"""Grafana boards for citywatch, generated from the config and the sensor registry.
+
+``build_dashboards(settings, registry)`` returns every board as Grafana dashboard JSON;
+``export(dir)`` writes the provisioning files and the boards (what is committed under ``grafana/``);
+``push(url, token)`` uploads the boards to a running Grafana; ``add_arguments``/``run`` are the
+``citywatch grafana export DIR`` and ``citywatch grafana push --url --token`` subcommands.
+
+Library: grafana-foundation-sdk (Grafana Labs' "as code" SDK). It is generated from Grafana's own
+dashboard and panel schemas and released continuously by Grafana Labs, and it has builders for every
+panel these boards need, the Geomap included. grafanalib (community, last release 0.7.1, 2024) has
+no Geomap panel and models the old graph-panel world. The SDK has no InfluxDB query type, so
+``InfluxQL`` below is a small data-query variant registered with the SDK's runtime, so that the
+SDK's models decode the committed JSON (the tests use that as the schema check).
+
+Queries are raw InfluxQL with Grafana's macros (``$timeFilter``, ``$__interval``) and the template
+variables ``area`` and ``sensor`` (``SHOW TAG VALUES``). Every board is built from ``Section``s;
+index panels (AQI, WQI, fire danger) are meant to be added as further sections.
+
+The engine writes (see README "InfluxDB schema"): ``air``/``water``/``traffic``/``forest`` (tags
+sensor, area; one field per metric), ``scores`` (tags sensor, area, domain, metric; fields score,
+level, ...), ``alerts`` (tags sensor, domain, area, metric, detector, level; fields value, threshold,
+score, reason, previous_level, level_code) and ``citywatch`` (tag client_id; cumulative counters).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from grafana_foundation_sdk.builders import dashboard as dash
+from grafana_foundation_sdk.builders import geomap, stat, table, timeseries
+from grafana_foundation_sdk.builders import common as common_b
+from grafana_foundation_sdk.cog import builder as cogbuilder
+from grafana_foundation_sdk.cog import runtime as cogruntime
+from grafana_foundation_sdk.cog import variants as cogvariants
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import common
+from grafana_foundation_sdk.models import dashboard as dm
+from grafana_foundation_sdk.models import geomap as gm
+
+from citywatch.config import Settings, ThresholdRule
+from citywatch.registry import DOMAINS, Registry
+
+DATASOURCE_UID = "citywatch-influxdb"
+DATASOURCE = dm.DataSourceRef(type_val="influxdb", uid=DATASOURCE_UID)
+GRAFANA_DS = dm.DataSourceRef(type_val="datasource", uid="grafana")
+MIXED_DS = dm.DataSourceRef(type_val="datasource", uid="-- Mixed --")
+STATUS_WINDOW = "15m"  # "current status" of a sensor: max level in `scores` over this window
+ACTIVE_ALERTS_WINDOW = "7d"  # how far back the active-alerts table looks for the latest state change
+
+FOLDER_ENVIRONMENT = "environment"
+FOLDER_OPERATIONS = "operations"
+
+DOMAIN_TITLES = {
+    "air": "Chất lượng không khí / Air quality",
+    "water": "Chất lượng nước / Water quality",
+    "traffic": "Giao thông / Traffic",
+    "forest": "Rừng / Forest",
+}
+
+# Metric display names (Vietnamese / English) and aggregation per interval.
+METRIC_TITLES = {
+    "pm25": "Bụi PM2.5 / PM2.5", "pm10": "Bụi PM10 / PM10", "no2": "NO₂", "so2": "SO₂", "o3": "O₃",
+    "co": "CO", "temperature": "Nhiệt độ / Temperature", "relativeHumidity": "Độ ẩm / Relative humidity",
+    "pH": "pH", "dissolvedOxygen": "Oxy hòa tan / Dissolved oxygen", "turbidity": "Độ đục / Turbidity",
+    "conductivity": "Độ dẫn điện / Conductivity", "NH4": "Amoni / Ammonium (NH₄⁺)",
+    "intensity": "Lưu lượng xe / Intensity", "occupancy": "Tỷ lệ chiếm dụng / Occupancy",
+    "averageVehicleSpeed": "Tốc độ trung bình / Average speed", "precipitation": "Lượng mưa / Precipitation",
+    "windSpeed": "Tốc độ gió / Wind speed", "soilMoisture": "Độ ẩm đất / Soil moisture",
+}
+SUM_METRICS = {"precipitation"}  # amounts per reporting period: summed per interval, not averaged
+
+# citywatch canonical units (citywatch/units.py) -> Grafana unit ids
+GRAFANA_UNITS = {
+    "ug/m3": "conμgm3", "mg/m3": "conmgm3", "Cel": "celsius", "1": "percentunit", "km/h": "velocitykmh",
+    "m/s": "velocityms", "mm": "lengthmm", "mg/L": "suffix: mg/L", "NTU": "suffix: NTU",
+    "uS/cm": "suffix: µS/cm", "veh": "suffix: veh", "pH": "none",
+}
+
+LEVEL_COLOURS = [(None, "green"), (1, "orange"), (2, "red")]
+
+
+# ------------------------------------------------------------------------------ the InfluxQL query
+
+class InfluxQLQuery(cogvariants.Dataquery):
+    """A raw InfluxQL target of Grafana's InfluxDB data source (query language InfluxQL)."""
+
+    def __init__(self, ref_id: str = "A", query: str = "", result_format: str = "time_series",
+                 alias: str | None = None, datasource: dm.DataSourceRef | None = None, hide: bool | None = None) -> None:
+        self.ref_id = ref_id
+        self.query = query
+        self.result_format = result_format
+        self.alias = alias
+        self.datasource = datasource
+        self.hide = hide
+
+    def to_json(self) -> dict[str, object]:
+        out: dict[str, object] = {"refId": self.ref_id, "datasource": self.datasource or DATASOURCE,
+                                  "rawQuery": True, "query": self.query, "resultFormat": self.result_format}
+        if self.alias:
+            out["alias"] = self.alias
+        if self.hide is not None:
+            out["hide"] = self.hide
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "InfluxQLQuery":
+        unknown = set(data) - {"refId", "datasource", "rawQuery", "query", "resultFormat", "alias", "hide"}
+        if unknown or data.get("rawQuery") is not True or not data.get("query"):
+            raise ValueError(f"not a raw InfluxQL target: {sorted(data)} (refId {data.get('refId')})")
+        if data.get("resultFormat") not in ("time_series", "table", "logs"):
+            raise ValueError(f"bad resultFormat in {data!r}")
+        ds = data.get("datasource")
+        return cls(data["refId"], data["query"], data["resultFormat"], data.get("alias"),
+                   dm.DataSourceRef.from_json(ds) if isinstance(ds, dict) else None, data.get("hide"))
+
+
+
+
+class InfluxQL(cogbuilder.Builder[InfluxQLQuery]):
+    def __init__(self, query: str, ref_id: str = "A", fmt: str = "time_series", alias: str | None = None) -> None:
+        self._q = InfluxQLQuery(ref_id, query, fmt, alias)
+
+    def build(self) -> InfluxQLQuery:
+        return self._q
+
+
+class SnapshotQuery(cogvariants.Dataquery):
+    """Static data frames embedded in the board (Grafana's built-in `-- Grafana --` snapshot query):
+    the registry's coordinates and expected intervals, which InfluxDB does not hold."""
+
+    def __init__(self, ref_id: str, frame: dict[str, Any]) -> None:
+        self.ref_id = ref_id
+        self.frame = frame
+
+    def to_json(self) -> dict[str, object]:
+        return {"refId": self.ref_id, "datasource": GRAFANA_DS, "queryType": "snapshot", "snapshot": [self.frame]}
+
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "SnapshotQuery":
+        if set(data) != {"refId", "datasource", "queryType", "snapshot"} or data["queryType"] != "snapshot":
+            raise ValueError(f"not a snapshot query: {sorted(data)}")
+        for frame in data["snapshot"]:
+            fields, values = frame["schema"]["fields"], frame["data"]["values"]
+            if len(fields) != len(values) or len({len(v) for v in values}) > 1:
+                raise ValueError("a snapshot frame needs one column of equal length per field")
+        return cls(data["refId"], data["snapshot"][0])
+
+
+def _mixed_from_json(data: dict[str, Any]) -> cogvariants.Dataquery:
+    """Targets of a `-- Mixed --` panel: decoded by their own data source type."""
+    if data.get("datasource", {}).get("type") == "influxdb":
+        return InfluxQLQuery.from_json(data)
+    if data.get("queryType") == "snapshot":
+        return SnapshotQuery.from_json(data)
+    return cogruntime.UnknownDataquery(data)
+
+
+cogruntime.register_dataquery_variant(cogruntime.DataqueryConfig("influxdb", InfluxQLQuery.from_json))
+cogruntime.register_dataquery_variant(cogruntime.DataqueryConfig("datasource", _mixed_from_json))
+
+
+class Snapshot(cogbuilder.Builder[SnapshotQuery]):
+    def __init__(self, ref_id: str, columns: dict[str, tuple[str, list]]) -> None:
+        frame = {"schema": {"refId": ref_id, "fields": [{"name": n, "type": t} for n, (t, _) in columns.items()]},
+                 "data": {"values": [v for _, v in columns.values()]}}
+        self._q = SnapshotQuery(ref_id, frame)
+
+    def build(self) -> SnapshotQuery:
+        return self._q
+
+
+class InfluxAnnotation(cogbuilder.Builder[dm.AnnotationQuery]):
+    """An InfluxQL annotation query (the SDK's AnnotationQuery has no InfluxDB fields)."""
+
+    class Model(dm.AnnotationQuery):
+        def __init__(self, name: str, query: str, text_column: str, tags_column: str, colour: str) -> None:
+            super().__init__(name=name, datasource=DATASOURCE, enable=True, hide=False, icon_color=colour)
+            self.query, self.text_column, self.tags_column = query, text_column, tags_column
+
+        def to_json(self) -> dict[str, object]:
+            out = super().to_json()
+            out.update({"query": self.query, "textColumn": self.text_column, "tagsColumn": self.tags_column,
+                        "target": {"refId": "Anno", "query": self.query, "rawQuery": True, "resultFormat": "table"}})
+            return out
+
+    def __init__(self, name: str, query: str, text_column: str, tags_column: str, colour: str = "red") -> None:
+        self._a = self.Model(name, query, text_column, tags_column, colour)
+
+    def build(self) -> dm.AnnotationQuery:
+        return self._a
+
+
+# ------------------------------------------------------------------------------ helpers
+
+def q_ident(name: str) -> str:
+    return '"' + name.replace('"', '\\"') + '"'
+
+
+def tag_filter(*tags: str) -> str:
+    """`"area" =~ /^$area$/ AND ...`: matches Grafana's regex rendering of (multi-value) variables."""
+    return " AND ".join(f'{q_ident(t)} =~ /^${t}$/' for t in tags)
+
+
+def thresholds(steps: Iterable[tuple[float | None, str]]) -> dash.ThresholdsConfig:
+    return (dash.ThresholdsConfig().mode(dm.ThresholdsMode.ABSOLUTE)
+            .steps([dm.Threshold(value=v, color=c) for v, c in steps]))
+
+
+def level_mappings() -> list[dm.ValueMapping]:
+    return [dm.ValueMap(options={
+        "0": dm.ValueMappingResult(text="ổn / ok", color="green", index=0),
+        "1": dm.ValueMappingResult(text="cảnh báo / warning", color="orange", index=1),
+        "2": dm.ValueMappingResult(text="nguy hại / critical", color="red", index=2)})]
+
+
+def rule_for(settings: Settings, domain: str, metric: str) -> ThresholdRule | None:
+    for rule in settings.detectors.thresholds:
+        if rule.metric == metric and rule.domain in (None, domain):
+            return rule
+    return None
+
+
+def timeseries_panel(title: str, targets: list[InfluxQL], unit: str | None = None, w: int = 12, h: int = 8,
+                     description: str | None = None) -> timeseries.Panel:
+    p = timeseries.Panel().title(title).datasource(DATASOURCE).span(w).height(h)
+    for t in targets:
+        p = p.with_target(t)
+    if unit:
+        p = p.unit(unit)
+    if description:
+        p = p.description(description)
+    return p
+
+
+def counter_rate(field_name: str, alias: str, per: str = "1s", where: str = "") -> InfluxQL:
+    """Rate of a cumulative `citywatch` counter (restarts reset counters: non_negative_derivative)."""
+    extra = f" AND {where}" if where else ""
+    return InfluxQL(f'SELECT non_negative_derivative(max({q_ident(field_name)}), {per}) AS {q_ident(alias)} '
+                    f'FROM "citywatch" WHERE $timeFilter{extra} GROUP BY time($__interval), "client_id" fill(null)',
+                    alias=f"{alias} ($tag_client_id)")
+
+
+# ------------------------------------------------------------------------------ boards
+
+@dataclass
+class Section:
+    """A titled row of panels; a board is a list of sections (index panels come as new sections)."""
+
+    title: str
+    panels: list[cogbuilder.Builder] = field(default_factory=list)
+    collapsed: bool = False
+
+
+@dataclass
+class Board:
+    uid: str
+    title: str
+    folder: str
+    filename: str
+    description: str
+    sections: list[Section]
+    variables_from: str | None = None  # measurement for the area/sensor variables
+    annotations: list[InfluxAnnotation] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
+    time_from: str = "now-6h"
+    refresh: str = "1m"
+
+    def build(self) -> dict[str, Any]:
+        b = (dash.Dashboard(self.title).uid(self.uid).description(self.description)
+             .tags(["citywatch", *self.tags]).timezone("browser").time(self.time_from, "now").refresh(self.refresh)
+             .tooltip(dm.DashboardCursorSync.CROSSHAIR).editable())
+        b = b.link(dash.DashboardLink("citywatch").type(dm.DashboardLinkType.DASHBOARDS).tags(["citywatch"])
+                   .as_dropdown(True).include_vars(False).keep_time(True))
+        if self.variables_from:
+            for v in variables(self.variables_from):
+                b = b.with_variable(v)
+        if self.annotations:
+            b = b.annotations([a for a in self.annotations])
+        for section in self.sections:
+            b = b.with_row(dash.Row(section.title).collapsed(section.collapsed))
+            for p in section.panels:
+                b = b.with_panel(p)
+        return json.loads(json.dumps(b.build(), cls=JSONEncoder))
+
+
+def variables(measurement: str) -> list[dash.QueryVariable]:
+    m = q_ident(measurement)
+    area = (dash.QueryVariable("area").label("Phường / Area").datasource(DATASOURCE)
+            .query(f'SHOW TAG VALUES FROM {m} WITH KEY = "area"')
+            .multi(True).include_all(True).refresh(dm.VariableRefresh.ON_DASHBOARD_LOAD).sort(dm.VariableSort.ALPHABETICAL_ASC)
+            .current(dm.VariableOption(selected=True, text="All", value="$__all")))
+    sensor = (dash.QueryVariable("sensor").label("Cảm biến / Sensor").datasource(DATASOURCE)
+              .query(f'SHOW TAG VALUES FROM {m} WITH KEY = "sensor" WHERE {tag_filter("area")}')
+              .multi(True).include_all(True).refresh(dm.VariableRefresh.ON_DASHBOARD_LOAD).sort(dm.VariableSort.ALPHABETICAL_ASC)
+              .current(dm.VariableOption(selected=True, text="All", value="$__all")))
+    return [area, sensor]
+
+
+def sensors_frame(registry: Registry, ref_id: str) -> Snapshot:
+    sensors = sorted(registry.sensors.values(), key=lambda s: s.id)
+    return Snapshot(ref_id, {
+        "sensor": ("string", [s.id for s in sensors]),
+        "name": ("string", [s.name or s.id for s in sensors]),
+        "domain": ("string", [s.domain for s in sensors]),
+        "area": ("string", [s.area for s in sensors]),
+        "latitude": ("number", [s.lat for s in sensors]),
+        "longitude": ("number", [s.lon for s in sensors]),
+        "expected_interval_s": ("number", [float(s.interval or 0) for s in sensors]),
+    })
+
+
+def overview_board(settings: Settings, registry: Registry) -> Board:
+    sensors = list(registry.sensors.values())
+    lat = round(sum(s.lat for s in sensors) / len(sensors), 4)
+    lon = round(sum(s.lon for s in sensors) / len(sensors), 4)
+    status = InfluxQL(f'SELECT max("level") AS "level" FROM "scores" WHERE time > now() - {STATUS_WINDOW} '
+                      f'GROUP BY "sensor"', ref_id="A", fmt="table")
+    marker_layer = common.MapLayerOptions(
+        type_val="markers", name="Cảm biến / Sensors", tooltip=True,
+        location=common.FrameGeometrySource(mode=common.FrameGeometrySourceMode.COORDS, latitude="latitude",
+                                            longitude="longitude"),
+        config={"showLegend": True, "style": {
+            "color": {"field": "level", "fixed": "text"}, "size": {"fixed": 7},
+            "symbol": {"fixed": "img/icons/marker/circle.svg", "mode": "fixed"}, "opacity": 0.8}})
+    class _Layer(cogbuilder.Builder[common.MapLayerOptions]):
+        def build(self) -> common.MapLayerOptions:
+            return marker_layer
+    basemap = common.MapLayerOptions(type_val="default", name="Bản đồ nền / Basemap")
+    class _Base(cogbuilder.Builder[common.MapLayerOptions]):
+        def build(self) -> common.MapLayerOptions:
+            return basemap
+    the_map = (geomap.Panel().title("Trạng thái cảm biến / Sensor status").datasource(MIXED_DS).span(14).height(16)
+               .description(f"Every sensor of the registry, coloured by its highest detector level over the last "
+                            f"{STATUS_WINDOW} (scores): green ok, orange warning, red critical, grey no data.")
+               .with_target(status).with_target(sensors_frame(registry, "B"))
+               .with_transformation(dm.DataTransformerConfig(id_val="joinByField",
+                                                             options={"byField": "sensor", "mode": "outer"}))
+               .thresholds(thresholds(LEVEL_COLOURS)).color_scheme(dash.FieldColor().mode(dm.FieldColorModeId.THRESHOLDS))
+               .mappings(level_mappings()).no_value("không có dữ liệu / no data")
+               .view(geomap.MapViewConfig().id("coords").lat(lat).lon(lon).zoom(12))
+               .controls(geomap.ControlsOptions().show_zoom(True).mouse_wheel_zoom(True).show_scale(True))
+               .basemap(_Base()).layers([_Layer()]).tooltip(geomap.TooltipOptions().mode(gm.TooltipMode.DETAILS)))
+    alerts = active_alerts_panel().span(10).height(16)
+    rate = timeseries_panel("Số đo mỗi giây / Readings per second",
+                            [counter_rate("readings_accepted", "readings/s")], "reqps", w=12, h=7)
+    levels_now = (stat.Panel().title("Cảnh báo đang hoạt động / Active alerts").datasource(DATASOURCE).span(12).height(7)
+                  .with_target(InfluxQL(active_alerts_query("count"), fmt="table"))
+                  .thresholds(thresholds([(None, "green"), (1, "red")])).no_value("0"))
+    return Board("cw-overview", "Tổng quan thành phố / City overview", FOLDER_ENVIRONMENT, "city-overview.json",
+                 "Wall board: where in Biên Hòa something is wrong right now.",
+                 [Section("Thành phố / City", [the_map, alerts]), Section("Luồng dữ liệu / Data flow", [levels_now, rate])],
+                 tags=["overview"], time_from="now-6h", refresh="30s")
+
+
+def active_alerts_query(kind: str = "table") -> str:
+    """Latest state change per sensor/metric/detector whose level is not ok (InfluxQL has no HAVING:
+    a subquery takes the last state, the outer query keeps the non-ok ones)."""
+    inner = ('SELECT last("level_code") AS "level_code", last("value") AS "value", last("threshold") AS "threshold", '
+             'last("reason") AS "reason" FROM "alerts" WHERE $timeFilter '
+             'GROUP BY "sensor", "metric", "detector", "domain", "area"')
+    if kind == "count":
+        return f'SELECT count("level_code") AS "active" FROM ({inner}) WHERE "level_code" > 0'
+    return (f'SELECT "sensor", "area", "domain", "metric", "detector", "level_code", "value", "threshold", "reason" '
+            f'FROM ({inner}) WHERE "level_code" > 0')
+
+
+def active_alerts_panel() -> table.Panel:
+    return (table.Panel().title("Cảnh báo đang hoạt động / Active alerts").datasource(DATASOURCE)
+            .description(f"Latest alert state per sensor, metric and detector over the last {ACTIVE_ALERTS_WINDOW}, "
+                         "when it is not ok.")
+            .time_from(ACTIVE_ALERTS_WINDOW)
+            .with_target(InfluxQL(active_alerts_query(), fmt="table"))
+            # the time of an aggregate over several fields is the start of the range: not shown
+            .with_transformation(dm.DataTransformerConfig(id_val="organize", options={"excludeByName": {"Time": True}}))
+            .override_by_name("level_code", [dm.DynamicConfigValue(id_val="mappings", value=level_mappings()),
+                                             dm.DynamicConfigValue(id_val="custom.cellOptions",
+                                                                   value={"type": "color-background"}),
+                                             dm.DynamicConfigValue(id_val="displayName", value="Mức / Level")])
+            .thresholds(thresholds(LEVEL_COLOURS)))
+
+
+def domain_board(settings: Settings, registry: Registry, domain: str, uid: str, filename: str,
+                 metrics: list[str] | None = None, description: str = "") -> Board:
+    sensors = registry.by_domain(domain)
+    units: dict[str, str] = {}
+    for s in sensors:
+        for m, spec in s.metrics.items():
+            units.setdefault(m, spec.unit)
+    wanted = [m for m in (metrics or units) if m in units]
+    panels: list[cogbuilder.Builder] = []
+    for metric in wanted:
+        agg = "sum" if metric in SUM_METRICS else "mean"
+        query = (f'SELECT {agg}({q_ident(metric)}) AS {q_ident(metric)} FROM {q_ident(domain)} '
+                 f'WHERE {tag_filter("area", "sensor")} AND $timeFilter '
+                 f'GROUP BY time($__interval), "sensor" fill(null)')
+        title = METRIC_TITLES.get(metric, metric)
+        rule = rule_for(settings, domain, metric)
+        desc = f"{agg} per interval of `{metric}` ({units[metric]}) per sensor."
+        p = timeseries_panel(title, [InfluxQL(query, alias="$tag_sensor")], GRAFANA_UNITS.get(units[metric]), w=12, h=8)
+        if rule is not None:
+            steps: list[tuple[float | None, str]] = [(None, "green")]
+            if rule.warn is not None:
+                steps.append((rule.warn, "orange"))
+            if rule.crit is not None:
+                steps.append((rule.crit, "red"))
+            desc += (f" Lines: warning {rule.warn}, critical {rule.crit}"
+                     + (f" ({rule.source})" if rule.source else "") + ".")
+            p = (p.thresholds(thresholds(steps))
+                 .thresholds_style(common_b.GraphThresholdsStyleConfig().mode(common.GraphTresholdsStyleMode.LINE_AND_AREA)))
+        if metric in SUM_METRICS:
+            p = p.draw_style(common.GraphDrawStyle.BARS)
+        panels.append(p.description(desc))
+    status = timeseries_panel(
+        "Mức phát hiện / Detector level",
+        [InfluxQL(f'SELECT max("level") AS "level" FROM "scores" WHERE "domain" = \'{domain}\' AND '
+                  f'{tag_filter("area", "sensor")} AND $timeFilter GROUP BY time($__interval), "sensor", "metric" fill(none)',
+                  alias="$tag_sensor $tag_metric")], w=24, h=6,
+        description="Highest detector level per sensor and metric: 0 ok, 1 warning, 2 critical.")
+    status = status.min(0).max(2).thresholds(thresholds(LEVEL_COLOURS))
+    return Board(uid, DOMAIN_TITLES[domain], FOLDER_ENVIRONMENT, filename, description,
+                 [Section("Số đo / Readings", panels), Section("Phát hiện / Detection", [status])],
+                 variables_from=domain, tags=[domain],
+                 annotations=[alert_annotation(domain)] if domain == "air" else [])
+
+
+def alert_annotation(domain: str | None = None) -> InfluxAnnotation:
+    where = f' AND "domain" = \'{domain}\'' if domain else ""
+    return InfluxAnnotation(
+        "Cảnh báo / Alerts",
+        f'SELECT "reason", "sensor", "metric", "level" FROM "alerts" WHERE $timeFilter{where}',
+        text_column="reason", tags_column="sensor,metric,level")
+
+
+def sensor_health_board(settings: Settings, registry: Registry) -> Board:
+    last_seen = (table.Panel().title("Lần cuối nhận dữ liệu / Last seen per sensor").datasource(MIXED_DS)
+                 .span(24).height(14)
+                 .description("Newest reading per sensor (from `scores`) next to the registry's expected reporting "
+                              "interval. A sensor that has not reported has no 'Time'.")
+                 .with_target(InfluxQL('SELECT last("level") AS "level" FROM "scores" WHERE $timeFilter AND '
+                                       f'{tag_filter("area", "sensor")} GROUP BY "sensor"', fmt="table"))
+                 .with_target(sensors_frame(registry, "B"))
+                 .with_transformation(dm.DataTransformerConfig(id_val="joinByField",
+                                                               options={"byField": "sensor", "mode": "outer"}))
+                 .with_transformation(dm.DataTransformerConfig(id_val="organize", options={
+                     "excludeByName": {"latitude": True, "longitude": True, "level": True},
+                     "renameByName": {"Time": "Lần cuối / Last seen", "expected_interval_s": "Chu kỳ / Expected interval"}}))
+                 .override_by_name("Lần cuối / Last seen", [dm.DynamicConfigValue(id_val="unit", value="dateTimeFromNow")])
+                 .override_by_name("Chu kỳ / Expected interval", [dm.DynamicConfigValue(id_val="unit", value="s")]))
+    reporting = (stat.Panel().title(f"Cảm biến báo cáo (15 phút) / Sensors reporting (15 min) of {len(registry.sensors)}")
+                 .datasource(DATASOURCE).span(8).height(6).time_from("15m")
+                 .with_target(InfluxQL('SELECT count("level") AS "sensors" FROM (SELECT last("level") AS "level" '
+                                       'FROM "scores" WHERE $timeFilter GROUP BY "sensor")', fmt="table"))
+                 .thresholds(thresholds([(None, "red"), (0.9 * len(registry.sensors), "green")])))
+    rejected = timeseries_panel(
+        "Số đo bị từ chối theo lý do / Rejected readings by reason",
+        [InfluxQL('SELECT non_negative_difference(max(/^rejected_/)) FROM "citywatch" WHERE $timeFilter '
+                  'GROUP BY time($__interval) fill(none)', alias="$col")], "short", w=16, h=6,
+        description="Increase per interval of the engine's rejected_<reason> counters (dead-lettered input).")
+    rejected = rejected.draw_style(common.GraphDrawStyle.BARS)
+    return Board("cw-sensor-health", "Tình trạng cảm biến / Sensor health", FOLDER_OPERATIONS, "sensor-health.json",
+                 "Which devices are silent or sending bad data.",
+                 [Section("Cảm biến / Sensors", [reporting, rejected, last_seen])],
+                 variables_from="scores", tags=["operations"], time_from="now-24h")
+
+
+def alerts_board(settings: Settings, registry: Registry) -> Board:
+    history = (table.Panel().title("Lịch sử cảnh báo / Alert history").datasource(DATASOURCE).span(24).height(14)
+               .with_target(InfluxQL('SELECT "sensor", "area", "domain", "metric", "detector", "level", '
+                                     '"previous_level", "value", "threshold", "score", "reason" FROM "alerts" '
+                                     f'WHERE $timeFilter AND {tag_filter("area", "sensor")} ORDER BY time DESC',
+                                     fmt="table"))
+               .override_by_name("level", [dm.DynamicConfigValue(id_val="custom.cellOptions",
+                                                                 value={"type": "color-text"}),
+                                           dm.DynamicConfigValue(id_val="mappings", value=[dm.ValueMap(options={
+                                               "ok": dm.ValueMappingResult(color="green", index=0),
+                                               "warning": dm.ValueMappingResult(color="orange", index=1),
+                                               "critical": dm.ValueMappingResult(color="red", index=2)})])]))
+    per_level = timeseries_panel(
+        "Số cảnh báo theo mức / Alerts by level",
+        [InfluxQL(f'SELECT count("level_code") AS "alerts" FROM "alerts" WHERE $timeFilter AND '
+                  f'{tag_filter("area", "sensor")} GROUP BY time($__interval), "level" fill(none)', alias="$tag_level")],
+        "short", w=12, h=7).draw_style(common.GraphDrawStyle.BARS)
+    per_domain = timeseries_panel(
+        "Số cảnh báo theo lĩnh vực / Alerts by domain",
+        [InfluxQL(f'SELECT count("level_code") AS "alerts" FROM "alerts" WHERE $timeFilter AND '
+                  f'{tag_filter("area", "sensor")} GROUP BY time($__interval), "domain" fill(none)', alias="$tag_domain")],
+        "short", w=12, h=7).draw_style(common.GraphDrawStyle.BARS)
+    return Board("cw-alerts", "Cảnh báo / Alerts", FOLDER_OPERATIONS, "alerts.json",
+                 "Duty officers: every alert state change, with annotations on the time axis.",
+                 [Section("Đang hoạt động / Active", [active_alerts_panel().span(24).height(8)]),
+                  Section("Lịch sử / History", [per_level, per_domain, history])],
+                 variables_from="scores", annotations=[alert_annotation()], tags=["operations"], time_from="now-24h")
+
+
+def engine_health_board(settings: Settings, registry: Registry) -> Board:
+    gauge = lambda f, alias: InfluxQL(  # noqa: E731
+        f'SELECT last({q_ident(f)}) AS {q_ident(alias)} FROM "citywatch" WHERE $timeFilter '
+        f'GROUP BY time($__interval), "client_id" fill(none)', alias=f"{alias} ($tag_client_id)")
+    panels = [
+        timeseries_panel("Số đo mỗi giây / Readings per second",
+                         [counter_rate("readings_accepted", "accepted"), counter_rate("readings_stored", "stored"),
+                          counter_rate("readings_rejected", "rejected")], "reqps"),
+        timeseries_panel("Thư lỗi mỗi phút / Dead letters per minute",
+                         [counter_rate("deadletters", "dead letters", per="1m")], "short"),
+        timeseries_panel("Hàng đợi đĩa / Spool size", [gauge("spool_bytes", "spool")], "bytes"),
+        timeseries_panel("Ghi vào spool và phát lại / Spooled and replayed points per second",
+                         [counter_rate("spooled_points", "spooled"), counter_rate("replayed_points", "replayed")], "short"),
+        timeseries_panel("Độ trễ / Latency p50 (arrival → stored)", [gauge("latency_p50_ms", "p50")], "ms"),
+        timeseries_panel("Cảnh báo mỗi phút / Alerts per minute", [counter_rate("alerts", "alerts", per="1m")], "short"),
+        timeseries_panel("InfluxDB kết nối / InfluxDB up", [gauge("influx_up", "influx_up")], "bool_yes_no", w=8, h=6),
+        timeseries_panel("Hộp thư đến / Inbox (messages)", [gauge("inbox", "inbox")], "short", w=8, h=6),
+        timeseries_panel("Lô đang ghi / Pending batches", [gauge("pending_batches", "pending")], "short", w=8, h=6),
+    ]
+    return Board("cw-engine", "Sức khỏe citywatch / citywatch health", FOLDER_OPERATIONS, "citywatch-health.json",
+                 "Engineers: the engine's own counters (measurement citywatch, written every 10 s).",
+                 [Section("Động cơ / Engine", panels)], tags=["operations"], time_from="now-6h", refresh="30s")
+
+
+def boards(settings: Settings, registry: Registry) -> list[Board]:
+    out = [overview_board(settings, registry)]
+    specs = {
+        "air": ("cw-air", "air-quality.json", None,
+                "Environmental staff: pollutants per station against the QCVN 05:2023 1-hour limits."),
+        "water": ("cw-water", "water-quality.json", None, "Environmental staff: river stations on the Đồng Nai and Cái."),
+        "traffic": ("cw-traffic", "traffic.json", ["intensity", "occupancy", "averageVehicleSpeed"],
+                    "Traffic cameras: intensity, occupancy and speed."),
+        "forest": ("cw-forest", "forest.json", ["relativeHumidity", "temperature", "precipitation", "windSpeed",
+                                                 "soilMoisture"],
+                   "Forest stations of Vĩnh Cửu: weather behind fire danger."),
+    }
+    for domain in DOMAINS:
+        if registry.by_domain(domain):
+            uid, filename, metrics, desc = specs[domain]
+            out.append(domain_board(settings, registry, domain, uid, filename, metrics, desc))
+    out += [sensor_health_board(settings, registry), alerts_board(settings, registry),
+            engine_health_board(settings, registry)]
+    return out
+
+
+def build_dashboards(settings: Settings, registry: Registry) -> dict[str, dict[str, Any]]:
+    """`folder/filename` -> dashboard JSON, ids and grid positions assigned."""
+    result = {}
+    for board in boards(settings, registry):
+        data = board.build()
+        layout(data)
+        result[f"{board.folder}/{board.filename}"] = data
+    return result
+
+
+def layout(data: dict[str, Any]) -> None:
+    """Unique panel ids and a left-to-right, top-to-bottom grid (24 columns)."""
+    x = y = row_h = 0
+    for i, panel in enumerate(data.get("panels", []), start=1):
+        panel["id"] = i
+        gp = panel.setdefault("gridPos", {})
+        w, h = gp.get("w", 12), gp.get("h", 8)
+        if panel.get("type") == "row":
+            if x:
+                y += row_h
+            x, row_h = 0, 0
+            panel["gridPos"] = {"x": 0, "y": y, "w": 24, "h": 1}
+            y += 1
+            continue
+        if x + w > 24:
+            x, y, row_h = 0, y + row_h, 0
+        panel["gridPos"] = {"x": x, "y": y, "w": w, "h": h}
+        x += w
+        row_h = max(row_h, h)
+
+
+# ------------------------------------------------------------------------------ provisioning
+
+DATASOURCE_V1 = f"""\
+# InfluxDB 1.x (InfluxQL), basic auth. Grafana expands ${{VAR}} from its own environment.
+apiVersion: 1
+datasources:
+  - name: citywatch InfluxDB
+    uid: {DATASOURCE_UID}
+    type: influxdb
+    access: proxy
+    url: ${{CITYWATCH_INFLUX_URL}}
+    user: ${{CITYWATCH_INFLUX_USERNAME}}
+    isDefault: true
+    editable: false
+    jsonData:
+      version: InfluxQL
+      dbName: ${{CITYWATCH_INFLUX_DB}}
+      httpMode: POST
+      timeInterval: 10s
+    secureJsonData:
+      password: ${{CITYWATCH_INFLUX_PASSWORD}}
+"""
+
+DATASOURCE_V2 = f"""\
+# InfluxDB 2.x / 3.x through the v1-compatible API (InfluxQL): the database is the bucket's DBRP
+# mapping, authentication is the `Authorization: Token ...` header.
+apiVersion: 1
+datasources:
+  - name: citywatch InfluxDB
+    uid: {DATASOURCE_UID}
+    type: influxdb
+    access: proxy
+    url: ${{CITYWATCH_INFLUX_URL}}
+    isDefault: true
+    editable: false
+    jsonData:
+      version: InfluxQL
+      dbName: ${{CITYWATCH_INFLUX_DB}}
+      httpMode: POST
+      timeInterval: 10s
+      httpHeaderName1: Authorization
+    secureJsonData:
+      httpHeaderValue1: Token ${{CITYWATCH_INFLUX_TOKEN}}
+"""
+
+DASHBOARD_PROVIDER = """\
+# File provider: the sub-folders of the dashboards directory become Grafana folders.
+apiVersion: 1
+providers:
+  - name: citywatch
+    orgId: 1
+    type: file
+    disableDeletion: false
+    allowUiUpdates: false
+    updateIntervalSeconds: 60
+    options:
+      path: /var/lib/grafana/dashboards/citywatch
+      foldersFromFilesStructure: true
+"""
+
+PROVISIONING = {
+    "provisioning/datasources/influxdb-v1.yaml": DATASOURCE_V1,
+    "provisioning/datasources/influxdb-v2.yaml": DATASOURCE_V2,
+    "provisioning/dashboards/citywatch.yaml": DASHBOARD_PROVIDER,
+}
+
+
+def dashboard_text(data: dict[str, Any]) -> str:
+    return json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False) + "\n"
+
+
+def export_files(settings: Settings, registry: Registry) -> dict[str, str]:
+    """Relative path -> content of everything `export` writes."""
+    files = dict(PROVISIONING)
+    for rel, data in build_dashboards(settings, registry).items():
+        files[f"dashboards/{rel}"] = dashboard_text(data)
+    return files
+
+
+def _load(config: str | None) -> tuple[Settings, Registry]:
+    from citywatch.config import load_settings
+
+    settings = load_settings(config)
+    return settings, Registry.load(settings.resolve(settings.registry))
+
+
+def export(directory: str | os.PathLike[str], config: str | None = None) -> list[Path]:
+    """Write provisioning files and dashboards under `directory` (the layout of `grafana/`)."""
+    settings, registry = _load(config)
+    out = []
+    for rel, text in export_files(settings, registry).items():
+        path = Path(directory) / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        out.append(path)
+    return out
+
+
+def push(url: str, token: str, config: str | None = None, overwrite: bool = True) -> list[str]:
+    """Upload every board to Grafana (folders by title, created when missing); returns the board URLs."""
+    from grafana_client import GrafanaApi
+
+    settings, registry = _load(config)
+    api = GrafanaApi.from_url(url, credential=token)
+    folder_uids: dict[str, str] = {}
+    for f in api.folder.get_all_folders():
+        folder_uids[f["title"]] = f["uid"]
+    urls = []
+    for rel, data in build_dashboards(settings, registry).items():
+        folder = rel.split("/")[0]
+        if folder not in folder_uids:
+            folder_uids[folder] = api.folder.create_folder(folder, uid=f"citywatch-{folder}")["uid"]
+        result = api.dashboard.update_dashboard({"dashboard": {**data, "id": None}, "folderUid": folder_uids[folder],
+                                                 "overwrite": overwrite, "message": "citywatch grafana push"})
+        urls.append(url.rstrip("/") + result.get("url", ""))
+    return urls
+
+
+# ------------------------------------------------------------------------------ CLI
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`citywatch grafana export DIR` / `citywatch grafana push --url URL [--token T]`."""
+    parser.add_argument("--config", default=None, help="config file (default: CITYWATCH_CONFIG or the sample)")
+    sub = parser.add_subparsers(dest="grafana_command", required=True)
+    ex = sub.add_parser("export", help="write provisioning files and dashboards JSON to DIR")
+    ex.add_argument("dir", metavar="DIR")
+    pu = sub.add_parser("push", help="upload the dashboards to a running Grafana")
+    pu.add_argument("--url", required=True, help="Grafana base URL, e.g. http://localhost:3000")
+    pu.add_argument("--token", default=None, help="service account token (default: env GRAFANA_TOKEN)")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.grafana_command == "export":
+        for path in export(args.dir, args.config):
+            print(path)
+        return 0
+    token = args.token or os.environ.get("GRAFANA_TOKEN")
+    if not token:
+        print("error: a token is needed: --token or the GRAFANA_TOKEN environment variable")
+        return 2
+    for u in push(args.url, token, args.config):
+        print(u)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:  # pragma: no cover - until `citywatch grafana` is wired
+    parser = argparse.ArgumentParser(prog="citywatch grafana")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,289 @@
+"""The Grafana boards: every query runs against a real InfluxDB fed by the real engine.
+
+No Grafana server: `GrafanaInfluxQL` expands the queries the way Grafana's InfluxDB data source
+does for InfluxQL ($timeFilter, $__interval, $__interval_ms, $interval, template variables with
+regex rendering of multi-value/All selections, panel relative time), then they run on `/query`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import pytest
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import dashboard as dm
+
+from citywatch import grafana_boards as gb
+from citywatch.config import load_settings
+from citywatch.pipeline import Engine
+from citywatch.registry import Registry
+from citywatch.simulator import Simulator
+
+from pipeline_helpers import Device, engine_settings, wait_for
+
+REPO = Path(__file__).resolve().parent.parent
+GRAFANA_DIR = REPO / "grafana"
+SPAN = 90 * 60  # simulated seconds of history
+
+
+@pytest.fixture(scope="module")
+def sample():
+    settings = load_settings(REPO / "config" / "citywatch.yaml", env={})
+    registry = Registry.load(REPO / "config" / "sensors" / "bienhoa.yaml")
+    return settings, registry
+
+
+@pytest.fixture(scope="module")
+def boards(sample):
+    return gb.build_dashboards(*sample)
+
+
+# ------------------------------------------------------------------------------ static checks
+
+def test_committed_files_are_the_export(sample, tmp_path):
+    """The committed grafana/ tree is exactly what `export` writes (boards are never stale)."""
+    files = gb.export_files(*sample)
+    for rel, text in files.items():
+        committed = GRAFANA_DIR / rel
+        assert committed.exists(), f"{rel} is not committed; run `citywatch grafana export grafana`"
+        assert committed.read_text(encoding="utf-8") == text, f"{rel} is stale; re-export"
+    on_disk = {p.relative_to(GRAFANA_DIR).as_posix() for p in (GRAFANA_DIR / "dashboards").rglob("*.json")}
+    assert on_disk == {r for r in files if r.startswith("dashboards/")}
+    written = gb.export(tmp_path, str(REPO / "config" / "citywatch.yaml"))
+    assert {p.relative_to(tmp_path).as_posix() for p in written} == set(files)
+
+
+ANNOTATION_EXTRAS = {"query", "textColumn", "tagsColumn", "target"}
+
+
+@pytest.mark.parametrize("name", ["city-overview", "air-quality", "water-quality", "traffic", "forest",
+                                  "sensor-health", "alerts", "citywatch-health"])
+def test_board_matches_sdk_schema(boards, name):
+    """Decoded by the foundation SDK's generated models and re-encoded, a board is unchanged: no
+    unknown keys, wrong types or misplaced fields (InfluxQL targets decode as `InfluxQLQuery`)."""
+    (rel, data), = [(k, v) for k, v in boards.items() if k.endswith(f"/{name}.json")]
+    model = dm.Dashboard.from_json(data)
+    back = json.loads(json.dumps(model, cls=JSONEncoder))
+    # InfluxDB annotation fields are not in the SDK's (Grafana-datasource) annotation model
+    strip = lambda d: {**d, "annotations": {"list": [{k: v for k, v in a.items() if k not in ANNOTATION_EXTRAS}  # noqa: E731
+                                                     for a in d["annotations"].get("list", [])]}}
+    assert strip(back) == strip(data)
+    influx_targets = [t for p in model.panels or [] for t in getattr(p, "targets", None) or []
+                      if isinstance(t, gb.InfluxQLQuery)]
+    assert influx_targets, "a board without InfluxQL queries"
+    # unique ids, grid inside 24 columns, no overlapping panels
+    ids = [p["id"] for p in data["panels"]]
+    assert len(ids) == len(set(ids))
+    cells = set()
+    for p in data["panels"]:
+        g = p["gridPos"]
+        assert 0 <= g["x"] and g["x"] + g["w"] <= 24 and g["h"] > 0
+        mine = {(x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])}
+        assert not mine & cells, f"panel {p['title']!r} overlaps another"
+        cells |= mine
+    assert " / " in data["title"]  # Vietnamese / English
+    for p in data["panels"]:
+        assert " / " in p["title"] or p["title"] in ("NO₂", "SO₂", "O₃", "CO", "pH"), p["title"]
+
+
+def test_air_thresholds_come_from_the_config(sample, boards):
+    settings, _ = sample
+    air = boards["environment/air-quality.json"]
+    by_title = {p["title"]: p for p in air["panels"]}
+    for rule in settings.detectors.thresholds:
+        panel = by_title[gb.METRIC_TITLES[rule.metric]]
+        steps = panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
+        assert [s["value"] for s in steps] == [None, rule.warn, rule.crit]
+        assert panel["fieldConfig"]["defaults"]["custom"]["thresholdsStyle"]["mode"] == "line+area"
+
+
+def test_geomap_has_every_registry_sensor(sample, boards):
+    _, registry = sample
+    geo = next(p for p in boards["environment/city-overview.json"]["panels"] if p["type"] == "geomap")
+    frame = next(t for t in geo["targets"] if t.get("queryType") == "snapshot")["snapshot"][0]
+    names = [f["name"] for f in frame["schema"]["fields"]]
+    cols = dict(zip(names, frame["data"]["values"]))
+    assert sorted(cols["sensor"]) == sorted(registry.sensors)
+    assert all(len(v) == len(registry.sensors) for v in cols.values())
+    i = cols["sensor"].index("aq-001")
+    assert (cols["latitude"][i], cols["longitude"][i]) == (registry.sensors["aq-001"].lat, registry.sensors["aq-001"].lon)
+
+
+def test_cli_arguments(tmp_path, monkeypatch, capsys):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    gb.add_arguments(parser)
+    args = parser.parse_args(["--config", str(REPO / "config" / "citywatch.yaml"), "export", str(tmp_path)])
+    assert gb.run(args) == 0
+    assert (tmp_path / "dashboards" / "environment" / "air-quality.json").exists()
+    monkeypatch.delenv("GRAFANA_TOKEN", raising=False)
+    assert gb.run(parser.parse_args(["push", "--url", "http://127.0.0.1:9"])) == 2
+
+
+# ------------------------------------------------------------------------------ Grafana's expansion
+
+def round_interval(ms: float) -> int:
+    """Grafana's rangeutil.roundInterval (ms)."""
+    table = [(10, 1), (15, 10), (35, 20), (75, 50), (150, 100), (350, 200), (750, 500), (1500, 1000),
+             (3500, 2000), (7500, 5000), (12500, 10000), (17500, 15000), (25000, 20000), (45000, 30000),
+             (90000, 60000), (210000, 120000), (450000, 300000), (750000, 600000), (1050000, 900000),
+             (1500000, 1200000), (2700000, 1800000), (5400000, 3600000), (9000000, 7200000),
+             (16200000, 10800000), (24300000, 21600000), (64800000, 43200000), (604800000, 86400000),
+             (1814400000, 604800000), (3628800000, 2592000000)]
+    for limit, value in table:
+        if ms <= limit:
+            return value
+    return 31536000000
+
+
+def interval_string(ms: int) -> str:
+    for unit, size in (("d", 86400000), ("h", 3600000), ("m", 60000), ("s", 1000)):
+        if ms % size == 0:
+            return f"{ms // size}{unit}"
+    return f"{ms}ms"
+
+
+def parse_relative(s: str) -> int:
+    n, unit = int(s[:-1]), s[-1]
+    return n * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[unit] * 1000
+
+
+def regex_escape(value: str) -> str:
+    """Grafana's influxSpecialRegexEscape / regex escaping of variable values for =~ /.../."""
+    return re.sub(r"([\\/^$*+?.()|\[\]{}])", r"\\\1", value)
+
+
+class GrafanaInfluxQL:
+    """Expands raw InfluxQL as Grafana's InfluxDB data source does."""
+
+    def __init__(self, to_ms: int, range_ms: int, variables: dict[str, list[str]], min_interval_ms: int = 10000,
+                 max_data_points: int = 1000) -> None:
+        self.to_ms, self.range_ms, self.vars = to_ms, range_ms, variables
+        self.min_interval_ms, self.max_data_points = min_interval_ms, max_data_points
+
+    def expand(self, query: str, time_from: str | None = None) -> str:
+        range_ms = parse_relative(time_from) if time_from else self.range_ms
+        from_ms = self.to_ms - range_ms
+        interval_ms = max(round_interval(range_ms / self.max_data_points), self.min_interval_ms)
+        text = query.replace("$timeFilter", f"time >= {from_ms}ms and time <= {self.to_ms}ms")
+        text = text.replace("$__interval_ms", str(interval_ms)).replace("$__interval", interval_string(interval_ms))
+        text = re.sub(r"\$interval\b", interval_string(interval_ms), text)
+
+        def var(m: re.Match) -> str:
+            values = self.vars[m.group(1)]
+            escaped = [regex_escape(v) for v in values]
+            return escaped[0] if len(escaped) == 1 else "(" + "|".join(escaped) + ")"
+
+        text = re.sub(r"\$(area|sensor)\b", var, text)
+        assert not re.search(r"\$(?!tag_|col\b)\w", text), f"unexpanded macro in {text}"
+        return text
+
+
+def influx_query(influxdb, db: str, q: str) -> list[dict]:
+    result = influxdb.query(q, db=db, epoch="ms")["results"][0]
+    assert "error" not in result, f"{q}\n-> {result['error']}"
+    return result.get("series", [])
+
+
+def assert_data(series: list[dict], q: str, columns: set[str] | None = None) -> None:
+    assert series, f"no data for {q}"
+    for s in series:
+        assert s["columns"][0] == "time", q
+        if columns:
+            assert columns <= set(s["columns"]), (q, s["columns"])
+    values = [v for s in series for row in s["values"] for v in row[1:]]
+    assert any(v is not None for v in values), f"only nulls for {q}"
+
+
+def select_aliases(q: str) -> set[str]:
+    """The output columns a SELECT names with AS (outer query only)."""
+    head = q.split(" FROM ", 1)[0]
+    return set(re.findall(r' AS "([^"]+)"', head))
+
+
+@pytest.mark.integration
+def test_every_query_returns_data(mosquitto, influxdb, db_name, tmp_path, sample, boards):
+    settings, registry = sample
+    now = time.time()
+    rules = [r.model_dump(by_alias=True) for r in settings.detectors.thresholds]
+    cfg = engine_settings(mosquitto.url, influxdb.url, db_name, tmp_path, "grafana-engine",
+                          detectors={"thresholds": rules})
+    engine = Engine(cfg, registry=registry)
+    sim = Simulator(registry, seed=11, start=now - SPAN)
+    # an NO2 rise at aq-005 past the QCVN warning and critical levels: state changes for the alert panels
+    sim.inject("drift", "aq-005", "no2", start=now - SPAN + 60, end=now + 3600, magnitude=600)
+    messages = sim.generate(now - SPAN, now - 1)
+    bad = [("city/air/aq-001/telemetry", b"{not json"), ("city/air/zz-999/telemetry", b'{"pm25": 1}'),
+           ("city/air/aq-002/telemetry", b'{"pm25": "high"}')]
+    engine.start()
+    device = Device(mosquitto.port, client_id="grafana-sim")
+    try:
+        device.publish_all(messages + bad, timeout=60)
+        wait_for(lambda: engine.stats.get("messages_acked") >= len(messages) + len(bad), 40,
+                 f"stored ({len(messages) + len(bad)} messages): {engine.stats.snapshot()}")
+        # two engine health points in different 10 s buckets (the data source's min interval)
+        def health() -> int:
+            series = influxdb.query('SELECT count("readings_accepted") FROM "citywatch"', db=db_name)["results"][0]
+            return int(series["series"][0]["values"][0][1]) if "series" in series else 0
+
+        for i in range(2):
+            if i:
+                time.sleep(10.2 - time.time() % 10)  # the next 10 s bucket
+            before = health()
+            engine._last_health = 0.0  # the next pipeline tick writes the health point
+            wait_for(lambda: health() > before, 10, "health point")
+    finally:
+        device.close()
+        engine.stop()
+    assert engine.stats.get("alerts") > 0
+
+    to_ms = int(time.time() * 1000)
+    exp = GrafanaInfluxQL(to_ms, 2 * 3600 * 1000, {})
+    # counters the engine creates on first use: no spool activity in this run, so no such field yet
+    health_fields = {row[0] for s in influx_query(influxdb, db_name, 'SHOW FIELD KEYS FROM "citywatch"')
+                     for row in s["values"]}
+    absent = {f for f in ("spooled_points", "replayed_points") if f not in health_fields}
+    checked = 0
+    for rel, board in boards.items():
+        # template variables first, as Grafana resolves them (All = every value, as a regex group)
+        variables: dict[str, list[str]] = {}
+        for v in board.get("templating", {}).get("list", []):
+            exp.vars = variables
+            series = influx_query(influxdb, db_name, exp.expand(v["query"]))
+            assert series and series[0]["columns"] == ["key", "value"], (rel, v["name"])
+            variables[v["name"]] = [row[1] for row in series[0]["values"]]
+            assert variables[v["name"]], (rel, v["name"])
+        exp.vars = variables
+        for a in board["annotations"].get("list", []):
+            q = exp.expand(a["query"])
+            series = influx_query(influxdb, db_name, q)
+            assert_data(series, q, {a["textColumn"], *a["tagsColumn"].split(",")})
+            checked += 1
+        for panel in board["panels"]:
+            for t in panel.get("targets", []):
+                if t["datasource"]["type"] != "influxdb":
+                    continue
+                q = exp.expand(t["query"], panel.get("timeFrom"))
+                series = influx_query(influxdb, db_name, q)
+                if any(f'"{f}"' in q for f in absent):
+                    assert not series  # runs without error; the field is not written yet
+                    continue
+                assert_data(series, q, select_aliases(t["query"]) if t["resultFormat"] == "table" else None)
+                if "GROUP BY time(" in q and t["resultFormat"] == "time_series":
+                    assert all(len(s["values"]) >= 1 for s in series)
+                checked += 1
+        # one area selected (single value): the board's first panel still answers
+        if variables.get("area"):
+            exp.vars = {"area": [variables["area"][0]], "sensor": variables["sensor"]}
+            panel = next(p for p in board["panels"] if p.get("targets"))
+            q = exp.expand(panel["targets"][0]["query"], panel.get("timeFrom"))
+            influx_query(influxdb, db_name, q)
+    assert checked >= 40
+    # the active alerts table found the NO2 alert at aq-005
+    rows = influx_query(influxdb, db_name, GrafanaInfluxQL(to_ms, 7 * 86400000, {}).expand(gb.active_alerts_query()))
+    found = {(r[1], r[4]) for s in rows for r in s["values"]}
+    assert ("aq-005", "no2") in found
