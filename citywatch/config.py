@@ -179,6 +179,11 @@ class DetectorsConfig(StrictModel):
     snapshot_interval: Duration = 60.0
 
 
+class IndicesConfig(StrictModel):
+    # Hourly VN_AQI and US AQI per air station, computed live from event-time hourly means.
+    air: bool = True
+
+
 class AlertsConfig(StrictModel):
     mqtt: bool = True
     influxdb: bool = True
@@ -192,6 +197,7 @@ class Settings(StrictModel):
     spool: SpoolConfig = Field(default_factory=SpoolConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     detectors: DetectorsConfig = Field(default_factory=DetectorsConfig)
+    indices: IndicesConfig = Field(default_factory=IndicesConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Where the engine keeps its spool, detector state and dead letters (relative to the working dir).

@@ -25,6 +25,7 @@ import numpy as np
 import orjson
 import structlog
 
+from citywatch.air_indices import HOUR_NS, AirIndices
 from citywatch.alerts import AlertEvent, AlertTracker
 from citywatch.batch import FLAG_DUPLICATE, FLAG_LATE, FLAG_TS_FROM_ARRIVAL, ReadingBatch
 from citywatch.config import Settings
@@ -149,6 +150,7 @@ class Engine:
         self.detectors = build_detectors(self.series, settings.detectors)
         self.alerts = AlertTracker(self.series, self.detectors)
         self.watermarks = Watermarks(self.series)
+        self.air_indices = AirIndices(self.series) if settings.indices.air else None
         self.encoder = PointEncoder(self.series)
         self.spool = Spool(settings.data_path(settings.spool.directory), settings.spool.max_bytes,
                            settings.spool.when_full, settings.spool.fsync, self.stats)
@@ -248,6 +250,10 @@ class Engine:
         events = self.alerts.update(batch, outputs)
         lines = self.encoder.readings(batch)
         lines += self.encoder.scores(batch, [d.name for d in self.detectors], outputs, self.settings.detectors.write_scores)
+        if self.air_indices is not None:
+            index_lines, index_events = self._index_output(self.air_indices.update(batch))
+            lines += index_lines
+            events += index_events
         if self.settings.alerts.influxdb:
             lines += [self.encoder.alert(a) for a in events]
         self.stats.inc("batches")
@@ -258,6 +264,11 @@ class Engine:
         # Bounded concurrency: never more batches in flight than writer threads (plus one being built).
         while len(self._pending) > self.settings.batching.concurrent_writes:
             self._complete_one()
+
+    def _index_output(self, results) -> tuple[list[str], list[AlertEvent]]:
+        lines = self.air_indices.lines(results)
+        self.stats.inc("index_points", len(lines))
+        return lines, self.air_indices.category_changes(results)
 
     def _detect(self, batch: ReadingBatch) -> list[DetectorOutput]:
         outputs: list[DetectorOutput] = []
@@ -332,6 +343,19 @@ class Engine:
         if now - self._last_health >= 10.0:
             self._last_health = now
             self._write_health()
+            self._flush_quiet_hours()
+
+    def _flush_quiet_hours(self) -> None:
+        """Close the hourly means of stations that have been quiet for an hour of event time."""
+        if self.air_indices is None:
+            return
+        newest = int(self.watermarks.state["ts"][: len(self.series)].max(initial=INT64_MIN))
+        if newest == INT64_MIN:
+            return
+        lines, events = self._index_output(self.air_indices.flush(newest - HOUR_NS))
+        if lines or events:
+            lines += [self.encoder.alert(a) for a in events] if self.settings.alerts.influxdb else []
+            self._pending.append(_Pending(self._pool.submit(self.writer.write, lines), [], events, 0, time.time_ns()))
 
     def _write_health(self) -> None:
         snap = self.stats.snapshot()
@@ -343,9 +367,12 @@ class Engine:
         line = encode_line("citywatch", {"client_id": self.settings.mqtt.client_id}, fields, time.time_ns())
         self._pending.append(_Pending(self._pool.submit(self.writer.write, [line]), [], [], 0, time.time_ns()))
 
-    def _stateful(self) -> dict[str, SeriesState]:
+    def _stateful(self) -> dict[str, SeriesState | AirIndices]:
         """Everything whose per-series state survives a restart, by snapshot prefix."""
-        return {**{d.name: d for d in self.detectors}, "__alerts": self.alerts, "__watermarks": self.watermarks}
+        parts = {**{d.name: d for d in self.detectors}, "__alerts": self.alerts, "__watermarks": self.watermarks}
+        if self.air_indices is not None:
+            parts["__air_indices"] = self.air_indices
+        return parts
 
     def save_state(self) -> None:
         if self._state_file is None:

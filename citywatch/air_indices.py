@@ -1,0 +1,185 @@
+"""Live hourly air-quality indices: VN_AQI (Decision 1459/QĐ-TCMT) and US AQI, in event time.
+
+Raw readings become hourly means per (station, pollutant) (`BucketMeans`); each closed hour goes into
+a 24-hour window per station (a ring buffer indexed by hour number, so a backlog or a gap lands in
+the right column); then the index of that station-hour is computed with the vectorised functions of
+`citywatch.detectors.indices`, for all affected station-hours of a micro-batch at once. When a
+pollutant's hour closes after another's, the station-hour is computed again: the point written to
+InfluxDB has the same series and time, so it is overwritten, and the stored value ends complete.
+
+Output: points for the `indices` measurement (tags sensor, area, index; fields value, category,
+label_vi, label_en, dominant; time = start of the hour) and an alert whenever a station's category
+changes from one hour to a later one (or as an hour fills in).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from citywatch.alerts import AlertEvent
+from citywatch.batch import ReadingBatch
+from citywatch.detectors.bucket_means import BucketMeans, Buckets
+from citywatch.detectors.indices import us_aqi, vn_aqi
+from citywatch.registry import SeriesIndex
+from citywatch.sinks.line_protocol import encode_line
+
+HOUR_NS = 3_600_000_000_000
+WINDOW = 24  # hours kept per station: NowCast uses 12, the US 8-hour means 8
+POLLUTANTS = vn_aqi.POLLUTANTS
+INDICES = {
+    "vn_aqi_hourly": (vn_aqi.vn_aqi_hourly, vn_aqi.CATEGORIES),
+    "us_aqi": (us_aqi.us_aqi_hourly, us_aqi.CATEGORIES),
+}
+
+
+def _level(category: int) -> str:
+    """Alert level for an AQI category: 1-2 ok, 3-4 warning, 5-6 critical."""
+    return "ok" if category <= 2 else "warning" if category <= 4 else "critical"
+
+
+@dataclass(slots=True)
+class IndexValues:
+    """One index for a set of station-hours (aligned arrays)."""
+
+    index: str
+    station: np.ndarray  # int: position in AirIndices.stations
+    hour: np.ndarray  # int64: hour number since the epoch (start = hour * HOUR_NS)
+    value: np.ndarray  # float64, NaN = no valid index
+    category: np.ndarray  # int8, 0 = no valid index
+    dominant: np.ndarray  # str
+
+
+class AirIndices:
+    def __init__(self, series: SeriesIndex) -> None:
+        self.series = series
+        self.means = BucketMeans(series)
+        self.stations = [s.id for s in series.registry.by_domain("air") if set(s.metrics) & set(POLLUTANTS)]
+        self.areas = [series.registry.sensors[s].area for s in self.stations]
+        self._station_of = {sid: i for i, sid in enumerate(self.stations)}
+        n = len(self.stations)
+        self.hist = np.full((n, len(POLLUTANTS), WINDOW), np.nan)
+        self.col_hour = np.full((n, WINDOW), -1, np.int64)
+        self.last_hour = {name: np.full(n, -1, np.int64) for name in INDICES}
+        self.last_category = {name: np.zeros(n, np.int8) for name in INDICES}
+        self._series_station = np.zeros(0, np.int64)
+        self._series_pollutant = np.zeros(0, np.int64)
+
+    def _lookup(self) -> None:
+        n = len(self.series)
+        for sid in range(len(self._series_station), n):
+            st = self._station_of.get(self.series.sensor_ids[sid], -1)
+            metric = self.series.metrics[sid]
+            pol = POLLUTANTS.index(metric) if st >= 0 and metric in POLLUTANTS else -1
+            self._series_station = np.append(self._series_station, st if pol >= 0 else -1)
+            self._series_pollutant = np.append(self._series_pollutant, pol)
+
+    def update(self, batch: ReadingBatch) -> list[IndexValues]:
+        """Feed a (series, ts)-sorted batch; the indices of every station-hour it completed or changed."""
+        return self._closed(self.means.update(batch))
+
+    def flush(self, event_time_ns: int) -> list[IndexValues]:
+        """Close hours that ended before `event_time_ns` (stations that went quiet)."""
+        return self._closed(self.means.flush(event_time_ns))
+
+    def _closed(self, buckets: Buckets) -> list[IndexValues]:
+        self._lookup()
+        if len(buckets) == 0 or not self.stations:
+            return []
+        st = self._series_station[buckets.series]
+        keep = st >= 0
+        st, pol = st[keep], self._series_pollutant[buckets.series[keep]]
+        hour, mean = buckets.start_ns[keep] // HOUR_NS, buckets.mean[keep]
+        if len(st) == 0:
+            return []
+        col = hour % WINDOW
+        held = self.col_hour[st, col]
+        fresh = hour >= held  # a column holding a later hour means this one fell out of the window
+        st, pol, hour, mean, col, held = st[fresh], pol[fresh], hour[fresh], mean[fresh], col[fresh], held[fresh]
+        newer = hour > held
+        self.hist[st[newer], :, col[newer]] = np.nan
+        self.col_hour[st, col] = hour
+        self.hist[st, pol, col] = mean
+
+        pairs = np.unique(np.stack([st, hour]), axis=1)
+        p_st, p_hour = pairs[0], pairs[1]
+        hours = p_hour[:, None] - np.arange(WINDOW - 1, -1, -1)
+        cols = hours % WINDOW
+        valid = self.col_hour[p_st[:, None], cols] == hours
+        window = {p: np.where(valid, self.hist[p_st[:, None], i, cols], np.nan) for i, p in enumerate(POLLUTANTS)}
+        out = []
+        for name, (compute, _) in INDICES.items():
+            r = compute(window)
+            out.append(IndexValues(name, p_st, p_hour, r.value[:, -1], r.category[:, -1].astype(np.int8),
+                                   r.dominant[:, -1]))
+        return out
+
+    # -- what the engine writes ----------------------------------------------------------------
+    def lines(self, results: list[IndexValues]) -> list[str]:
+        lines = []
+        for r in results:
+            cats = INDICES[r.index][1]
+            for st, hour, value, cat, dom in zip(r.station.tolist(), r.hour.tolist(), r.value.tolist(),
+                                                 r.category.tolist(), r.dominant.tolist()):
+                if cat <= 0:
+                    continue  # not enough data for a valid index this hour
+                c = cats[cat - 1]
+                lines.append(encode_line(
+                    "indices", {"sensor": self.stations[st], "area": self.areas[st], "index": r.index},
+                    {"value": value, "category": cat, "label_vi": c.label_vi, "label_en": c.label_en,
+                     "dominant": dom}, hour * HOUR_NS))
+        return lines
+
+    def category_changes(self, results: list[IndexValues]) -> list[AlertEvent]:
+        """Alerts for category changes, hour after hour, per station (vectorised over station-hours)."""
+        events = []
+        for r in results:
+            ok = r.category > 0
+            st, hour, cat, value = r.station[ok], r.hour[ok], r.category[ok], r.value[ok]
+            last_hour, last_cat = self.last_hour[r.index], self.last_category[r.index]
+            current = hour >= last_hour[st]  # an hour older than one already judged does not alert
+            st, hour, cat, value = st[current], hour[current], cat[current], value[current]
+            if len(st) == 0:
+                continue
+            first = np.ones(len(st), bool)
+            first[1:] = st[1:] != st[:-1]
+            last = np.ones(len(st), bool)
+            last[:-1] = first[1:]
+            prev = np.empty_like(cat)
+            prev[1:] = cat[:-1]
+            prev[first] = last_cat[st[first]]
+            changed = np.flatnonzero((cat != prev) & (prev > 0))
+            last_hour[st[last]], last_cat[st[last]] = hour[last], cat[last]
+            cats = INDICES[r.index][1]
+            for j in changed.tolist():
+                new, old = cats[int(cat[j]) - 1], cats[int(prev[j]) - 1]
+                events.append(AlertEvent(
+                    sensor=self.stations[st[j]], domain="air", area=self.areas[st[j]], metric=r.index,
+                    detector="index", level=_level(new.number), previous_level=_level(old.number),
+                    value=float(value[j]), threshold=float(new.low), score=None, ts_ns=int(hour[j]) * HOUR_NS,
+                    reason=f"category {old.number} -> {new.number}: {new.label_vi} / {new.label_en}"))
+        return events
+
+    # -- restart --------------------------------------------------------------------------------
+    def snapshot(self) -> dict[str, np.ndarray]:
+        snap = {f"means.{k}": v for k, v in self.means.snapshot().items()}
+        snap.update({"hist": self.hist, "col_hour": self.col_hour, "__stations": np.asarray(self.stations, dtype=str)})
+        for name in INDICES:
+            snap[f"last_hour.{name}"] = self.last_hour[name]
+            snap[f"last_category.{name}"] = self.last_category[name]
+        return snap
+
+    def restore(self, snap: dict[str, np.ndarray]) -> None:
+        self.means.restore({k[len("means."):]: v for k, v in snap.items() if k.startswith("means.")})
+        src, dst = [], []
+        for i, sid in enumerate(snap["__stations"].tolist()):
+            if sid in self._station_of:
+                src.append(i)
+                dst.append(self._station_of[sid])
+        self.hist[dst] = snap["hist"][src]
+        self.col_hour[dst] = snap["col_hour"][src]
+        for name in INDICES:
+            if f"last_hour.{name}" in snap:
+                self.last_hour[name][dst] = snap[f"last_hour.{name}"][src]
+                self.last_category[name][dst] = snap[f"last_category.{name}"][src]
