@@ -7,7 +7,7 @@ import pytest
 
 from citywatch.detectors.indices.fire_danger import (
     LEVELS,
-    fire_danger,
+    fire_danger_index,
     fire_danger_level,
     nesterov_vn,
     saturation_deficit,
@@ -58,7 +58,7 @@ def test_carry_over_and_missing_days():
 
 def test_hand_vector_from_humidity():
     # T 35 °C, RH 0.40 for three dry days: E(35) = 56.225 hPa, d = 33.735, t*d = 1180.72 per day
-    p, lvl = fire_danger([35, 35, 35], [0.4, 0.4, 0.4], [0, 0, 0])
+    p, lvl = fire_danger_index([35, 35, 35], [0.4, 0.4, 0.4], [0, 0, 0])
     e35 = 6.1078 * np.exp(17.27 * 35 / (35 + 237.3))
     assert p == pytest.approx(35 * e35 * 0.6 * np.array([1, 2, 3]))
     assert p[0] == pytest.approx(1180.72, abs=0.01)
@@ -73,9 +73,9 @@ def test_many_stations_equal_each_alone():
     rain = np.where(rng.random((n_st, n_d)) < 0.15, rng.uniform(0, 30, (n_st, n_d)), 0.0)
     t[rng.random(t.shape) < 0.05] = NAN
     p0 = rng.uniform(0, 3000, n_st)
-    p, lvl = fire_danger(t, rh, rain, p0=p0)
+    p, lvl = fire_danger_index(t, rh, rain, p0=p0)
     for s in range(n_st):
-        p1, l1 = fire_danger(t[s], rh[s], rain[s], p0=p0[s])
+        p1, l1 = fire_danger_index(t[s], rh[s], rain[s], p0=p0[s])
         np.testing.assert_allclose(p[s], p1, rtol=1e-12)
         np.testing.assert_array_equal(lvl[s], l1)
     # against a plain loop

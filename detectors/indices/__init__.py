@@ -31,12 +31,12 @@ from citywatch.detectors.indices.us_aqi import (
 from citywatch.detectors.indices.vn_wqi import (
     do_percent_saturation,
     do_saturation,
-    vn_wqi,
+    vn_wqi_index,
     vn_wqi_category,
     wqi_subindex,
 )
 from citywatch.detectors.indices.fire_danger import (
-    fire_danger,
+    fire_danger_index,
     fire_danger_level,
     nesterov_vn,
     saturation_deficit,
@@ -75,10 +75,10 @@ __all__ = [
     "vn_aqi_subindex",
     "do_percent_saturation",
     "do_saturation",
-    "vn_wqi",
+    "vn_wqi_index",
     "vn_wqi_category",
     "wqi_subindex",
-    "fire_danger",
+    "fire_danger_index",
     "fire_danger_level",
     "nesterov_vn",
     "saturation_deficit",

@@ -48,7 +48,7 @@ __all__ = [
     "LEVEL_UPPER_BOUNDS",
     "RAIN_RESET_MM",
     "SAMPLE_CONFIG",
-    "fire_danger",
+    "fire_danger_index",
     "fire_danger_level",
     "nesterov_vn",
     "saturation_deficit",
@@ -129,7 +129,7 @@ def fire_danger_level(p, upper_bounds=LEVEL_UPPER_BOUNDS) -> np.ndarray:
     return np.where(np.isnan(v), 0, lvl).astype(np.int8)
 
 
-def fire_danger(t13, rh13, rain_mm, *, rain_reset_mm: float = RAIN_RESET_MM,
+def fire_danger_index(t13, rh13, rain_mm, *, rain_reset_mm: float = RAIN_RESET_MM,
                 upper_bounds=LEVEL_UPPER_BOUNDS, p0=0.0) -> tuple[np.ndarray, np.ndarray]:
     """(P, level) from the 13:00 temperature (°C), 13:00 relative humidity (fraction 0..1) and
     the daily rain (mm), each (..., n_days)."""

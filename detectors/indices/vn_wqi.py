@@ -39,10 +39,10 @@ Example: the decision's §2.3 input (groups I..V); DO_sat(27.5 °C) = 7.797, DO%
 >>> import numpy as np
 >>> sample = dict(pH=7.2, Cu=0.05, As=0.02, temperature=27.5, dissolvedOxygen=5.7, BOD5=20.0,
 ...               COD=25.0, NH4=0.2, PO4=0.3, aldrin=0.05, dieldrin=0.05, coliform=10_000)
->>> r = vn_wqi(sample)
+>>> r = vn_wqi_index(sample)
 >>> float(r.value), int(r.category), CATEGORIES[int(r.category) - 1].label_vi
 (35.0, 4, 'Xấu')
->>> float(vn_wqi(sample, weighted=True).value)
+>>> float(vn_wqi_index(sample, weighted=True).value)
 40.0
 >>> {k: round(float(v), 2) for k, v in r.subindices.items() if k in ("dissolvedOxygen", "BOD5", "COD", "As")}
 {'As': 75.0, 'dissolvedOxygen': 73.11, 'BOD5': 37.5, 'COD': 58.33}
@@ -70,7 +70,7 @@ __all__ = [
     "SubindexTable",
     "do_percent_saturation",
     "do_saturation",
-    "vn_wqi",
+    "vn_wqi_index",
     "vn_wqi_category",
     "wqi_subindex",
 ]
@@ -209,7 +209,7 @@ def _nangeomean(stack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return np.exp(np.where(present, np.log(np.where(present, stack, 1.0)), 0.0).sum(axis=0) / n), n
 
 
-def vn_wqi(
+def vn_wqi_index(
     sample: Mapping[str, np.ndarray | float],
     *,
     weighted: bool = False,
