@@ -9,7 +9,7 @@ to `--output` or stdout, CSV with the columns ``timestamp, value, category, labe
 * ``vn-aqi``, ``us-aqi``: columns among ``pm25, pm10, o3, no2, so2, co`` (ug/m3). Each row is an
   hourly mean whose timestamp marks the *start* of the hour (so it must be on the hour). The
   output row for hour t uses the hours up to and including t (missing hours are gaps in the
-  NowCast); ``category`` is 1..6. ``--period daily`` gives one row per local day (``--utc-offset``,
+  NowCast); rows come out in time order; ``category`` is 1..6. ``--period daily`` gives one row per local day (``--utc-offset``,
   default +7 h, Vietnam) instead, stamped at local midnight.
 * ``vn-wqi``: one sample per row; columns among the parameters of
   `citywatch.detectors.indices.vn_wqi.PARAMETERS` (``pH``, ``temperature``, ``dissolvedOxygen``,
