@@ -140,6 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
     simulator.add_arguments(p)
     p.set_defaults(func=cmd_simulate)
 
+    p = sub.add_parser("index", help="compute an official index (VN_AQI, US AQI, VN_WQI, fire, traffic) over a CSV",
+                       description="Compute an official index over a CSV of readings, for staff recomputing history.")
+    from citywatch import index_cli
+
+    index_cli.add_arguments(p)
+    p.set_defaults(func=lambda args: index_cli.run(args))
+
     p = sub.add_parser("demo", help="live demo: local broker + InfluxDB + simulator + engine, with a status view",
                        description="Start private Mosquitto and InfluxDB instances on free loopback ports, run the "
                                    "simulator and the engine, and show live status until Ctrl-C.")

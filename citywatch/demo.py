@@ -39,7 +39,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="do not install missing Debian packages; print the command instead")
 
 
-def _status_table(stats: dict, rate: float, alerts: deque, deadletters: deque, services: str):
+def _aqi_summary(engine) -> str:
+    """Air stations per current VN_AQI category, coloured like the official scale."""
+    from citywatch.detectors.indices.vn_aqi import CATEGORIES
+
+    if engine.air_indices is None:
+        return "off"
+    current = engine.air_indices.last_category["vn_aqi_hourly"]
+    parts = []
+    for c in CATEGORIES:
+        n = int((current == c.number).sum())
+        if n:
+            parts.append(f"[black on rgb({c.rgb[0]},{c.rgb[1]},{c.rgb[2]})] {c.label_vi} / {c.label_en}: {n} [/]")
+    return " ".join(parts) or "waiting for the first complete hours"
+
+
+def _status_table(stats: dict, rate: float, alerts: deque, deadletters: deque, services: str, aqi: str = ""):
     from rich.console import Group
     from rich.panel import Panel
     from rich.table import Table
@@ -53,6 +68,7 @@ def _status_table(stats: dict, rate: float, alerts: deque, deadletters: deque, s
                        ("spooled_points", "points spooled"), ("replayed_points", "points replayed"),
                        ("influx_up", "InfluxDB up"), ("mqtt_connects", "MQTT connects")):
         t.add_row(label, f"{int(stats.get(key, 0)):,}")
+    t.add_row("VN_AQI now", aqi)
     a = Table(title="latest alerts", expand=True)
     for col in ("reading time", "sensor", "metric", "level", "value", "reason"):
         a.add_column(col)
@@ -151,7 +167,7 @@ def run(args) -> int:
                 snap = engine.stats.snapshot()
                 window.append((time.monotonic(), snap.get("readings_stored", 0)))
                 rate = ((window[-1][1] - window[0][1]) / (window[-1][0] - window[0][0])) if len(window) > 1 else 0.0
-                live.update(_status_table(snap, rate, alerts, deadletters, services))
+                live.update(_status_table(snap, rate, alerts, deadletters, services, _aqi_summary(engine)))
                 misconfigured.maybe_publish()
                 if not sim_thread.is_alive():
                     console.print("[red]the simulated devices stopped; see the engine log")

@@ -120,3 +120,35 @@ def test_installed_under_one_namespace_only():
         spec = importlib.util.find_spec(bare)
         # only the repository checkout itself (tests run from it) may expose the bare folders
         assert spec is None or Path(spec.origin or spec.submodule_search_locations[0]).resolve().is_relative_to(REPO)
+
+
+def test_pyproject_lists_every_package_so_the_wheel_is_complete():
+    import tomllib
+
+    cfg = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    mapping = cfg["package-dir"]
+    found = set()
+    for top, folder in mapping.items():
+        for init in (REPO / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(REPO / folder)
+            found.add(".".join([top, *rel.parts]) if rel.parts else top)
+    assert found == set(cfg["packages"])
+
+
+def test_index_command_over_a_csv(tmp_path, capsys):
+    import numpy as np
+
+    from citywatch.detectors.indices import vn_aqi_hourly
+
+    pm25 = [26.9, 24.7, 20.5, 23.5, 19.5, 16.5, 19.0, 16.5, 20.3, 22.4, 19.6, 20.6]
+    csv_in = tmp_path / "hourly.csv"
+    csv_in.write_text("timestamp,pm25\n" + "".join(
+        f"2026-11-27T{h:02d}:00:00+07:00,{v}\n" for h, v in enumerate(pm25, start=9)))
+    out = tmp_path / "aqi.csv"
+    assert main(["index", "vn-aqi", "--input", str(csv_in), "--output", str(out)]) == 0
+    lines = out.read_text().splitlines()
+    header, last = lines[0].split(","), dict(zip(lines[0].split(","), lines[-1].split(",")))
+    assert {"timestamp", "value", "category", "dominant"} <= set(header) and len(lines) == 13
+    expect = vn_aqi_hourly({"pm25": np.array(pm25)})
+    assert float(last["value"]) == float(expect.value[-1]) and int(last["category"]) == int(expect.category[-1])
+    assert main(["index", "vn-aqi", "--input", str(tmp_path / "missing.csv")]) == 2
