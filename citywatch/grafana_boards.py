@@ -29,7 +29,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from grafana_foundation_sdk.builders import dashboard as dash
 from grafana_foundation_sdk.builders import geomap, stat, table, timeseries
@@ -212,11 +212,17 @@ def thresholds(steps: Iterable[tuple[float | None, str]]) -> dash.ThresholdsConf
             .steps([dm.Threshold(value=v, color=c) for v, c in steps]))
 
 
-def level_mappings() -> list[dm.ValueMapping]:
-    return [dm.ValueMap(options={
+def level_mappings(no_data: bool = False) -> list[dm.ValueMapping]:
+    """0/1/2 as ok/warning/critical; with `no_data`, a missing level (a silent sensor) is grey."""
+    maps: list[dm.ValueMapping] = [dm.ValueMap(options={
         "0": dm.ValueMappingResult(text="ổn / ok", color="green", index=0),
         "1": dm.ValueMappingResult(text="cảnh báo / warning", color="orange", index=1),
         "2": dm.ValueMappingResult(text="nguy hại / critical", color="red", index=2)})]
+    if no_data:
+        maps.append(dm.SpecialValueMap(options=dm.DashboardSpecialValueMapOptions(
+            match=dm.SpecialValueMatch.NULL_AND_NAN,
+            result=dm.ValueMappingResult(text="không có dữ liệu / no data", color="text", index=3))))
+    return maps
 
 
 def rule_for(settings: Settings, domain: str, metric: str) -> ThresholdRule | None:
@@ -342,7 +348,7 @@ def overview_board(settings: Settings, registry: Registry) -> Board:
                .with_transformation(dm.DataTransformerConfig(id_val="joinByField",
                                                              options={"byField": "sensor", "mode": "outer"}))
                .thresholds(thresholds(LEVEL_COLOURS)).color_scheme(dash.FieldColor().mode(dm.FieldColorModeId.THRESHOLDS))
-               .mappings(level_mappings()).no_value("không có dữ liệu / no data")
+               .mappings(level_mappings(no_data=True)).no_value("không có dữ liệu / no data")
                .view(geomap.MapViewConfig().id("coords").lat(lat).lon(lon).zoom(12))
                .controls(geomap.ControlsOptions().show_zoom(True).mouse_wheel_zoom(True).show_scale(True))
                .basemap(_Base()).layers([_Layer()]).tooltip(geomap.TooltipOptions().mode(gm.TooltipMode.DETAILS)))
@@ -522,7 +528,24 @@ def engine_health_board(settings: Settings, registry: Registry) -> Board:
                  [Section("Động cơ / Engine", panels)], tags=["operations"], time_from="now-6h", refresh="30s")
 
 
+SectionFactory = Callable[[Settings, Registry], Section]
+_EXTRA_SECTIONS: dict[str, list[SectionFactory]] = {}
+
+
+def register_section(board_uid: str, factory: SectionFactory) -> None:
+    """Add a section to a board (e.g. AQI / WQI / fire-danger index panels on cw-air, cw-water,
+    cw-forest, or on cw-overview); factories run in registration order, after the board's own."""
+    _EXTRA_SECTIONS.setdefault(board_uid, []).append(factory)
+
+
 def boards(settings: Settings, registry: Registry) -> list[Board]:
+    out = _boards(settings, registry)
+    for board in out:
+        board.sections += [factory(settings, registry) for factory in _EXTRA_SECTIONS.get(board.uid, [])]
+    return out
+
+
+def _boards(settings: Settings, registry: Registry) -> list[Board]:
     out = [overview_board(settings, registry)]
     specs = {
         "air": ("cw-air", "air-quality.json", None,
