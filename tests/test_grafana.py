@@ -305,3 +305,52 @@ def test_register_section_adds_panels(sample, monkeypatch):
     air = gb.build_dashboards(*sample)["environment/air-quality.json"]
     assert [p["title"] for p in air["panels"]][-2:] == ["Chỉ số / Indices", "VN_AQI / VN_AQI"]
     assert len({p["id"] for p in air["panels"]}) == len(air["panels"])
+
+
+def test_push_uploads_every_board(sample, tmp_path):
+    """`push` through grafana-client against a stand-in for Grafana's HTTP API (folders, dashboards)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen: list[tuple[str, str, str, dict]] = []
+
+    class Api(BaseHTTPRequestHandler):
+        def _reply(self, body) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:  # noqa: N802
+            seen.append(("GET", self.path, self.headers.get("Authorization", ""), {}))
+            self._reply([{"uid": "existing-ops", "title": "operations"}] if self.path.startswith("/api/folders") else {})
+
+        def do_POST(self) -> None:  # noqa: N802
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.append(("POST", self.path, self.headers.get("Authorization", ""), body))
+            if self.path == "/api/folders":
+                self._reply({"uid": body.get("uid") or "new", "title": body["title"]})
+            else:
+                self._reply({"status": "success", "url": f"/d/{body['dashboard']['uid']}/x"})
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Api)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}"
+        urls = gb.push(url, "secret-token", str(REPO / "config" / "citywatch.yaml"))
+    finally:
+        server.shutdown()
+    boards = gb.build_dashboards(*sample)
+    assert sorted(urls) == sorted(f"{url}/d/{b['uid']}/x" for b in boards.values())
+    assert all(auth == "Bearer secret-token" for _, _, auth, _ in seen)
+    folders = [b for m, p, _, b in seen if m == "POST" and p == "/api/folders"]
+    assert [f["title"] for f in folders] == ["environment"]  # "operations" existed already
+    uploads = {b["dashboard"]["uid"]: b for m, p, _, b in seen if p == "/api/dashboards/db"}
+    assert set(uploads) == {b["uid"] for b in boards.values()}
+    assert uploads["cw-alerts"]["folderUid"] == "existing-ops" and uploads["cw-alerts"]["overwrite"] is True
+    assert uploads["cw-air"]["folderUid"] == folders[0]["uid"]
