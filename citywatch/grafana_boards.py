@@ -356,6 +356,7 @@ def overview_board(settings: Settings, registry: Registry) -> Board:
     rate = timeseries_panel("Số đo mỗi giây / Readings per second",
                             [counter_rate("readings_accepted", "readings/s")], "reqps", w=12, h=7)
     levels_now = (stat.Panel().title("Cảnh báo đang hoạt động / Active alerts").datasource(DATASOURCE).span(12).height(7)
+                  .time_from(ACTIVE_ALERTS_WINDOW)
                   .with_target(InfluxQL(active_alerts_query("count"), fmt="table"))
                   .thresholds(thresholds([(None, "green"), (1, "red")])).no_value("0"))
     return Board("cw-overview", "Tổng quan thành phố / City overview", FOLDER_ENVIRONMENT, "city-overview.json",
