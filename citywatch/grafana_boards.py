@@ -232,9 +232,22 @@ def rule_for(settings: Settings, domain: str, metric: str) -> ThresholdRule | No
     return None
 
 
+def stat_panel(title: str) -> stat.Panel:
+    return (stat.Panel().title(title).datasource(DATASOURCE)
+            .reduce_options(common_b.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
+            .color_mode(common.BigValueColorMode.BACKGROUND).graph_mode(common.BigValueGraphMode.NONE))
+
+
+def table_panel(title: str, datasource: dm.DataSourceRef = DATASOURCE) -> table.Panel:
+    return table.Panel().title(title).datasource(datasource).show_header(True)
+
+
 def timeseries_panel(title: str, targets: list[InfluxQL], unit: str | None = None, w: int = 12, h: int = 8,
                      description: str | None = None) -> timeseries.Panel:
-    p = timeseries.Panel().title(title).datasource(DATASOURCE).span(w).height(h)
+    p = (timeseries.Panel().title(title).datasource(DATASOURCE).span(w).height(h)
+         .legend(common_b.VizLegendOptions().display_mode(common.LegendDisplayMode.LIST)
+                 .placement(common.LegendPlacement.BOTTOM).show_legend(True))
+         .tooltip(common_b.VizTooltipOptions().mode(common.TooltipDisplayMode.MULTI).sort(common.SortOrder.DESCENDING)))
     for t in targets:
         p = p.with_target(t)
     if unit:
@@ -355,7 +368,7 @@ def overview_board(settings: Settings, registry: Registry) -> Board:
     alerts = active_alerts_panel().span(10).height(16)
     rate = timeseries_panel("Số đo mỗi giây / Readings per second",
                             [counter_rate("readings_accepted", "readings/s")], "reqps", w=12, h=7)
-    levels_now = (stat.Panel().title("Cảnh báo đang hoạt động / Active alerts").datasource(DATASOURCE).span(12).height(7)
+    levels_now = (stat_panel("Cảnh báo đang hoạt động / Active alerts").span(12).height(7)
                   .time_from(ACTIVE_ALERTS_WINDOW)
                   .with_target(InfluxQL(active_alerts_query("count"), fmt="table"))
                   .thresholds(thresholds([(None, "green"), (1, "red")])).no_value("0"))
@@ -378,7 +391,7 @@ def active_alerts_query(kind: str = "table") -> str:
 
 
 def active_alerts_panel() -> table.Panel:
-    return (table.Panel().title("Cảnh báo đang hoạt động / Active alerts").datasource(DATASOURCE)
+    return (table_panel("Cảnh báo đang hoạt động / Active alerts")
             .description(f"Latest alert state per sensor, metric and detector over the last {ACTIVE_ALERTS_WINDOW}, "
                          "when it is not ok.")
             .time_from(ACTIVE_ALERTS_WINDOW)
@@ -445,7 +458,7 @@ def alert_annotation(domain: str | None = None) -> InfluxAnnotation:
 
 
 def sensor_health_board(settings: Settings, registry: Registry) -> Board:
-    last_seen = (table.Panel().title("Lần cuối nhận dữ liệu / Last seen per sensor").datasource(MIXED_DS)
+    last_seen = (table_panel("Lần cuối nhận dữ liệu / Last seen per sensor", MIXED_DS)
                  .span(24).height(14)
                  .description("Newest reading per sensor (from `scores`) next to the registry's expected reporting "
                               "interval. A sensor that has not reported has no 'Time'.")
@@ -459,8 +472,7 @@ def sensor_health_board(settings: Settings, registry: Registry) -> Board:
                      "renameByName": {"Time": "Lần cuối / Last seen", "expected_interval_s": "Chu kỳ / Expected interval"}}))
                  .override_by_name("Lần cuối / Last seen", [dm.DynamicConfigValue(id_val="unit", value="dateTimeFromNow")])
                  .override_by_name("Chu kỳ / Expected interval", [dm.DynamicConfigValue(id_val="unit", value="s")]))
-    reporting = (stat.Panel().title(f"Cảm biến báo cáo (15 phút) / Sensors reporting (15 min) of {len(registry.sensors)}")
-                 .datasource(DATASOURCE).span(8).height(6).time_from("15m")
+    reporting = (stat_panel(f"Cảm biến báo cáo (15 phút) / Sensors reporting (15 min) of {len(registry.sensors)}").span(8).height(6).time_from("15m")
                  .with_target(InfluxQL('SELECT count("level") AS "sensors" FROM (SELECT last("level") AS "level" '
                                        'FROM "scores" WHERE $timeFilter GROUP BY "sensor")', fmt="table"))
                  .thresholds(thresholds([(None, "red"), (0.9 * len(registry.sensors), "green")])))
@@ -477,7 +489,7 @@ def sensor_health_board(settings: Settings, registry: Registry) -> Board:
 
 
 def alerts_board(settings: Settings, registry: Registry) -> Board:
-    history = (table.Panel().title("Lịch sử cảnh báo / Alert history").datasource(DATASOURCE).span(24).height(14)
+    history = (table_panel("Lịch sử cảnh báo / Alert history").span(24).height(14)
                .with_target(InfluxQL('SELECT "sensor", "area", "domain", "metric", "detector", "level", '
                                      '"previous_level", "value", "threshold", "score", "reason" FROM "alerts" '
                                      f'WHERE $timeFilter AND {tag_filter("area", "sensor")} ORDER BY time DESC',
