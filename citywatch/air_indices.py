@@ -7,9 +7,12 @@ the right column); then the index of that station-hour is computed with the vect
 pollutant's hour closes after another's, the station-hour is computed again: the point written to
 InfluxDB has the same series and time, so it is overwritten, and the stored value ends complete.
 
+When the last hour of a local day (Asia/Ho_Chi_Minh) closes, the daily VN_AQI of that day is
+computed too (24-hour PM means, daily maximum 1-hour gas means, 8-hour O3 means).
+
 Output: points for the `indices` measurement (tags sensor, area, index; fields value, category,
-label_vi, label_en, dominant; time = start of the hour) and an alert whenever a station's category
-changes from one hour to a later one (or as an hour fills in).
+label_vi, label_en, dominant; time = start of the hour, or of the local day) and an alert whenever a
+station's category changes from one hour (or day) to a later one, or as an hour fills in.
 """
 
 from __future__ import annotations
@@ -26,12 +29,15 @@ from citywatch.registry import SeriesIndex
 from citywatch.sinks.line_protocol import encode_line
 
 HOUR_NS = 3_600_000_000_000
-WINDOW = 24  # hours kept per station: NowCast uses 12, the US 8-hour means 8
+# Hours kept per station: a local day (24) plus the 7 hours before it that the day's first 8-hour
+# O3 means need; the hourly indices use the last 12 (NowCast) or 8 (US 8-hour means).
+WINDOW = 32
+DAY_LEAD_HOURS = 7
+# Asia/Ho_Chi_Minh is UTC+7 all year (no daylight saving): local days start at 17:00 UTC.
+LOCAL_UTC_OFFSET_H = 7
 POLLUTANTS = vn_aqi.POLLUTANTS
-INDICES = {
-    "vn_aqi_hourly": (vn_aqi.vn_aqi_hourly, vn_aqi.CATEGORIES),
-    "us_aqi": (us_aqi.us_aqi_hourly, us_aqi.CATEGORIES),
-}
+HOURLY = {"vn_aqi_hourly": vn_aqi.vn_aqi_hourly, "us_aqi": us_aqi.us_aqi_hourly}
+CATEGORIES = {"vn_aqi_hourly": vn_aqi.CATEGORIES, "us_aqi": us_aqi.CATEGORIES, "vn_aqi_daily": vn_aqi.CATEGORIES}
 
 
 def _level(category: int) -> str:
@@ -61,8 +67,8 @@ class AirIndices:
         n = len(self.stations)
         self.hist = np.full((n, len(POLLUTANTS), WINDOW), np.nan)
         self.col_hour = np.full((n, WINDOW), -1, np.int64)
-        self.last_hour = {name: np.full(n, -1, np.int64) for name in INDICES}
-        self.last_category = {name: np.zeros(n, np.int8) for name in INDICES}
+        self.last_hour = {name: np.full(n, -1, np.int64) for name in CATEGORIES}
+        self.last_category = {name: np.zeros(n, np.int8) for name in CATEGORIES}
         self._series_station = np.zeros(0, np.int64)
         self._series_pollutant = np.zeros(0, np.int64)
 
@@ -91,35 +97,50 @@ class AirIndices:
         keep = st >= 0
         st, pol = st[keep], self._series_pollutant[buckets.series[keep]]
         hour, mean = buckets.start_ns[keep] // HOUR_NS, buckets.mean[keep]
-        if len(st) == 0:
-            return []
-        col = hour % WINDOW
-        held = self.col_hour[st, col]
-        fresh = hour >= held  # a column holding a later hour means this one fell out of the window
-        st, pol, hour, mean, col, held = st[fresh], pol[fresh], hour[fresh], mean[fresh], col[fresh], held[fresh]
-        newer = hour > held
-        self.hist[st[newer], :, col[newer]] = np.nan
-        self.col_hour[st, col] = hour
-        self.hist[st, pol, col] = mean
+        out: list[IndexValues] = []
+        # Hour by hour (vectorised over stations), so that a backlog longer than the window never
+        # overwrites hours that an earlier station-hour of the same backlog still needs.
+        for h in np.unique(hour).tolist():
+            at = hour == h
+            stations = self._insert(st[at], pol[at], h, mean[at])
+            if len(stations):
+                out += self._compute(stations, h)
+        return out
 
-        pairs = np.unique(np.stack([st, hour]), axis=1)
-        p_st, p_hour = pairs[0], pairs[1]
-        hours = p_hour[:, None] - np.arange(WINDOW - 1, -1, -1)
+    def _insert(self, st: np.ndarray, pol: np.ndarray, h: int, mean: np.ndarray) -> np.ndarray:
+        """Put hour `h`'s means in the ring; return the stations whose window took them."""
+        col = h % WINDOW
+        held = self.col_hour[st, col]
+        fresh = h >= held  # a column holding a later hour means this one fell out of the window
+        st, pol, mean, held = st[fresh], pol[fresh], mean[fresh], held[fresh]
+        newer = st[h > held]
+        self.hist[newer, :, col] = np.nan
+        self.col_hour[st, col] = h
+        self.hist[st, pol, col] = mean
+        return np.unique(st)
+
+    def _compute(self, st: np.ndarray, h: int) -> list[IndexValues]:
+        hours = h - np.arange(WINDOW - 1, -1, -1)
         cols = hours % WINDOW
-        valid = self.col_hour[p_st[:, None], cols] == hours
-        window = {p: np.where(valid, self.hist[p_st[:, None], i, cols], np.nan) for i, p in enumerate(POLLUTANTS)}
+        valid = self.col_hour[st[:, None], cols] == hours
+        window = {p: np.where(valid, self.hist[st[:, None], i, cols], np.nan) for i, p in enumerate(POLLUTANTS)}
+        hour = np.full(len(st), h, np.int64)
         out = []
-        for name, (compute, _) in INDICES.items():
+        for name, compute in HOURLY.items():
             r = compute(window)
-            out.append(IndexValues(name, p_st, p_hour, r.value[:, -1], r.category[:, -1].astype(np.int8),
-                                   r.dominant[:, -1]))
+            out.append(IndexValues(name, st, hour, r.value[:, -1], r.category[:, -1].astype(np.int8), r.dominant[:, -1]))
+        if (h + LOCAL_UTC_OFFSET_H) % 24 == 23:  # the last hour of a local day
+            r = vn_aqi.vn_aqi_daily({p: w[:, -(24 + DAY_LEAD_HOURS):] for p, w in window.items()},
+                                    lead_hours=DAY_LEAD_HOURS)
+            out.append(IndexValues("vn_aqi_daily", st, hour - 23, r.value[:, 0], r.category[:, 0].astype(np.int8),
+                                   r.dominant[:, 0]))
         return out
 
     # -- what the engine writes ----------------------------------------------------------------
     def lines(self, results: list[IndexValues]) -> list[str]:
         lines = []
         for r in results:
-            cats = INDICES[r.index][1]
+            cats = CATEGORIES[r.index]
             for st, hour, value, cat, dom in zip(r.station.tolist(), r.hour.tolist(), r.value.tolist(),
                                                  r.category.tolist(), r.dominant.tolist()):
                 if cat <= 0:
@@ -151,7 +172,7 @@ class AirIndices:
             prev[first] = last_cat[st[first]]
             changed = np.flatnonzero((cat != prev) & (prev > 0))
             last_hour[st[last]], last_cat[st[last]] = hour[last], cat[last]
-            cats = INDICES[r.index][1]
+            cats = CATEGORIES[r.index]
             for j in changed.tolist():
                 new, old = cats[int(cat[j]) - 1], cats[int(prev[j]) - 1]
                 events.append(AlertEvent(
@@ -165,7 +186,7 @@ class AirIndices:
     def snapshot(self) -> dict[str, np.ndarray]:
         snap = {f"means.{k}": v for k, v in self.means.snapshot().items()}
         snap.update({"hist": self.hist, "col_hour": self.col_hour, "__stations": np.asarray(self.stations, dtype=str)})
-        for name in INDICES:
+        for name in CATEGORIES:
             snap[f"last_hour.{name}"] = self.last_hour[name]
             snap[f"last_category.{name}"] = self.last_category[name]
         return snap
@@ -177,9 +198,10 @@ class AirIndices:
             if sid in self._station_of:
                 src.append(i)
                 dst.append(self._station_of[sid])
-        self.hist[dst] = snap["hist"][src]
-        self.col_hour[dst] = snap["col_hour"][src]
-        for name in INDICES:
+        if snap["hist"].shape[1:] == self.hist.shape[1:]:
+            self.hist[dst] = snap["hist"][src]
+            self.col_hour[dst] = snap["col_hour"][src]
+        for name in CATEGORIES:
             if f"last_hour.{name}" in snap:
                 self.last_hour[name][dst] = snap[f"last_hour.{name}"][src]
                 self.last_category[name][dst] = snap[f"last_category.{name}"][src]

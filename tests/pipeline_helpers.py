@@ -19,6 +19,7 @@ REGISTRY_DOC = {
             "pm25": {"unit": "ug/m3", "min": 0, "max": 1000},
             "no2": {"unit": "ug/m3", "min": 0, "max": 2000},
             "co": {"unit": "ug/m3", "min": 0, "max": 100000},
+            "o3": {"unit": "ug/m3", "min": 0, "max": 2000},
             "relativeHumidity": {"unit": "1", "min": 0, "max": 1},
         }},
         "water": {"domain": "water", "interval": "300s", "metrics": {

@@ -149,3 +149,38 @@ def test_engine_writes_indices_and_alerts_on_category_change(mosquitto, influxdb
         device.close()
         listener.close()
         engine.stop()
+
+
+def test_daily_vn_aqi_at_local_day_boundaries():
+    from citywatch.detectors.indices import vn_aqi_daily
+
+    series = series_index()
+    start = (H0 // 24) * 24 + 17  # 17:00 UTC = 00:00 in Asia/Ho_Chi_Minh
+    rng = np.random.default_rng(3)
+    pm = rng.uniform(10, 90, 48).round(1).tolist()
+    o3 = rng.uniform(20, 240, 48).round(1).tolist()
+    agg = AirIndices(series)
+    results = feed(agg, [readings(series, "aq-001", "pm25", pm, start_hour=start),
+                         readings(series, "aq-001", "o3", o3, start_hour=start)])
+    results += agg.flush((start + 60) * HOUR_NS)
+    daily = {int(h): (int(c), float(v), str(d)) for r in results if r.index == "vn_aqi_daily"
+             for h, c, v, d in zip(r.hour, r.category, r.value, r.dominant)}
+    assert sorted(daily) == [start, start + 24]  # one value per local day, stamped at local midnight
+    lead = np.full(7, np.nan)
+    for day, h0 in enumerate((start, start + 24)):
+        hours = slice(day * 24, day * 24 + 24)
+        before = np.array(pm[day * 24 - 7: day * 24]) if day else lead
+        before_o3 = np.array(o3[day * 24 - 7: day * 24]) if day else lead
+        want = vn_aqi_daily({"pm25": np.concatenate([before, pm[hours]]),
+                             "o3": np.concatenate([before_o3, o3[hours]])}, lead_hours=7)
+        assert daily[h0] == (int(want.category[0]), float(want.value[0]), str(want.dominant[0]))
+
+
+def test_a_backlog_longer_than_the_window_in_one_batch():
+    series = series_index()
+    pm = np.random.default_rng(5).uniform(5, 200, 45).round(1)
+    agg = AirIndices(series)
+    results = feed(agg, [readings(series, "aq-002", "pm25", pm.tolist())]) + agg.flush((H0 + 60) * HOUR_NS)
+    expect = vn_aqi_hourly({"pm25": pm})
+    want = {(H0 + h, int(c), float(v)) for h, (c, v) in enumerate(zip(expect.category, expect.value)) if c > 0}
+    assert table(results, "vn_aqi_hourly") == want and len(want) == 44
