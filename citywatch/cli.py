@@ -147,6 +147,14 @@ def build_parser() -> argparse.ArgumentParser:
     index_cli.add_arguments(p)
     p.set_defaults(func=lambda args: index_cli.run(args))
 
+    p = sub.add_parser("grafana", help="export or push the Grafana provisioning and dashboards",
+                       description="Write the Grafana provisioning and dashboards generated from the config and "
+                                   "registry to a folder, or upload them to a running Grafana.")
+    from citywatch import grafana_boards
+
+    grafana_boards.add_arguments(p)
+    p.set_defaults(func=lambda args: grafana_boards.run(args))
+
     p = sub.add_parser("demo", help="live demo: local broker + InfluxDB + simulator + engine, with a status view",
                        description="Start private Mosquitto and InfluxDB instances on free loopback ports, run the "
                                    "simulator and the engine, and show live status until Ctrl-C.")

@@ -753,13 +753,3 @@ def run(args: argparse.Namespace) -> int:
     for u in push(args.url, token, args.config):
         print(u)
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:  # pragma: no cover - until `citywatch grafana` is wired
-    parser = argparse.ArgumentParser(prog="citywatch grafana")
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())

@@ -78,6 +78,8 @@ class MqttConsumer:
         # is not done for every message).
         self.wake = threading.Event()
         self.batch_size = 1
+        # Set once the broker has confirmed the subscription (SUBACK), not merely the connection:
+        # a device's message sent between the two would not reach a fresh session.
         self.connected = threading.Event()
         self.generation = 0
         self._v5 = cfg.protocol == "5"
@@ -92,6 +94,7 @@ class MqttConsumer:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
 
     # paho callbacks run on paho's network thread: keep them short.
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
@@ -102,9 +105,16 @@ class MqttConsumer:
         self.generation += 1
         client.subscribe(self.subscription, qos=self.cfg.qos)
         self.stats.inc("mqtt_connects")
-        self.connected.set()
         self.log.info("mqtt connected", session_present=bool(flags.session_present),
                       subscription=self.subscription, generation=self.generation)
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        if any(rc.is_failure for rc in reason_codes):
+            self.stats.inc("mqtt_subscribe_failures")
+            self.log.error("mqtt subscription refused", subscription=self.subscription,
+                           reasons=[str(rc) for rc in reason_codes])
+            return
+        self.connected.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self.connected.clear()
