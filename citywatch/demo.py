@@ -21,6 +21,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from citywatch.config import load_settings
+from citywatch.grafana_boards import export_files
 from citywatch.registry import Registry
 from citywatch.services import InfluxDB, Mosquitto, ServiceError, ensure_binaries
 from citywatch.simulator import Simulator
@@ -158,6 +159,11 @@ def run(args) -> int:
 
     services = f"MQTT {broker.url} · InfluxDB {influx.url} db={settings.influxdb.database} · logs {work}"
     console.print(f"[bold]citywatch demo[/] {len(registry.sensors)} sensors · {services}")
+    for path, text in export_files(settings, registry).items():
+        (work / "grafana" / path).parent.mkdir(parents=True, exist_ok=True)
+        (work / "grafana" / path).write_text(text)
+    console.print(f"Grafana boards and provisioning: {work / 'grafana'} (a Grafana with "
+                  f"CITYWATCH_INFLUX_URL={influx.url} CITYWATCH_INFLUX_DB={settings.influxdb.database} shows them)")
     started = time.monotonic()
     window: deque = deque(maxlen=10)
     stop = threading.Event()

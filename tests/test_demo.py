@@ -25,3 +25,4 @@ def test_demo_runs_end_to_end(tmp_path):
     truth = (tmp_path / "demo" / "ground-truth.jsonl").read_text().splitlines()
     assert any('"episode"' in line and "aq-005" in line for line in truth)
     assert (tmp_path / "demo" / "engine.log").stat().st_size > 0
+    assert (tmp_path / "demo" / "grafana" / "provisioning" / "dashboards" / "citywatch.yaml").exists()
