@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from citywatch.air_limits import AirLimits
 from citywatch.alerts import AlertEvent
 from citywatch.batch import ReadingBatch
 from citywatch.detectors.bucket_means import BucketMeans, Buckets
@@ -71,6 +72,9 @@ class AirIndices:
         self.last_category = {name: np.zeros(n, np.int8) for name in CATEGORIES}
         self._series_station = np.zeros(0, np.int64)
         self._series_pollutant = np.zeros(0, np.int64)
+        self.limits = AirLimits(self.stations, self.areas, POLLUTANTS)
+        self._limit_lines: list[str] = []
+        self._limit_events: list[AlertEvent] = []
 
     def _lookup(self) -> None:
         n = len(self.series)
@@ -125,6 +129,9 @@ class AirIndices:
         valid = self.col_hour[st[:, None], cols] == hours
         window = {p: np.where(valid, self.hist[st[:, None], i, cols], np.nan) for i, p in enumerate(POLLUTANTS)}
         hour = np.full(len(st), h, np.int64)
+        lines, events = self.limits.judge(st, h, window)
+        self._limit_lines += lines
+        self._limit_events += events
         out = []
         for name, compute in HOURLY.items():
             r = compute(window)
@@ -137,6 +144,12 @@ class AirIndices:
         return out
 
     # -- what the engine writes ----------------------------------------------------------------
+    def take_limit_output(self) -> tuple[list[str], list[AlertEvent]]:
+        """QCVN 05 exceedance points and alerts judged since the last call."""
+        out = (self._limit_lines, self._limit_events)
+        self._limit_lines, self._limit_events = [], []
+        return out
+
     def lines(self, results: list[IndexValues]) -> list[str]:
         lines = []
         for r in results:
@@ -185,6 +198,7 @@ class AirIndices:
     # -- restart --------------------------------------------------------------------------------
     def snapshot(self) -> dict[str, np.ndarray]:
         snap = {f"means.{k}": v for k, v in self.means.snapshot().items()}
+        snap.update({f"limits.{k}": v for k, v in self.limits.snapshot().items()})
         snap.update({"hist": self.hist, "col_hour": self.col_hour, "__stations": np.asarray(self.stations, dtype=str)})
         for name in CATEGORIES:
             snap[f"last_hour.{name}"] = self.last_hour[name]
@@ -201,6 +215,7 @@ class AirIndices:
         if snap["hist"].shape[1:] == self.hist.shape[1:]:
             self.hist[dst] = snap["hist"][src]
             self.col_hour[dst] = snap["col_hour"][src]
+        self.limits.restore({k[len("limits."):]: v for k, v in snap.items() if k.startswith("limits.")}, src, dst)
         for name in CATEGORIES:
             if f"last_hour.{name}" in snap:
                 self.last_hour[name][dst] = snap[f"last_hour.{name}"][src]

@@ -268,7 +268,9 @@ class Engine:
     def _index_output(self, results) -> tuple[list[str], list[AlertEvent]]:
         lines = self.air_indices.lines(results)
         self.stats.inc("index_points", len(lines))
-        return lines, self.air_indices.category_changes(results)
+        limit_lines, limit_events = self.air_indices.take_limit_output()
+        self.stats.inc("qcvn05_exceedances", sum(1 for e in limit_events if e.level == "critical"))
+        return lines + limit_lines, self.air_indices.category_changes(results) + limit_events
 
     def _detect(self, batch: ReadingBatch) -> list[DetectorOutput]:
         outputs: list[DetectorOutput] = []
