@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from grafana_foundation_sdk.builders import dashboard as dash
-from grafana_foundation_sdk.builders import geomap, stat, table, timeseries
+from grafana_foundation_sdk.builders import bargauge, geomap, stat, table, timeseries
 from grafana_foundation_sdk.builders import common as common_b
 from grafana_foundation_sdk.cog import builder as cogbuilder
 from grafana_foundation_sdk.cog import runtime as cogruntime
@@ -43,6 +43,7 @@ from grafana_foundation_sdk.models import dashboard as dm
 from grafana_foundation_sdk.models import geomap as gm
 
 from citywatch.config import Settings, ThresholdRule
+from citywatch.detectors.indices import us_aqi, vn_aqi
 from citywatch.registry import DOMAINS, Registry
 
 DATASOURCE_UID = "citywatch-influxdb"
@@ -608,6 +609,231 @@ def layout(data: dict[str, Any]) -> None:
         panel["gridPos"] = {"x": x, "y": y, "w": w, "h": h}
         x += w
         row_h = max(row_h, h)
+
+
+# ------------------------------------------------------------------------------ air-quality index sections
+
+CURRENT_AQI_WINDOW = "3h"  # an hour's index is written when the hour closes: the newest is 1-2 h old
+DAILY_AQI_WINDOW = "7d"
+AQI_INDICES = {  # index tag -> (scale, short name)
+    "vn_aqi_hourly": (vn_aqi.CATEGORIES, "VN_AQI"),
+    "us_aqi": (us_aqi.CATEGORIES, "US AQI"),
+    "vn_aqi_daily": (vn_aqi.CATEGORIES, "VN_AQI"),
+}
+POLLUTANT_NAMES = {"pm25": "PM2.5", "pm10": "PM10", "o3": "O₃", "no2": "NO₂", "so2": "SO₂", "co": "CO"}
+NO_DATA_COLOUR = "text"
+
+
+def hex_colour(rgb: tuple[int, int, int]) -> str:
+    return "#{:02x}{:02x}{:02x}".format(*rgb)
+
+
+def aqi_steps(categories) -> list[tuple[float | None, str]]:
+    """Threshold steps at the lower bound of every category, in the official colours."""
+    return [(None if c.number == 1 else float(c.low), hex_colour(c.rgb)) for c in categories]
+
+
+def category_mappings(categories, no_data: bool = False) -> list[dm.ValueMapping]:
+    """Category number 1..6 -> "label_vi / label_en" in the category's colour."""
+    maps: list[dm.ValueMapping] = [dm.ValueMap(options={
+        str(c.number): dm.ValueMappingResult(text=f"{c.label_vi} / {c.label_en}", color=hex_colour(c.rgb),
+                                             index=c.number - 1) for c in categories})]
+    if no_data:
+        maps.append(dm.SpecialValueMap(options=dm.DashboardSpecialValueMapOptions(
+            match=dm.SpecialValueMatch.NULL_AND_NAN,
+            result=dm.ValueMappingResult(text="không có dữ liệu / no data", color=NO_DATA_COLOUR, index=len(categories)))))
+    return maps
+
+
+def pollutant_mappings() -> list[dm.ValueMapping]:
+    return [dm.ValueMap(options={k: dm.ValueMappingResult(text=v, index=i)
+                                 for i, (k, v) in enumerate(POLLUTANT_NAMES.items())})]
+
+
+def index_stations(registry: Registry) -> list:
+    """The air stations that have an index (at least one VN_AQI pollutant), as `AirIndices` picks them."""
+    return sorted((s for s in registry.by_domain("air") if set(s.metrics) & set(vn_aqi.POLLUTANTS)),
+                  key=lambda s: s.id)
+
+
+def index_filter(index: str) -> str:
+    return f'"index" = \'{index}\''
+
+
+def hourly_aqi_panel(index: str, title: str, description: str) -> timeseries.Panel:
+    categories, short = AQI_INDICES[index]
+    query = (f'SELECT max("value") AS {q_ident(short)} FROM "indices" WHERE {index_filter(index)} AND '
+             f'{tag_filter("area", "sensor")} AND $timeFilter GROUP BY time($__interval), "sensor" fill(null)')
+    bounds = ", ".join(f"{c.low:g}–{c.high:g} {c.label_en}" for c in categories)
+    return (timeseries_panel(title, [InfluxQL(query, alias="$tag_sensor")], "none", w=12, h=9,
+                             description=f"{description} Per station, hourly (the worst hour of a longer "
+                                         f"interval); bands: {bounds}.")
+            .interval("1h").min(0).decimals(0)
+            .thresholds(thresholds(aqi_steps(categories)))
+            .thresholds_style(common_b.GraphThresholdsStyleConfig().mode(common.GraphTresholdsStyleMode.LINE_AND_AREA)))
+
+
+def _latest(index: str, names: dict[str, str], where: str) -> str:
+    cols = ", ".join(f"last({q_ident(f)}) AS {q_ident(alias)}" for f, alias in names.items())
+    return f'SELECT {cols} FROM "indices" WHERE {index_filter(index)} AND {where}'
+
+
+def current_aqi_table() -> table.Panel:
+    where = f'{tag_filter("area", "sensor")} AND $timeFilter'
+    vn = InfluxQL(_latest("vn_aqi_hourly", {"value": "vn_aqi", "category": "vn_category", "label_vi": "label_vi",
+                                            "label_en": "label_en", "dominant": "dominant"}, where)
+                  + ' GROUP BY "sensor", "area"', ref_id="A", fmt="table")
+    us = InfluxQL(_latest("us_aqi", {"value": "us_aqi", "category": "us_category", "label_en": "us_label_en"}, where)
+                  + ' GROUP BY "sensor"', ref_id="B", fmt="table")
+    keep = ["sensor", "area", "vn_aqi", "vn_category", "label_vi", "label_en", "dominant", "us_aqi", "us_category",
+            "us_label_en"]
+    names = {"sensor": "Trạm / Station", "area": "Phường / Area", "vn_aqi": "VN_AQI", "vn_category": "Mức / Category",
+             "label_vi": "Đánh giá", "label_en": "Rating", "dominant": "Chất chính / Dominant pollutant",
+             "us_aqi": "US AQI", "us_category": "Mức US / US category", "us_label_en": "US rating"}
+    colour_cell = dm.DynamicConfigValue(id_val="custom.cellOptions", value={"type": "color-background"})
+    p = (table_panel("AQI hiện tại theo trạm / Current AQI by station").span(24).height(11)
+         .time_from(CURRENT_AQI_WINDOW)
+         .description(f"Latest hourly VN_AQI (Decision 1459/QĐ-TCMT) and US AQI per station over the last "
+                      f"{CURRENT_AQI_WINDOW}, with the category, its label and the dominant pollutant.")
+         .with_target(vn).with_target(us)
+         .with_transformation(dm.DataTransformerConfig(id_val="joinByField",
+                                                       options={"byField": "sensor", "mode": "outer"}))
+         # keeps only these columns (the Time of each frame is the start of the range: not shown)
+         .with_transformation(dm.DataTransformerConfig(id_val="filterFieldsByName", options={"include": {"names": keep}}))
+         .with_transformation(dm.DataTransformerConfig(id_val="organize", options={
+             "indexByName": {k: i for i, k in enumerate(keep)}, "renameByName": names}))
+         .sort_by([common_b.TableSortByFieldState().display_name("VN_AQI").desc(True)]))
+    for field_name, categories in (("VN_AQI", vn_aqi.CATEGORIES), ("US AQI", us_aqi.CATEGORIES)):
+        p = p.override_by_name(field_name, [colour_cell, dm.DynamicConfigValue(id_val="thresholds", value=dm.ThresholdsConfig(
+            mode=dm.ThresholdsMode.ABSOLUTE, steps=[dm.Threshold(value=v, color=c) for v, c in aqi_steps(categories)])),
+            dm.DynamicConfigValue(id_val="color", value={"mode": "thresholds"})])
+    for field_name, categories in (("Mức / Category", vn_aqi.CATEGORIES), ("Mức US / US category", us_aqi.CATEGORIES)):
+        p = p.override_by_name(field_name, [colour_cell, dm.DynamicConfigValue(id_val="mappings",
+                                                                               value=category_mappings(categories))])
+    return p.override_by_name(names["dominant"], [dm.DynamicConfigValue(id_val="mappings", value=pollutant_mappings())])
+
+
+def daily_aqi_table() -> table.Panel:
+    query = (f'SELECT "value" AS "vn_aqi", "category" AS "vn_category", "label_vi", "label_en", "dominant" '
+             f'FROM "indices" WHERE {index_filter("vn_aqi_daily")} AND {tag_filter("area", "sensor")} AND $timeFilter '
+             f'GROUP BY "sensor", "area" ORDER BY time DESC')
+    names = {"Time": "Ngày / Day", "sensor": "Trạm / Station", "area": "Phường / Area", "vn_aqi": "VN_AQI ngày / Daily VN_AQI",
+             "vn_category": "Mức / Category", "label_vi": "Đánh giá", "label_en": "Rating",
+             "dominant": "Chất chính / Dominant pollutant"}
+    order = list(names)
+    colour_cell = dm.DynamicConfigValue(id_val="custom.cellOptions", value={"type": "color-background"})
+    return (table_panel("VN_AQI ngày / Daily VN_AQI").span(24).height(10).time_from(DAILY_AQI_WINDOW)
+            .description(f"Daily VN_AQI per station over the last {DAILY_AQI_WINDOW}: computed when a local day "
+                         "(Asia/Ho_Chi_Minh, UTC+7) has ended, from 24-hour PM means, daily maximum 1-hour gas "
+                         "means and 8-hour O₃ means (at least 18 hours of data).")
+            .with_target(InfluxQL(query, fmt="table"))
+            .with_transformation(dm.DataTransformerConfig(id_val="organize", options={
+                "indexByName": {k: i for i, k in enumerate(order)}, "renameByName": names}))
+            .sort_by([common_b.TableSortByFieldState().display_name(names["Time"]).desc(True)])
+            .override_by_name(names["Time"], [dm.DynamicConfigValue(id_val="unit", value="time:YYYY-MM-DD")])
+            .override_by_name(names["vn_aqi"], [colour_cell, dm.DynamicConfigValue(id_val="color", value={"mode": "thresholds"})])
+            .override_by_name(names["vn_category"], [colour_cell, dm.DynamicConfigValue(
+                id_val="mappings", value=category_mappings(vn_aqi.CATEGORIES))])
+            .override_by_name(names["dominant"], [dm.DynamicConfigValue(id_val="mappings", value=pollutant_mappings())])
+            .thresholds(thresholds(aqi_steps(vn_aqi.CATEGORIES))))
+
+
+def air_index_section(settings: Settings, registry: Registry) -> Section:
+    """Air board: hourly VN_AQI and US AQI per station, the current AQI table, daily VN_AQI."""
+    return Section("Chỉ số chất lượng không khí / Air quality index", [
+        hourly_aqi_panel("vn_aqi_hourly", "VN_AQI theo giờ / Hourly VN_AQI",
+                         "VN_AQI (Decision 1459/QĐ-TCMT, PM by NowCast: at least 2 of the last 3 hours)."),
+        hourly_aqi_panel("us_aqi", "US AQI theo giờ / Hourly US AQI", "US EPA AQI (PM by NowCast, 8-hour O₃ and CO)."),
+        current_aqi_table(),
+        daily_aqi_table(),
+    ])
+
+
+class _Built(cogbuilder.Builder[Any]):
+    """A builder for an already built SDK model (map layers)."""
+
+    def __init__(self, model: Any) -> None:
+        self._m = model
+
+    def build(self) -> Any:
+        return self._m
+
+
+def category_count_query(categories=vn_aqi.CATEGORIES) -> str:
+    """Stations per category of their latest hourly VN_AQI, one column per category (zeros included).
+    InfluxQL groups by tags only, so a category (a field) is counted with an indicator per station:
+    floor(1 / (1 + (c - k)²)) is 1 when c = k and 0 otherwise."""
+    inner = (f'SELECT last("category") AS "c" FROM "indices" WHERE {index_filter("vn_aqi_hourly")} AND '
+             f'time > now() - {CURRENT_AQI_WINDOW} GROUP BY "sensor"')
+    middle = ", ".join(f'floor(1 / (1 + ("c" - {c.number}) * ("c" - {c.number}))) AS "k{c.number}"' for c in categories)
+    outer = ", ".join(f'sum("k{c.number}") AS {q_ident(category_label(c))}' for c in categories)
+    return f"SELECT {outer} FROM (SELECT {middle} FROM ({inner}))"
+
+
+def category_label(c) -> str:
+    return f"{c.label_vi} / {c.label_en}"
+
+
+def overview_aqi_section(settings: Settings, registry: Registry) -> Section:
+    """Overview: a map of the air stations coloured by their latest VN_AQI category, stations per category."""
+    stations = index_stations(registry)
+    lat = round(sum(s.lat for s in stations) / len(stations), 4)
+    lon = round(sum(s.lon for s in stations) / len(stations), 4)
+    latest = InfluxQL(_latest("vn_aqi_hourly", {"value": "vn_aqi", "category": "category", "label_vi": "label_vi",
+                                                "label_en": "label_en", "dominant": "dominant"},
+                              f"time > now() - {CURRENT_AQI_WINDOW}") + ' GROUP BY "sensor"', ref_id="A", fmt="table")
+    frame = Snapshot("B", {
+        "sensor": ("string", [s.id for s in stations]),
+        "name": ("string", [s.name or s.id for s in stations]),
+        "area": ("string", [s.area for s in stations]),
+        "latitude": ("number", [s.lat for s in stations]),
+        "longitude": ("number", [s.lon for s in stations]),
+    })
+    layer = common.MapLayerOptions(
+        type_val="markers", name="VN_AQI", tooltip=True,
+        location=common.FrameGeometrySource(mode=common.FrameGeometrySourceMode.COORDS, latitude="latitude",
+                                            longitude="longitude"),
+        config={"showLegend": True, "style": {
+            "color": {"field": "category", "fixed": NO_DATA_COLOUR}, "size": {"fixed": 10},
+            "symbol": {"fixed": "img/icons/marker/circle.svg", "mode": "fixed"}, "opacity": 0.9,
+            "text": {"field": "vn_aqi", "fixed": "", "mode": "field"},
+            "textConfig": {"fontSize": 10, "offsetY": -14, "textAlign": "center", "textBaseline": "bottom"}}})
+    vn_steps = [(None if c.number == 1 else float(c.number), hex_colour(c.rgb)) for c in vn_aqi.CATEGORIES]
+    the_map = (geomap.Panel().title("VN_AQI hiện tại / Current VN_AQI").datasource(MIXED_DS).span(14).height(14)
+               .description(f"Air stations coloured by the category of their latest hourly VN_AQI (last "
+                            f"{CURRENT_AQI_WINDOW}) in the official colours; grey: no index (fewer than 2 of the "
+                            "last 3 hours of PM data).")
+               .with_target(latest).with_target(frame)
+               .with_transformation(dm.DataTransformerConfig(id_val="joinByField",
+                                                             options={"byField": "sensor", "mode": "outer"}))
+               .thresholds(thresholds(vn_steps)).color_scheme(dash.FieldColor().mode(dm.FieldColorModeId.THRESHOLDS))
+               .no_value("không có dữ liệu / no data")
+               .override_by_name("category", [dm.DynamicConfigValue(id_val="mappings", value=category_mappings(
+                   vn_aqi.CATEGORIES, no_data=True))])
+               .override_by_name("vn_aqi", [dm.DynamicConfigValue(id_val="thresholds", value=dm.ThresholdsConfig(
+                   mode=dm.ThresholdsMode.ABSOLUTE,
+                   steps=[dm.Threshold(value=v, color=c) for v, c in aqi_steps(vn_aqi.CATEGORIES)]))])
+               .override_by_name("dominant", [dm.DynamicConfigValue(id_val="mappings", value=pollutant_mappings())])
+               .view(geomap.MapViewConfig().id("coords").lat(lat).lon(lon).zoom(12))
+               .controls(geomap.ControlsOptions().show_zoom(True).mouse_wheel_zoom(True).show_scale(True))
+               .basemap(_Built(common.MapLayerOptions(type_val="default", name="Bản đồ nền / Basemap")))
+               .layers([_Built(layer)]).tooltip(geomap.TooltipOptions().mode(gm.TooltipMode.DETAILS)))
+    per_category = (bargauge.Panel().title("Số trạm theo mức VN_AQI / Stations per VN_AQI category")
+                    .datasource(DATASOURCE).span(10).height(14)
+                    .description(f"Air stations by the category of their latest hourly VN_AQI (last "
+                                 f"{CURRENT_AQI_WINDOW}), of {len(stations)} stations.")
+                    .with_target(InfluxQL(category_count_query(), fmt="table"))
+                    .reduce_options(common_b.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
+                    .orientation(common.VizOrientation.HORIZONTAL).display_mode(common.BarGaugeDisplayMode.BASIC)
+                    .show_unfilled(True).min(0).max(len(stations)).decimals(0).unit("short").no_value("0"))
+    for c in vn_aqi.CATEGORIES:
+        per_category = per_category.override_by_name(category_label(c), [dm.DynamicConfigValue(
+            id_val="color", value={"mode": "fixed", "fixedColor": hex_colour(c.rgb)})])
+    return Section("Chỉ số chất lượng không khí / Air quality index", [the_map, per_category])
+
+
+register_section("cw-air", air_index_section)
+register_section("cw-overview", overview_aqi_section)
 
 
 # ------------------------------------------------------------------------------ provisioning

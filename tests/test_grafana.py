@@ -26,7 +26,11 @@ from pipeline_helpers import Device, engine_settings, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 GRAFANA_DIR = REPO / "grafana"
-SPAN = 90 * 60  # simulated seconds of history
+SPAN = 90 * 60  # simulated seconds of history, every sensor
+AIR_SPAN = 4 * 3600  # air stations only, before that: hourly VN_AQI / US AQI need >= 2 closed hours of PM
+DAY = 86400
+LOCAL_OFFSET = 7 * 3600  # Asia/Ho_Chi_Minh: local days start at 17:00 UTC
+DAILY_STATIONS = ["aq-001", "aq-002", "aq-003"]  # a whole local day before that: daily VN_AQI
 
 
 @pytest.fixture(scope="module")
@@ -165,10 +169,13 @@ class GrafanaInfluxQL:
         self.to_ms, self.range_ms, self.vars = to_ms, range_ms, variables
         self.min_interval_ms, self.max_data_points = min_interval_ms, max_data_points
 
-    def expand(self, query: str, time_from: str | None = None) -> str:
+    def expand(self, query: str, time_from: str | None = None, min_interval: str | None = None) -> str:
+        """`time_from`: the panel's relative time; `min_interval`: the panel's min interval, which
+        replaces the data source's as the lower limit of $__interval."""
         range_ms = parse_relative(time_from) if time_from else self.range_ms
         from_ms = self.to_ms - range_ms
-        interval_ms = max(round_interval(range_ms / self.max_data_points), self.min_interval_ms)
+        low = parse_relative(min_interval) if min_interval else self.min_interval_ms
+        interval_ms = max(round_interval(range_ms / self.max_data_points), low)
         text = query.replace("$timeFilter", f"time >= {from_ms}ms and time <= {self.to_ms}ms")
         text = text.replace("$__interval_ms", str(interval_ms)).replace("$__interval", interval_string(interval_ms))
         text = re.sub(r"\$interval\b", interval_string(interval_ms), text)
@@ -216,7 +223,13 @@ def test_every_query_returns_data(mosquitto, influxdb, db_name, tmp_path, sample
     sim = Simulator(registry, seed=11, start=now - SPAN)
     # an NO2 rise at aq-005 past the QCVN warning and critical levels: state changes for the alert panels
     sim.inject("drift", "aq-005", "no2", start=now - SPAN + 60, end=now + 3600, magnitude=600)
-    messages = sim.generate(now - SPAN, now - 1)
+    # in time order: a whole local day at a few stations (daily VN_AQI, closed by the first readings
+    # after local midnight), the air stations for a few hours (hourly indices), then every sensor
+    midnight = (now - AIR_SPAN - 3600 + LOCAL_OFFSET) // DAY * DAY - LOCAL_OFFSET
+    day_sim = Simulator(registry, seed=11, start=midnight - DAY, sensors=DAILY_STATIONS)
+    air_sim = Simulator(registry, seed=11, start=now - AIR_SPAN, domains=["air"])
+    messages = (day_sim.generate(midnight - DAY, midnight + 600) + air_sim.generate(now - AIR_SPAN, now - SPAN)
+                + sim.generate(now - SPAN, now - 1))
     bad = [("city/air/aq-001/telemetry", b"{not json"), ("city/air/zz-999/telemetry", b'{"pm25": 1}'),
            ("city/air/aq-002/telemetry", b'{"pm25": "high"}')]
     engine.start()
@@ -250,12 +263,13 @@ def test_every_query_returns_data(mosquitto, influxdb, db_name, tmp_path, sample
     assert engine.stats.get("alerts") > 0
 
     to_ms = int(time.time() * 1000)
-    exp = GrafanaInfluxQL(to_ms, 2 * 3600 * 1000, {})
+    exp = GrafanaInfluxQL(to_ms, 3 * 3600 * 1000, {})
     # counters the engine creates on first use: no spool activity in this run, so no such field yet
     health_fields = {row[0] for s in influx_query(influxdb, db_name, 'SHOW FIELD KEYS FROM "citywatch"')
                      for row in s["values"]}
     absent = {f for f in ("spooled_points", "replayed_points") if f not in health_fields}
     checked = 0
+    answers: dict[tuple[str, str], list[dict]] = {}  # (panel title, refId) -> series
     for rel, board in boards.items():
         # template variables first, as Grafana resolves them (All = every value, as a regex group)
         variables: dict[str, list[str]] = {}
@@ -275,8 +289,9 @@ def test_every_query_returns_data(mosquitto, influxdb, db_name, tmp_path, sample
             for t in panel.get("targets", []):
                 if t["datasource"]["type"] != "influxdb":
                     continue
-                q = exp.expand(t["query"], panel.get("timeFrom"))
+                q = exp.expand(t["query"], panel.get("timeFrom"), panel.get("interval"))
                 series = influx_query(influxdb, db_name, q)
+                answers[(panel["title"], t["refId"])] = series
                 if any(f'"{f}"' in q for f in absent):
                     assert not series  # runs without error; the field is not written yet
                     continue
@@ -295,6 +310,55 @@ def test_every_query_returns_data(mosquitto, influxdb, db_name, tmp_path, sample
     rows = influx_query(influxdb, db_name, GrafanaInfluxQL(to_ms, 7 * 86400000, {}).expand(gb.active_alerts_query()))
     found = {(r[1], r[4]) for s in rows for r in s["values"]}
     assert ("aq-005", "no2") in found
+    check_index_panels(answers, registry, midnight)
+
+
+def table_rows(series: list[dict]) -> list[dict]:
+    return [{**s.get("tags", {}), **dict(zip(s["columns"], v))} for s in series for v in s["values"]]
+
+
+def check_index_panels(answers: dict[tuple[str, str], list[dict]], registry: Registry, midnight: float) -> None:
+    """The AQI panels' answers have the shape the panels expect, with values on the official scales."""
+    from citywatch.detectors.indices import us_aqi, vn_aqi
+
+    stations = {s.id for s in gb.index_stations(registry)}
+    scales = {"VN_AQI": vn_aqi.CATEGORIES, "US AQI": us_aqi.CATEGORIES}
+    # hourly panels: one series per station, integer AQI values
+    for title, short in (("VN_AQI theo giờ / Hourly VN_AQI", "VN_AQI"), ("US AQI theo giờ / Hourly US AQI", "US AQI")):
+        series = answers[(title, "A")]
+        assert len(series) >= 4 and {s["tags"]["sensor"] for s in series} <= stations, title
+        values = [v[1] for s in series for v in s["values"] if v[1] is not None]
+        assert values and all(0 <= v <= 500 and v == int(v) for v in values), (title, values[:10])
+        assert all(s["columns"] == ["time", short] for s in series)
+
+    def check_row(row: dict, value: str, category: str, label_en: str, scale, label_vi: str | None = None) -> None:
+        c = scale[row[category] - 1]
+        assert c.low <= row[value] <= c.high and row[label_en] == c.label_en, row
+        if label_vi:
+            assert row[label_vi] == c.label_vi, row
+
+    # current AQI by station: VN (with area) and US, joined by station in Grafana
+    vn = table_rows(answers[("AQI hiện tại theo trạm / Current AQI by station", "A")])
+    us = {r["sensor"]: r for r in table_rows(answers[("AQI hiện tại theo trạm / Current AQI by station", "B")])}
+    assert len(vn) >= 4 and len({r["sensor"] for r in vn}) == len(vn) and set(us) >= {r["sensor"] for r in vn}
+    for r in vn:
+        assert r["area"] == registry.sensors[r["sensor"]].area and r["dominant"] in gb.POLLUTANT_NAMES
+        check_row(r, "vn_aqi", "vn_category", "label_en", scales["VN_AQI"], "label_vi")
+        check_row(us[r["sensor"]], "us_aqi", "us_category", "us_label_en", scales["US AQI"])
+    # daily VN_AQI: the whole local day that ended at `midnight`, for the stations that sent it
+    daily = table_rows(answers[("VN_AQI ngày / Daily VN_AQI", "A")])
+    assert {r["sensor"] for r in daily} == set(DAILY_STATIONS), daily
+    assert {r["time"] for r in daily} == {int(midnight - DAY) * 1000}
+    for r in daily:
+        check_row(r, "vn_aqi", "vn_category", "label_en", scales["VN_AQI"], "label_vi")
+    # overview: the map's latest category per station, and the stations per category add up
+    latest = table_rows(answers[("VN_AQI hiện tại / Current VN_AQI", "A")])
+    assert len(latest) >= 4 and {r["sensor"] for r in latest} <= stations
+    for r in latest:
+        check_row(r, "vn_aqi", "category", "label_en", scales["VN_AQI"], "label_vi")
+    counts, = table_rows(answers[("Số trạm theo mức VN_AQI / Stations per VN_AQI category", "A")])
+    expected = {gb.category_label(c): sum(r["category"] == c.number for r in latest) for c in vn_aqi.CATEGORIES}
+    assert {k: counts[k] for k in expected} == expected
 
 
 def test_register_section_adds_panels(sample, monkeypatch):
