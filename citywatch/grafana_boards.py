@@ -14,12 +14,16 @@ SDK's models decode the committed JSON (the tests use that as the schema check).
 
 Queries are raw InfluxQL with Grafana's macros (``$timeFilter``, ``$__interval``) and the template
 variables ``area`` and ``sensor`` (``SHOW TAG VALUES``). Every board is built from ``Section``s;
-index panels (AQI, WQI, fire danger) are meant to be added as further sections.
+index panels are added as further sections with ``register_section``: the air-quality index sections
+(VN_AQI / US AQI on cw-air, the AQI map on cw-overview) are registered at the end of the boards part;
+WQI and fire danger are meant to follow the same way.
 
 The engine writes (see README "InfluxDB schema"): ``air``/``water``/``traffic``/``forest`` (tags
 sensor, area; one field per metric), ``scores`` (tags sensor, area, domain, metric; fields score,
 level, ...), ``alerts`` (tags sensor, domain, area, metric, detector, level; fields value, threshold,
-score, reason, previous_level, level_code) and ``citywatch`` (tag client_id; cumulative counters).
+score, reason, previous_level, level_code), ``indices`` (tags sensor, area, index = vn_aqi_hourly,
+us_aqi or vn_aqi_daily; fields value, category 1..6, label_vi, label_en, dominant; time = start of the
+hour or of the local day) and ``citywatch`` (tag client_id; cumulative counters).
 """
 
 from __future__ import annotations
@@ -629,15 +633,17 @@ def hex_colour(rgb: tuple[int, int, int]) -> str:
 
 
 def aqi_steps(categories) -> list[tuple[float | None, str]]:
-    """Threshold steps at the lower bound of every category, in the official colours."""
+    """Threshold steps at the lower bound of every category, in the official colours (index values are
+    integers, rounded half up, so the lower bound is where a category starts)."""
     return [(None if c.number == 1 else float(c.low), hex_colour(c.rgb)) for c in categories]
 
 
-def category_mappings(categories, no_data: bool = False) -> list[dm.ValueMapping]:
-    """Category number 1..6 -> "label_vi / label_en" in the category's colour."""
+def category_mappings(categories, no_data: bool = False, labels: bool = True) -> list[dm.ValueMapping]:
+    """Category number 1..6 -> "label_vi / label_en" (or the number, next to label columns) in the
+    category's colour."""
     maps: list[dm.ValueMapping] = [dm.ValueMap(options={
-        str(c.number): dm.ValueMappingResult(text=f"{c.label_vi} / {c.label_en}", color=hex_colour(c.rgb),
-                                             index=c.number - 1) for c in categories})]
+        str(c.number): dm.ValueMappingResult(text=category_label(c) if labels else str(c.number),
+                                             color=hex_colour(c.rgb), index=c.number - 1) for c in categories})]
     if no_data:
         maps.append(dm.SpecialValueMap(options=dm.DashboardSpecialValueMapOptions(
             match=dm.SpecialValueMatch.NULL_AND_NAN,
@@ -683,13 +689,14 @@ def current_aqi_table() -> table.Panel:
     vn = InfluxQL(_latest("vn_aqi_hourly", {"value": "vn_aqi", "category": "vn_category", "label_vi": "label_vi",
                                             "label_en": "label_en", "dominant": "dominant"}, where)
                   + ' GROUP BY "sensor", "area"', ref_id="A", fmt="table")
-    us = InfluxQL(_latest("us_aqi", {"value": "us_aqi", "category": "us_category", "label_en": "us_label_en"}, where)
+    us = InfluxQL(_latest("us_aqi", {"value": "us_aqi", "category": "us_category", "label_vi": "us_label_vi",
+                                     "label_en": "us_label_en"}, where)
                   + ' GROUP BY "sensor"', ref_id="B", fmt="table")
-    keep = ["sensor", "area", "vn_aqi", "vn_category", "label_vi", "label_en", "dominant", "us_aqi", "us_category",
-            "us_label_en"]
     names = {"sensor": "Trạm / Station", "area": "Phường / Area", "vn_aqi": "VN_AQI", "vn_category": "Mức / Category",
              "label_vi": "Đánh giá", "label_en": "Rating", "dominant": "Chất chính / Dominant pollutant",
-             "us_aqi": "US AQI", "us_category": "Mức US / US category", "us_label_en": "US rating"}
+             "us_aqi": "US AQI", "us_category": "Mức US / US category", "us_label_vi": "Đánh giá US",
+             "us_label_en": "US rating"}
+    keep = list(names)
     colour_cell = dm.DynamicConfigValue(id_val="custom.cellOptions", value={"type": "color-background"})
     p = (table_panel("AQI hiện tại theo trạm / Current AQI by station").span(24).height(11)
          .time_from(CURRENT_AQI_WINDOW)
@@ -708,8 +715,8 @@ def current_aqi_table() -> table.Panel:
             mode=dm.ThresholdsMode.ABSOLUTE, steps=[dm.Threshold(value=v, color=c) for v, c in aqi_steps(categories)])),
             dm.DynamicConfigValue(id_val="color", value={"mode": "thresholds"})])
     for field_name, categories in (("Mức / Category", vn_aqi.CATEGORIES), ("Mức US / US category", us_aqi.CATEGORIES)):
-        p = p.override_by_name(field_name, [colour_cell, dm.DynamicConfigValue(id_val="mappings",
-                                                                               value=category_mappings(categories))])
+        p = p.override_by_name(field_name, [colour_cell, dm.DynamicConfigValue(
+            id_val="mappings", value=category_mappings(categories, labels=False))])
     return p.override_by_name(names["dominant"], [dm.DynamicConfigValue(id_val="mappings", value=pollutant_mappings())])
 
 
@@ -733,7 +740,7 @@ def daily_aqi_table() -> table.Panel:
             .override_by_name(names["Time"], [dm.DynamicConfigValue(id_val="unit", value="time:YYYY-MM-DD")])
             .override_by_name(names["vn_aqi"], [colour_cell, dm.DynamicConfigValue(id_val="color", value={"mode": "thresholds"})])
             .override_by_name(names["vn_category"], [colour_cell, dm.DynamicConfigValue(
-                id_val="mappings", value=category_mappings(vn_aqi.CATEGORIES))])
+                id_val="mappings", value=category_mappings(vn_aqi.CATEGORIES, labels=False))])
             .override_by_name(names["dominant"], [dm.DynamicConfigValue(id_val="mappings", value=pollutant_mappings())])
             .thresholds(thresholds(aqi_steps(vn_aqi.CATEGORIES))))
 

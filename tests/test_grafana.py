@@ -116,6 +116,31 @@ def test_geomap_has_every_registry_sensor(sample, boards):
     assert (cols["latitude"][i], cols["longitude"][i]) == (registry.sensors["aq-001"].lat, registry.sensors["aq-001"].lon)
 
 
+def test_aqi_panels_use_the_official_categories(sample, boards):
+    """Category bounds and colours of the AQI panels come from the index scales (Decision 1459/QĐ-TCMT, US EPA)."""
+    from citywatch.detectors.indices import us_aqi, vn_aqi
+
+    _, registry = sample
+    hexes = lambda cats: ["#%02x%02x%02x" % c.rgb for c in cats]  # noqa: E731
+    air = {p["title"]: p for p in boards["environment/air-quality.json"]["panels"]}
+    for title, cats in (("VN_AQI theo giờ / Hourly VN_AQI", vn_aqi.CATEGORIES), ("US AQI theo giờ / Hourly US AQI", us_aqi.CATEGORIES)):
+        steps = air[title]["fieldConfig"]["defaults"]["thresholds"]["steps"]
+        assert [s["value"] for s in steps] == [None] + [c.low for c in cats[1:]]
+        assert [s["color"] for s in steps] == hexes(cats)
+        assert air[title]["interval"] == "1h"
+    overview = {p["title"]: p for p in boards["environment/city-overview.json"]["panels"]}
+    aqi_map = overview["VN_AQI hiện tại / Current VN_AQI"]
+    frame = next(t for t in aqi_map["targets"] if t.get("queryType") == "snapshot")["snapshot"][0]
+    sensors = frame["data"]["values"][[f["name"] for f in frame["schema"]["fields"]].index("sensor")]
+    assert sensors == [s.id for s in gb.index_stations(registry)] and len(sensors) == 40
+    mapping = next(p["value"] for o in aqi_map["fieldConfig"]["overrides"] if o["matcher"]["options"] == "category"
+                   for p in o["properties"] if p["id"] == "mappings")[0]["options"]
+    assert [mapping[str(c.number)]["color"] for c in vn_aqi.CATEGORIES] == hexes(vn_aqi.CATEGORIES)
+    gauge = overview["Số trạm theo mức VN_AQI / Stations per VN_AQI category"]
+    colours = {o["matcher"]["options"]: o["properties"][0]["value"]["fixedColor"] for o in gauge["fieldConfig"]["overrides"]}
+    assert colours == {f"{c.label_vi} / {c.label_en}": h for c, h in zip(vn_aqi.CATEGORIES, hexes(vn_aqi.CATEGORIES))}
+
+
 def test_cli_arguments(tmp_path, monkeypatch, capsys):
     import argparse
 
@@ -344,7 +369,7 @@ def check_index_panels(answers: dict[tuple[str, str], list[dict]], registry: Reg
     for r in vn:
         assert r["area"] == registry.sensors[r["sensor"]].area and r["dominant"] in gb.POLLUTANT_NAMES
         check_row(r, "vn_aqi", "vn_category", "label_en", scales["VN_AQI"], "label_vi")
-        check_row(us[r["sensor"]], "us_aqi", "us_category", "us_label_en", scales["US AQI"])
+        check_row(us[r["sensor"]], "us_aqi", "us_category", "us_label_en", scales["US AQI"], "us_label_vi")
     # daily VN_AQI: the whole local day that ended at `midnight`, for the stations that sent it
     daily = table_rows(answers[("VN_AQI ngày / Daily VN_AQI", "A")])
     assert {r["sensor"] for r in daily} == set(DAILY_STATIONS), daily
