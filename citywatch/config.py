@@ -182,6 +182,12 @@ class DetectorsConfig(StrictModel):
 class IndicesConfig(StrictModel):
     # Hourly VN_AQI and US AQI per air station, computed live from event-time hourly means.
     air: bool = True
+    # Daily forest fire danger (Vietnamese Nesterov index) per forest station; the reset and the
+    # level bounds are local calibrations (see citywatch/fire_index.py).
+    fire: bool = True
+    fire_rain_reset_mm: float = Field(default=5.0, gt=0)
+    fire_level_bounds: list[float] = Field(default_factory=lambda: [1000.0, 2500.0, 5000.0, 10000.0],
+                                           min_length=4, max_length=4)
 
 
 class AlertsConfig(StrictModel):

@@ -27,6 +27,7 @@ import structlog
 
 from citywatch.air_indices import HOUR_NS, AirIndices
 from citywatch.alerts import AlertEvent, AlertTracker
+from citywatch.fire_index import FireDanger
 from citywatch.batch import FLAG_DUPLICATE, FLAG_LATE, FLAG_TS_FROM_ARRIVAL, ReadingBatch
 from citywatch.config import Settings
 from citywatch.detectors import build_detectors
@@ -151,6 +152,8 @@ class Engine:
         self.alerts = AlertTracker(self.series, self.detectors)
         self.watermarks = Watermarks(self.series)
         self.air_indices = AirIndices(self.series) if settings.indices.air else None
+        ix = settings.indices
+        self.fire = FireDanger(self.series, ix.fire_rain_reset_mm, ix.fire_level_bounds) if ix.fire else None
         self.encoder = PointEncoder(self.series)
         self.spool = Spool(settings.data_path(settings.spool.directory), settings.spool.max_bytes,
                            settings.spool.when_full, settings.spool.fsync, self.stats)
@@ -254,6 +257,10 @@ class Engine:
             index_lines, index_events = self._index_output(self.air_indices.update(batch))
             lines += index_lines
             events += index_events
+        if self.fire is not None:
+            fire_lines, fire_events = self.fire.update(batch)
+            lines += fire_lines
+            events += fire_events
         if self.settings.alerts.influxdb:
             lines += [self.encoder.alert(a) for a in events]
         self.stats.inc("batches")
@@ -349,12 +356,17 @@ class Engine:
 
     def _flush_quiet_hours(self) -> None:
         """Close the hourly means of stations that have been quiet for an hour of event time."""
-        if self.air_indices is None:
-            return
         newest = int(self.watermarks.state["ts"][: len(self.series)].max(initial=INT64_MIN))
         if newest == INT64_MIN:
             return
-        lines, events = self._index_output(self.air_indices.flush(newest - HOUR_NS))
+        lines: list[str] = []
+        events: list[AlertEvent] = []
+        if self.air_indices is not None:
+            lines, events = self._index_output(self.air_indices.flush(newest - HOUR_NS))
+        if self.fire is not None:
+            fire_lines, fire_events = self.fire.flush(newest - HOUR_NS)
+            lines += fire_lines
+            events += fire_events
         if lines or events:
             lines += [self.encoder.alert(a) for a in events] if self.settings.alerts.influxdb else []
             self._pending.append(_Pending(self._pool.submit(self.writer.write, lines), [], events, 0, time.time_ns()))
@@ -369,11 +381,13 @@ class Engine:
         line = encode_line("citywatch", {"client_id": self.settings.mqtt.client_id}, fields, time.time_ns())
         self._pending.append(_Pending(self._pool.submit(self.writer.write, [line]), [], [], 0, time.time_ns()))
 
-    def _stateful(self) -> dict[str, SeriesState | AirIndices]:
+    def _stateful(self) -> dict[str, SeriesState | AirIndices | FireDanger]:
         """Everything whose per-series state survives a restart, by snapshot prefix."""
         parts = {**{d.name: d for d in self.detectors}, "__alerts": self.alerts, "__watermarks": self.watermarks}
         if self.air_indices is not None:
             parts["__air_indices"] = self.air_indices
+        if self.fire is not None:
+            parts["__fire"] = self.fire
         return parts
 
     def save_state(self) -> None:
