@@ -188,6 +188,10 @@ class IndicesConfig(StrictModel):
     fire_rain_reset_mm: float = Field(default=5.0, gt=0)
     fire_level_bounds: list[float] = Field(default_factory=lambda: [1000.0, 2500.0, 5000.0, 10000.0],
                                            min_length=4, max_length=4)
+    # Hourly flow, speed ratio and level of service per traffic camera.
+    traffic: bool = True
+    traffic_free_flow_kmh: dict[Literal["main", "secondary", "side"], float] = Field(
+        default_factory=lambda: {"main": 50.0, "secondary": 40.0, "side": 30.0})
 
 
 class AlertsConfig(StrictModel):

@@ -28,6 +28,7 @@ import structlog
 from citywatch.air_indices import HOUR_NS, AirIndices
 from citywatch.alerts import AlertEvent, AlertTracker
 from citywatch.fire_index import FireDanger
+from citywatch.traffic_index import TrafficLos
 from citywatch.batch import FLAG_DUPLICATE, FLAG_LATE, FLAG_TS_FROM_ARRIVAL, ReadingBatch
 from citywatch.config import Settings
 from citywatch.detectors import build_detectors
@@ -154,6 +155,7 @@ class Engine:
         self.air_indices = AirIndices(self.series) if settings.indices.air else None
         ix = settings.indices
         self.fire = FireDanger(self.series, ix.fire_rain_reset_mm, ix.fire_level_bounds) if ix.fire else None
+        self.traffic = TrafficLos(self.series, ix.traffic_free_flow_kmh) if ix.traffic else None
         self.encoder = PointEncoder(self.series)
         self.spool = Spool(settings.data_path(settings.spool.directory), settings.spool.max_bytes,
                            settings.spool.when_full, settings.spool.fsync, self.stats)
@@ -257,10 +259,10 @@ class Engine:
             index_lines, index_events = self._index_output(self.air_indices.update(batch))
             lines += index_lines
             events += index_events
-        if self.fire is not None:
-            fire_lines, fire_events = self.fire.update(batch)
-            lines += fire_lines
-            events += fire_events
+        for stage in self._daily_and_hourly_stages():
+            stage_lines, stage_events = stage.update(batch)
+            lines += stage_lines
+            events += stage_events
         if self.settings.alerts.influxdb:
             lines += [self.encoder.alert(a) for a in events]
         self.stats.inc("batches")
@@ -363,10 +365,10 @@ class Engine:
         events: list[AlertEvent] = []
         if self.air_indices is not None:
             lines, events = self._index_output(self.air_indices.flush(newest - HOUR_NS))
-        if self.fire is not None:
-            fire_lines, fire_events = self.fire.flush(newest - HOUR_NS)
-            lines += fire_lines
-            events += fire_events
+        for stage in self._daily_and_hourly_stages():
+            stage_lines, stage_events = stage.flush(newest - HOUR_NS)
+            lines += stage_lines
+            events += stage_events
         if lines or events:
             lines += [self.encoder.alert(a) for a in events] if self.settings.alerts.influxdb else []
             self._pending.append(_Pending(self._pool.submit(self.writer.write, lines), [], events, 0, time.time_ns()))
@@ -381,13 +383,19 @@ class Engine:
         line = encode_line("citywatch", {"client_id": self.settings.mqtt.client_id}, fields, time.time_ns())
         self._pending.append(_Pending(self._pool.submit(self.writer.write, [line]), [], [], 0, time.time_ns()))
 
-    def _stateful(self) -> dict[str, SeriesState | AirIndices | FireDanger]:
+    def _daily_and_hourly_stages(self) -> list[FireDanger | TrafficLos]:
+        """Index stages with the (lines, alerts) interface: fire danger, traffic level of service."""
+        return [s for s in (self.fire, self.traffic) if s is not None]
+
+    def _stateful(self) -> dict[str, SeriesState | AirIndices | FireDanger | TrafficLos]:
         """Everything whose per-series state survives a restart, by snapshot prefix."""
         parts = {**{d.name: d for d in self.detectors}, "__alerts": self.alerts, "__watermarks": self.watermarks}
         if self.air_indices is not None:
             parts["__air_indices"] = self.air_indices
         if self.fire is not None:
             parts["__fire"] = self.fire
+        if self.traffic is not None:
+            parts["__traffic"] = self.traffic
         return parts
 
     def save_state(self) -> None:
