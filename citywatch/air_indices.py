@@ -26,7 +26,7 @@ from citywatch.alerts import AlertEvent
 from citywatch.batch import ReadingBatch
 from citywatch.detectors.bucket_means import BucketMeans, Buckets
 from citywatch.detectors.indices import us_aqi, vn_aqi
-from citywatch.registry import SeriesIndex
+from citywatch.registry import SeriesIndex, remap_ids
 from citywatch.sinks.line_protocol import encode_line
 
 HOUR_NS = 3_600_000_000_000
@@ -207,11 +207,7 @@ class AirIndices:
 
     def restore(self, snap: dict[str, np.ndarray]) -> None:
         self.means.restore({k[len("means."):]: v for k, v in snap.items() if k.startswith("means.")})
-        src, dst = [], []
-        for i, sid in enumerate(snap["__stations"].tolist()):
-            if sid in self._station_of:
-                src.append(i)
-                dst.append(self._station_of[sid])
+        src, dst = remap_ids(snap["__stations"], self._station_of)
         if snap["hist"].shape[1:] == self.hist.shape[1:]:
             self.hist[dst] = snap["hist"][src]
             self.col_hour[dst] = snap["col_hour"][src]

@@ -31,7 +31,7 @@ from citywatch.alerts import AlertEvent
 from citywatch.batch import ReadingBatch
 from citywatch.detectors.bucket_means import BucketMeans, Buckets
 from citywatch.detectors.indices import fire_danger
-from citywatch.registry import SeriesIndex
+from citywatch.registry import SeriesIndex, remap_ids
 from citywatch.sinks.line_protocol import encode_line
 
 HOUR_NS = 3_600_000_000_000
@@ -134,7 +134,6 @@ class FireDanger:
 
     def restore(self, snap: dict[str, np.ndarray]) -> None:
         self.means.restore({k[len("means."):]: v for k, v in snap.items() if k.startswith("means.")})
-        pairs = [(i, self._station_of[s]) for i, s in enumerate(snap["__stations"].tolist()) if s in self._station_of]
-        src, dst = [a for a, _ in pairs], [b for _, b in pairs]
+        src, dst = remap_ids(snap["__stations"], self._station_of)
         for name in ("day", "t13", "rh13", "rain", "p", "level"):
             getattr(self, name)[dst] = snap[name][src]

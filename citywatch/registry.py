@@ -125,6 +125,12 @@ class Registry:
         return sensor
 
 
+def remap_ids(saved: np.ndarray, index_of: dict[str, int]) -> tuple[list[int], list[int]]:
+    """(positions in a snapshot's id list, positions now) for the ids still known."""
+    pairs = [(i, index_of[s]) for i, s in enumerate(saved.tolist()) if s in index_of]
+    return [a for a, _ in pairs], [b for _, b in pairs]
+
+
 @dataclass
 class SeriesIndex:
     """Dense ids for (sensor, metric) series, with per-series attributes as NumPy arrays."""

@@ -28,7 +28,7 @@ from citywatch.alerts import AlertEvent
 from citywatch.batch import ReadingBatch
 from citywatch.detectors.bucket_means import BucketMeans, Buckets
 from citywatch.detectors.indices import traffic
-from citywatch.registry import SeriesIndex
+from citywatch.registry import SeriesIndex, remap_ids
 from citywatch.sinks.line_protocol import encode_line
 
 HOUR_NS = 3_600_000_000_000
@@ -126,8 +126,7 @@ class TrafficLos:
 
     def restore(self, snap: dict[str, np.ndarray]) -> None:
         self.means.restore({k[len("means."):]: v for k, v in snap.items() if k.startswith("means.")})
-        pairs = [(i, self._camera_of[s]) for i, s in enumerate(snap["__cameras"].tolist()) if s in self._camera_of]
-        src, dst = [a for a, _ in pairs], [b for _, b in pairs]
+        src, dst = remap_ids(snap["__cameras"], self._camera_of)
         self.hour[dst] = snap["hour"][src]
         self.values[dst] = snap["values"][src]
         self.last_level[dst] = snap["last_level"][src]
