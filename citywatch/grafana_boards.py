@@ -15,15 +15,17 @@ SDK's models decode the committed JSON (the tests use that as the schema check).
 Queries are raw InfluxQL with Grafana's macros (``$timeFilter``, ``$__interval``) and the template
 variables ``area`` and ``sensor`` (``SHOW TAG VALUES``). Every board is built from ``Section``s;
 index panels are added as further sections with ``register_section``: the air-quality index sections
-(VN_AQI / US AQI on cw-air, the AQI map on cw-overview) are registered at the end of the boards part;
-WQI and fire danger are meant to follow the same way.
+(VN_AQI / US AQI on cw-air, the AQI map on cw-overview) are registered at the end of the boards part,
+then fire danger (cw-forest), level of service (cw-traffic) and their overview stats; WQI can follow.
 
 The engine writes (see README "InfluxDB schema"): ``air``/``water``/``traffic``/``forest`` (tags
 sensor, area; one field per metric), ``scores`` (tags sensor, area, domain, metric; fields score,
 level, ...), ``alerts`` (tags sensor, domain, area, metric, detector, level; fields value, threshold,
 score, reason, previous_level, level_code), ``indices`` (tags sensor, area, index = vn_aqi_hourly,
 us_aqi or vn_aqi_daily; fields value, category 1..6, label_vi, label_en, dominant; time = start of the
-hour or of the local day) and ``citywatch`` (tag client_id; cumulative counters).
+hour or of the local day; index = fire_danger: value = Nesterov P, category = level 1..5, time = local
+midnight; index = traffic_los: value = speed ratio %, category = LOS 1..6, tti, flow_veh_h, pcu_h, time =
+start of the hour) and ``citywatch`` (tag client_id; cumulative counters).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from grafana_foundation_sdk.builders import dashboard as dash
-from grafana_foundation_sdk.builders import bargauge, geomap, stat, table, timeseries
+from grafana_foundation_sdk.builders import bargauge, geomap, stat, statetimeline, table, timeseries
 from grafana_foundation_sdk.builders import common as common_b
 from grafana_foundation_sdk.cog import builder as cogbuilder
 from grafana_foundation_sdk.cog import runtime as cogruntime
@@ -47,7 +49,7 @@ from grafana_foundation_sdk.models import dashboard as dm
 from grafana_foundation_sdk.models import geomap as gm
 
 from citywatch.config import Settings, ThresholdRule
-from citywatch.detectors.indices import us_aqi, vn_aqi
+from citywatch.detectors.indices import fire_danger, traffic, us_aqi, vn_aqi
 from citywatch.registry import DOMAINS, Registry
 
 DATASOURCE_UID = "citywatch-influxdb"
@@ -841,6 +843,225 @@ def overview_aqi_section(settings: Settings, registry: Registry) -> Section:
 
 register_section("cw-air", air_index_section)
 register_section("cw-overview", overview_aqi_section)
+
+
+# ------------------------------------------------------------------------------ fire danger and traffic sections
+
+# Neither the fire danger levels (QĐ 127/2000/QĐ-BNN-KL) nor the levels of service have official
+# colours: a green -> red ramp of Grafana's named colours.
+FIRE_COLOURS = ("green", "yellow", "orange", "red", "dark-red")  # levels I..V
+LOS_COLOURS = ("dark-green", "green", "yellow", "orange", "red", "dark-red")  # A..F
+FIRE_WINDOW = "3d"  # a local day's level is written when the next day starts: the newest is 1-2 days old
+FIRE_HISTORY = "30d"
+DAILY_LOCAL = "time(1d, 17h)"  # InfluxQL day buckets starting at local midnight (UTC+7 = 17:00 UTC)
+CURRENT_LOS_WINDOW = "3h"  # an hour's LOS is written when the hour closes: the newest is 1-2 h old
+LOS_INDEX = "traffic_los"
+FIRE_INDEX = "fire_danger"
+TIMELINE_LEGEND = (common_b.VizLegendOptions().display_mode(common.LegendDisplayMode.LIST)
+                   .placement(common.LegendPlacement.BOTTOM).show_legend(True))
+
+
+def fire_label(level) -> str:
+    return f"Cấp {level.roman} / Level {level.roman}"
+
+
+def fire_mappings(labels: bool = True) -> list[dm.ValueMapping]:
+    """Level 1..5 -> roman numeral (with the labels) in the ramp colour."""
+    return [dm.ValueMap(options={str(lv.number): dm.ValueMappingResult(
+        text=f"{lv.roman}: {lv.label_vi} / {lv.label_en}" if labels else lv.roman, color=colour, index=lv.number - 1)
+        for lv, colour in zip(fire_danger.LEVELS, FIRE_COLOURS)})]
+
+
+def fire_level_steps() -> list[tuple[float | None, str]]:
+    return [(None if i == 0 else float(i + 1), c) for i, c in enumerate(FIRE_COLOURS)]
+
+
+def fire_p_steps(bounds) -> list[tuple[float | None, str]]:
+    """P thresholds at the configured upper bounds of levels I..IV (a level starts just above its bound)."""
+    return [(None, FIRE_COLOURS[0])] + [(float(b), c) for b, c in zip(bounds, FIRE_COLOURS[1:])]
+
+
+def los_mappings() -> list[dm.ValueMapping]:
+    return [dm.ValueMap(options={str(i + 1): dm.ValueMappingResult(text=letter, color=colour, index=i)
+                                 for i, (letter, colour) in enumerate(zip(traffic.LOS_LETTERS, LOS_COLOURS))})]
+
+
+def los_level_steps() -> list[tuple[float | None, str]]:
+    return [(None if i == 0 else float(i + 1), c) for i, c in enumerate(LOS_COLOURS)]
+
+
+def speed_ratio_steps() -> list[tuple[float | None, str]]:
+    """Speed ratio (% of free flow) bands of the urban LOS table: F <= 30 < E <= 40 < ... < A."""
+    bounds = traffic.LOS_TABLES["urban_speed_pct"].bounds
+    return [(None, LOS_COLOURS[5])] + [(float(b), LOS_COLOURS[4 - i]) for i, b in enumerate(reversed(bounds))]
+
+
+def fire_section(settings: Settings, registry: Registry) -> Section:
+    """Forest board: daily fire danger level per station (timeline and table) and the Nesterov index P."""
+    bounds = settings.indices.fire_level_bounds
+    where = f'{index_filter(FIRE_INDEX)} AND {tag_filter("area", "sensor")} AND $timeFilter'
+    bands = ", ".join(f"{lv.roman} ≤ {b:g}" for lv, b in zip(fire_danger.LEVELS, bounds)) + f", V > {bounds[-1]:g}"
+    timeline = (statetimeline.Panel().title("Cấp nguy cơ cháy theo ngày / Daily fire danger level")
+                .datasource(DATASOURCE).span(24).height(8).time_from(FIRE_HISTORY)
+                .description("Fire danger level I..V per forest station and local day (Asia/Ho_Chi_Minh), from the "
+                             "Vietnamese Nesterov index; written when the day has ended. No official colours "
+                             "exist for the levels: green (I) to dark red (V).")
+                .with_target(InfluxQL(f'SELECT last("category") AS "level" FROM "indices" WHERE {where} '
+                                      f'GROUP BY {DAILY_LOCAL}, "sensor" fill(none)', alias="$tag_sensor"))
+                .show_value(common.VisibilityMode.AUTO).legend(TIMELINE_LEGEND).merge_values(False).row_height(0.8)
+                .thresholds(thresholds(fire_level_steps()))
+                .color_scheme(dash.FieldColor().mode(dm.FieldColorModeId.THRESHOLDS))
+                .mappings(fire_mappings(labels=False)))
+    nesterov = (timeseries_panel("Chỉ số Nesterov P / Nesterov index P",
+                                 [InfluxQL(f'SELECT last("value") AS "P" FROM "indices" WHERE {where} '
+                                           f'GROUP BY {DAILY_LOCAL}, "sensor" fill(none)', alias="$tag_sensor")],
+                                 "none", w=12, h=9,
+                                 description="Nesterov index P (sum of t13 × d13 since the last rain of "
+                                             f"{settings.indices.fire_rain_reset_mm:g} mm or more) per station and "
+                                             f"local day; level bounds (config): {bands}.")
+                .time_from(FIRE_HISTORY).min(0).decimals(0)
+                .draw_style(common.GraphDrawStyle.LINE).show_points(common.VisibilityMode.ALWAYS)
+                .thresholds(thresholds(fire_p_steps(bounds)))
+                .thresholds_style(common_b.GraphThresholdsStyleConfig().mode(common.GraphTresholdsStyleMode.LINE_AND_AREA)))
+    names = {"Time": "Ngày / Day", "sensor": "Trạm / Station", "area": "Phường / Area", "p": "Chỉ số P / Index P",
+             "level": "Cấp / Level", "label_vi": "Đánh giá", "label_en": "Rating"}
+    colour_cell = dm.DynamicConfigValue(id_val="custom.cellOptions", value={"type": "color-background"})
+    daily = (table_panel("Nguy cơ cháy theo trạm / Fire danger by station").span(12).height(9).time_from("7d")
+             .description("Daily fire danger per forest station over the last 7 days, newest first.")
+             .with_target(InfluxQL(f'SELECT "value" AS "p", "category" AS "level", "label_vi", "label_en" '
+                                   f'FROM "indices" WHERE {where} GROUP BY "sensor", "area" ORDER BY time DESC',
+                                   fmt="table"))
+             .with_transformation(dm.DataTransformerConfig(id_val="organize", options={
+                 "indexByName": {k: i for i, k in enumerate(names)}, "renameByName": names}))
+             .sort_by([common_b.TableSortByFieldState().display_name(names["Time"]).desc(True)])
+             .override_by_name(names["Time"], [dm.DynamicConfigValue(id_val="unit", value="time:YYYY-MM-DD")])
+             .override_by_name(names["p"], [dm.DynamicConfigValue(id_val="decimals", value=0)])
+             .override_by_name(names["level"], [colour_cell, dm.DynamicConfigValue(id_val="mappings",
+                                                                                    value=fire_mappings(labels=False))])
+             .thresholds(thresholds(fire_level_steps())))
+    return Section("Nguy cơ cháy rừng / Fire danger", [timeline, nesterov, daily])
+
+
+def los_section(settings: Settings, registry: Registry) -> Section:
+    """Traffic board: hourly level of service per camera, speed ratio, travel-time index, flow and PCU."""
+    where = f'{index_filter(LOS_INDEX)} AND {tag_filter("area", "sensor")} AND $timeFilter'
+    hourly = lambda expr, alias: InfluxQL(  # noqa: E731
+        f'SELECT {expr} AS {q_ident(alias)} FROM "indices" WHERE {where} GROUP BY time($__interval), "sensor" fill(none)',
+        alias="$tag_sensor")
+    table_los = traffic.LOS_TABLES["urban_speed_pct"].bounds
+    bands = ", ".join(f"{a} > {b:g} %" for a, b in zip(traffic.LOS_LETTERS, table_los)) + f", F ≤ {table_los[-1]:g} %"
+    free = ", ".join(f"{k} {v:g}" for k, v in settings.indices.traffic_free_flow_kmh.items())
+    timeline = (statetimeline.Panel().title("Mức phục vụ theo giờ / Hourly level of service")
+                .datasource(DATASOURCE).span(24).height(14).interval("1h")
+                .description(f"Level of service A..F per camera and hour from the speed ratio ({bands}); "
+                             "no official colours: dark green (A) to dark red (F). The worst hour of a longer interval.")
+                .with_target(hourly('max("category")', "LOS"))
+                .show_value(common.VisibilityMode.AUTO).legend(TIMELINE_LEGEND).merge_values(True).row_height(0.8)
+                .thresholds(thresholds(los_level_steps()))
+                .color_scheme(dash.FieldColor().mode(dm.FieldColorModeId.THRESHOLDS))
+                .mappings(los_mappings()))
+    ratio = (timeseries_panel("Tỷ lệ tốc độ / Speed ratio (% of free flow)", [hourly('min("value")', "speed_ratio")],
+                              "percent", w=12, h=9,
+                              description=f"Hourly mean speed over the free-flow speed by road class ({free} km/h); "
+                                          f"bands: {bands}. The worst hour of a longer interval.")
+             .interval("1h").min(0).decimals(0).thresholds(thresholds(speed_ratio_steps()))
+             .thresholds_style(common_b.GraphThresholdsStyleConfig().mode(common.GraphTresholdsStyleMode.LINE_AND_AREA)))
+    tti = (timeseries_panel("Chỉ số thời gian đi lại / Travel-time index", [hourly('max("tti")', "tti")], "none", w=12, h=9,
+                            description="Actual over free-flow travel time (free-flow speed / mean speed): 1 = free "
+                                        "flow, 2 = twice as long. The worst hour of a longer interval.")
+           .interval("1h").min(1).decimals(2))
+    flow = (timeseries_panel("Lưu lượng / Flow (veh/h)", [hourly('mean("flow_veh_h")', "veh/h")], "short", w=12, h=9,
+                             description="Vehicles per hour per camera (sum of the counts in the hour).")
+            .interval("1h").min(0).decimals(0))
+    pcu = (timeseries_panel("Lưu lượng quy đổi / Flow (PCU/h)", [hourly('mean("pcu_h")', "PCU/h")], "short", w=12, h=9,
+                            description="Passenger car units per hour: vehicles per hour × the mean PCU factor of "
+                                        "the configured vehicle mix (TCVN 4054:2005).")
+           .interval("1h").min(0).decimals(0))
+    names = {"sensor": "Camera", "area": "Phường / Area", "los": "Mức / LOS", "ratio": "Tỷ lệ tốc độ / Speed ratio",
+             "tti": "TTI", "flow": "Xe/giờ / veh/h", "pcu": "PCU/giờ / PCU/h"}
+    colour_cell = dm.DynamicConfigValue(id_val="custom.cellOptions", value={"type": "color-background"})
+    latest = (table_panel("Mức phục vụ hiện tại / Current level of service").span(24).height(10)
+              .time_from(CURRENT_LOS_WINDOW)
+              .description(f"Latest closed hour per camera over the last {CURRENT_LOS_WINDOW}, worst first.")
+              .with_target(InfluxQL(_latest(LOS_INDEX, {"category": "los", "value": "ratio", "tti": "tti",
+                                                        "flow_veh_h": "flow", "pcu_h": "pcu"},
+                                            f'{tag_filter("area", "sensor")} AND $timeFilter')
+                                    + ' GROUP BY "sensor", "area"', fmt="table"))
+              .with_transformation(dm.DataTransformerConfig(id_val="filterFieldsByName",
+                                                            options={"include": {"names": list(names)}}))
+              .with_transformation(dm.DataTransformerConfig(id_val="organize", options={
+                  "indexByName": {k: i for i, k in enumerate(names)}, "renameByName": names}))
+              .sort_by([common_b.TableSortByFieldState().display_name(names["los"]).desc(True)])
+              .override_by_name(names["los"], [colour_cell, dm.DynamicConfigValue(id_val="mappings", value=los_mappings())])
+              .override_by_name(names["ratio"], [dm.DynamicConfigValue(id_val="unit", value="percent"),
+                                                 dm.DynamicConfigValue(id_val="decimals", value=0)])
+              .override_by_name(names["tti"], [dm.DynamicConfigValue(id_val="decimals", value=2)])
+              .override_by_name(names["flow"], [dm.DynamicConfigValue(id_val="decimals", value=0)])
+              .override_by_name(names["pcu"], [dm.DynamicConfigValue(id_val="decimals", value=0)])
+              .thresholds(thresholds(los_level_steps())))
+    return Section("Mức phục vụ / Level of service", [timeline, ratio, tti, flow, pcu, latest])
+
+
+def level_count_query(index: str, numbers: list[int], labels: list[str], window: str) -> str:
+    """Stations per level of their latest `index` value, one column per level (zeros included); the
+    indicator trick of `category_count_query`."""
+    inner = (f'SELECT last("category") AS "c" FROM "indices" WHERE {index_filter(index)} AND '
+             f'time > now() - {window} GROUP BY "sensor"')
+    middle = ", ".join(f'floor(1 / (1 + ("c" - {n}) * ("c" - {n}))) AS "k{n}"' for n in numbers)
+    outer = ", ".join(f'sum("k{n}") AS {q_ident(label)}' for n, label in zip(numbers, labels))
+    return f"SELECT {outer} FROM (SELECT {middle} FROM ({inner}))"
+
+
+def congested_query() -> str:
+    """Cameras whose latest LOS is E or F (category 5 or 6): floor(c / 5) is 1 for those, 0 otherwise."""
+    inner = (f'SELECT last("category") AS "c" FROM "indices" WHERE {index_filter(LOS_INDEX)} AND '
+             f'time > now() - {CURRENT_LOS_WINDOW} GROUP BY "sensor"')
+    return f'SELECT sum("ef") AS "congested", count("ef") AS "cameras" FROM (SELECT floor("c" / 5) AS "ef" FROM ({inner}))'
+
+
+def overview_fire_traffic_section(settings: Settings, registry: Registry) -> Section:
+    """Overview: the highest fire danger level now, forest stations per level, cameras at LOS E/F."""
+    n_forest = len([s for s in registry.by_domain("forest") if {"temperature", "relativeHumidity"} <= set(s.metrics)])
+    n_cams = len([s for s in registry.by_domain("traffic") if {"intensity", "averageVehicleSpeed"} <= set(s.metrics)])
+    highest = (stat_panel("Cấp cháy rừng cao nhất / Highest fire danger level").span(6).height(8)
+               .description(f"Highest level of the latest daily fire danger of the forest stations (last {FIRE_WINDOW}); "
+                            "green (I) to dark red (V), no official colours.")
+               .with_target(InfluxQL(f'SELECT max("c") AS "level" FROM (SELECT last("category") AS "c" FROM "indices" '
+                                     f'WHERE {index_filter(FIRE_INDEX)} AND time > now() - {FIRE_WINDOW} '
+                                     'GROUP BY "sensor")', fmt="table"))
+               .thresholds(thresholds(fire_level_steps())).mappings(fire_mappings())
+               .no_value("không có dữ liệu / no data"))
+    labels = [fire_label(lv) for lv in fire_danger.LEVELS]
+    per_level = (bargauge.Panel().title("Số trạm theo cấp cháy rừng / Forest stations per fire danger level")
+                 .datasource(DATASOURCE).span(10).height(8)
+                 .description(f"Forest stations by the level of their latest daily fire danger (last {FIRE_WINDOW}), "
+                              f"of {n_forest} stations.")
+                 .with_target(InfluxQL(level_count_query(FIRE_INDEX, [lv.number for lv in fire_danger.LEVELS], labels,
+                                                         FIRE_WINDOW), fmt="table"))
+                 .reduce_options(common_b.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
+                 .orientation(common.VizOrientation.HORIZONTAL).display_mode(common.BarGaugeDisplayMode.BASIC)
+                 .show_unfilled(True).min(0).max(n_forest).decimals(0).unit("short").no_value("0"))
+    for label, colour in zip(labels, FIRE_COLOURS):
+        per_level = per_level.override_by_name(label, [dm.DynamicConfigValue(
+            id_val="color", value={"mode": "fixed", "fixedColor": colour})])
+    congested = (stat_panel(f"Camera ùn tắc (mức E/F) / Cameras at LOS E/F of {n_cams}").span(8).height(8)
+                 .description(f"Cameras whose latest hourly level of service (last {CURRENT_LOS_WINDOW}) is E or F "
+                              "(speed at most 40 % of free flow), and the cameras with a level.")
+                 .with_target(InfluxQL(congested_query(), fmt="table"))
+                 .thresholds(thresholds([(None, "green"), (1, "orange"), (max(2, n_cams // 10), "red")]))
+                 .no_value("0")
+                 .override_by_name("cameras", [dm.DynamicConfigValue(id_val="color",
+                                                                     value={"mode": "fixed", "fixedColor": "blue"}),
+                                               dm.DynamicConfigValue(id_val="displayName",
+                                                                     value="Camera có số liệu / Cameras reporting")])
+                 .override_by_name("congested", [dm.DynamicConfigValue(id_val="displayName",
+                                                                       value="Ùn tắc / Congested")]))
+    return Section("Cháy rừng và giao thông / Fire danger and traffic", [highest, per_level, congested])
+
+
+register_section("cw-forest", fire_section)
+register_section("cw-traffic", los_section)
+register_section("cw-overview", overview_fire_traffic_section)
 
 
 # ------------------------------------------------------------------------------ provisioning

@@ -31,6 +31,7 @@ AIR_SPAN = 4 * 3600  # air stations only, before that: hourly VN_AQI / US AQI ne
 DAY = 86400
 LOCAL_OFFSET = 7 * 3600  # Asia/Ho_Chi_Minh: local days start at 17:00 UTC
 DAILY_STATIONS = ["aq-001", "aq-002", "aq-003"]  # a whole local day before that: daily VN_AQI
+FIRE_STATIONS = ["fr-001", "fr-002"]  # and daily fire danger (judged when their next day's first hour closes)
 
 
 @pytest.fixture(scope="module")
@@ -248,10 +249,12 @@ def test_every_query_returns_data(mosquitto, influxdb, db_name, tmp_path, sample
     sim = Simulator(registry, seed=11, start=now - SPAN)
     # an NO2 rise at aq-005 past the QCVN warning and critical levels: state changes for the alert panels
     sim.inject("drift", "aq-005", "no2", start=now - SPAN + 60, end=now + 3600, magnitude=600)
-    # in time order: a whole local day at a few stations (daily VN_AQI, closed by the first readings
-    # after local midnight), the air stations for a few hours (hourly indices), then every sensor
+    # in time order: a whole local day at a few stations (daily VN_AQI and fire danger, closed by the
+    # first readings after local midnight and the forest stations' next readings), the air stations for
+    # a few hours (hourly indices), then every sensor (more than an hour: every camera has a closed
+    # hour of intensity and speed, the hourly level of service)
     midnight = (now - AIR_SPAN - 3600 + LOCAL_OFFSET) // DAY * DAY - LOCAL_OFFSET
-    day_sim = Simulator(registry, seed=11, start=midnight - DAY, sensors=DAILY_STATIONS)
+    day_sim = Simulator(registry, seed=11, start=midnight - DAY, sensors=DAILY_STATIONS + FIRE_STATIONS)
     air_sim = Simulator(registry, seed=11, start=now - AIR_SPAN, domains=["air"])
     messages = (day_sim.generate(midnight - DAY, midnight + 600) + air_sim.generate(now - AIR_SPAN, now - SPAN)
                 + sim.generate(now - SPAN, now - 1))
@@ -336,6 +339,7 @@ def test_every_query_returns_data(mosquitto, influxdb, db_name, tmp_path, sample
     found = {(r[1], r[4]) for s in rows for r in s["values"]}
     assert ("aq-005", "no2") in found
     check_index_panels(answers, registry, midnight)
+    check_fire_and_traffic_panels(answers, registry, midnight)
 
 
 def table_rows(series: list[dict]) -> list[dict]:
@@ -384,6 +388,57 @@ def check_index_panels(answers: dict[tuple[str, str], list[dict]], registry: Reg
     counts, = table_rows(answers[("Số trạm theo mức VN_AQI / Stations per VN_AQI category", "A")])
     expected = {gb.category_label(c): sum(r["category"] == c.number for r in latest) for c in vn_aqi.CATEGORIES}
     assert {k: counts[k] for k in expected} == expected
+
+
+def check_fire_and_traffic_panels(answers: dict[tuple[str, str], list[dict]], registry: Registry,
+                                  midnight: float) -> None:
+    """Fire danger (levels I..V on the configured bounds) and level of service (A..F) answers."""
+    from citywatch.detectors.indices import fire_danger
+
+    day = int(midnight - DAY) * 1000
+    # daily fire danger table: the forest stations that sent a whole local day, at its local midnight
+    daily = table_rows(answers[("Nguy cơ cháy theo trạm / Fire danger by station", "A")])
+    assert {r["sensor"] for r in daily} == set(FIRE_STATIONS), daily
+    assert day in {r["time"] for r in daily} and {r["time"] for r in daily} <= {day, day + DAY * 1000}
+    for r in daily:
+        assert r["area"] == registry.sensors[r["sensor"]].area
+        assert r["level"] == int(fire_danger.fire_danger_level(r["p"])) and 1 <= r["level"] <= 5, r
+        lv = fire_danger.LEVELS[r["level"] - 1]
+        assert r["label_en"] == f"Level {lv.roman}: {lv.label_en}", r
+    # timeline and P: one series per station, points at local midnight (17:00 UTC)
+    for title, col in (("Cấp nguy cơ cháy theo ngày / Daily fire danger level", "level"),
+                       ("Chỉ số Nesterov P / Nesterov index P", "P")):
+        series = answers[(title, "A")]
+        assert {s["tags"]["sensor"] for s in series} == set(FIRE_STATIONS), title
+        assert all(s["columns"] == ["time", col] for s in series)
+        assert day in {v[0] for s in series for v in s["values"]}
+        assert all((v[0] // 1000 + LOCAL_OFFSET) % DAY == 0 for s in series for v in s["values"]), title
+    # overview: highest level and stations per level agree with the table's latest day
+    latest = {r["sensor"]: r["level"] for r in sorted(daily, key=lambda r: r["time"])}
+    highest, = table_rows(answers[("Cấp cháy rừng cao nhất / Highest fire danger level", "A")])
+    assert highest["level"] == max(latest.values())
+    counts, = table_rows(answers[("Số trạm theo cấp cháy rừng / Forest stations per fire danger level", "A")])
+    assert {gb.fire_label(lv): counts[gb.fire_label(lv)] for lv in fire_danger.LEVELS} == {
+        gb.fire_label(lv): sum(v == lv.number for v in latest.values()) for lv in fire_danger.LEVELS}
+    # level of service: every camera has a closed hour; letters and ratios agree
+    cameras = {s.id for s in registry.by_domain("traffic")}
+    current = table_rows(answers[("Mức phục vụ hiện tại / Current level of service", "A")])
+    assert {r["sensor"] for r in current} == cameras and len(current) == len(cameras)
+    bounds = gb.traffic.LOS_TABLES["urban_speed_pct"].bounds
+    for r in current:
+        assert r["los"] == 1 + sum(r["ratio"] <= b for b in bounds), r
+        assert r["tti"] == pytest.approx(100.0 / r["ratio"]) and r["pcu"] > 0 and r["flow"] > 0, r
+    for title, col in (("Mức phục vụ theo giờ / Hourly level of service", "LOS"),
+                       ("Tỷ lệ tốc độ / Speed ratio (% of free flow)", "speed_ratio"),
+                       ("Chỉ số thời gian đi lại / Travel-time index", "tti"), ("Lưu lượng / Flow (veh/h)", "veh/h"),
+                       ("Lưu lượng quy đổi / Flow (PCU/h)", "PCU/h")):
+        series = answers[(title, "A")]
+        assert {s["tags"]["sensor"] for s in series} == cameras, title
+        assert all(s["columns"] == ["time", col] and s["values"] for s in series), title
+        assert all(v[0] % 3600000 == 0 for s in series for v in s["values"]), title
+    congested, = table_rows(answers[(f"Camera ùn tắc (mức E/F) / Cameras at LOS E/F of {len(cameras)}", "A")])
+    assert congested["cameras"] == len(cameras)
+    assert congested["congested"] == sum(r["los"] >= 5 for r in current)
 
 
 def test_register_section_adds_panels(sample, monkeypatch):
