@@ -144,6 +144,17 @@ class AirIndices:
         return out
 
     # -- what the engine writes ----------------------------------------------------------------
+    def process(self, batch: ReadingBatch) -> tuple[list[str], list[AlertEvent]]:
+        """Points and alerts for a batch: the index stages' common interface (see the pipeline)."""
+        return self._output(self.update(batch))
+
+    def process_quiet(self, event_time_ns: int) -> tuple[list[str], list[AlertEvent]]:
+        return self._output(self.flush(event_time_ns))
+
+    def _output(self, results: list[IndexValues]) -> tuple[list[str], list[AlertEvent]]:
+        limit_lines, limit_events = self.take_limit_output()
+        return self.lines(results) + limit_lines, self.category_changes(results) + limit_events
+
     def take_limit_output(self) -> tuple[list[str], list[AlertEvent]]:
         """QCVN 05 exceedance points and alerts judged since the last call."""
         out = (self._limit_lines, self._limit_events)
@@ -166,7 +177,7 @@ class AirIndices:
         return lines
 
     def category_changes(self, results: list[IndexValues]) -> list[AlertEvent]:
-        """Alerts for category changes, hour after hour, per station (vectorised over station-hours)."""
+        """Alerts for category changes, hour after hour, per station (results in time order)."""
         events = []
         for r in results:
             ok = r.category > 0
@@ -174,17 +185,9 @@ class AirIndices:
             last_hour, last_cat = self.last_hour[r.index], self.last_category[r.index]
             current = hour >= last_hour[st]  # an hour older than one already judged does not alert
             st, hour, cat, value = st[current], hour[current], cat[current], value[current]
-            if len(st) == 0:
-                continue
-            first = np.ones(len(st), bool)
-            first[1:] = st[1:] != st[:-1]
-            last = np.ones(len(st), bool)
-            last[:-1] = first[1:]
-            prev = np.empty_like(cat)
-            prev[1:] = cat[:-1]
-            prev[first] = last_cat[st[first]]
+            prev = last_cat[st]  # one hour per result, each station once: no run within a result
             changed = np.flatnonzero((cat != prev) & (prev > 0))
-            last_hour[st[last]], last_cat[st[last]] = hour[last], cat[last]
+            last_hour[st], last_cat[st] = hour, cat
             cats = CATEGORIES[r.index]
             for j in changed.tolist():
                 new, old = cats[int(cat[j]) - 1], cats[int(prev[j]) - 1]

@@ -74,10 +74,10 @@ class FireDanger:
             self._known += 1
         return self._lookup.get(sid)
 
-    def update(self, batch: ReadingBatch) -> tuple[list[str], list[AlertEvent]]:
+    def process(self, batch: ReadingBatch) -> tuple[list[str], list[AlertEvent]]:
         return self._closed(self.means.update(batch))
 
-    def flush(self, event_time_ns: int) -> tuple[list[str], list[AlertEvent]]:
+    def process_quiet(self, event_time_ns: int) -> tuple[list[str], list[AlertEvent]]:
         return self._closed(self.means.flush(event_time_ns))
 
     def _closed(self, buckets: Buckets) -> tuple[list[str], list[AlertEvent]]:

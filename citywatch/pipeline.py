@@ -156,6 +156,8 @@ class Engine:
         ix = settings.indices
         self.fire = FireDanger(self.series, ix.fire_rain_reset_mm, ix.fire_level_bounds) if ix.fire else None
         self.traffic = TrafficLos(self.series, ix.traffic_free_flow_kmh) if ix.traffic else None
+        # Index stages: process(batch) and process_quiet(event time) -> (points, alerts).
+        self.index_stages = [s for s in (self.air_indices, self.fire, self.traffic) if s is not None]
         self.encoder = PointEncoder(self.series)
         self.spool = Spool(settings.data_path(settings.spool.directory), settings.spool.max_bytes,
                            settings.spool.when_full, settings.spool.fsync, self.stats)
@@ -255,14 +257,11 @@ class Engine:
         events = self.alerts.update(batch, outputs)
         lines = self.encoder.readings(batch)
         lines += self.encoder.scores(batch, [d.name for d in self.detectors], outputs, self.settings.detectors.write_scores)
-        if self.air_indices is not None:
-            index_lines, index_events = self._index_output(self.air_indices.update(batch))
-            lines += index_lines
-            events += index_events
-        for stage in self._daily_and_hourly_stages():
-            stage_lines, stage_events = stage.update(batch)
+        for stage in self.index_stages:
+            stage_lines, stage_events = stage.process(batch)
             lines += stage_lines
             events += stage_events
+            self.stats.inc("index_points", len(stage_lines))
         if self.settings.alerts.influxdb:
             lines += [self.encoder.alert(a) for a in events]
         self.stats.inc("batches")
@@ -273,13 +272,6 @@ class Engine:
         # Bounded concurrency: never more batches in flight than writer threads (plus one being built).
         while len(self._pending) > self.settings.batching.concurrent_writes:
             self._complete_one()
-
-    def _index_output(self, results) -> tuple[list[str], list[AlertEvent]]:
-        lines = self.air_indices.lines(results)
-        self.stats.inc("index_points", len(lines))
-        limit_lines, limit_events = self.air_indices.take_limit_output()
-        self.stats.inc("qcvn05_exceedances", sum(1 for e in limit_events if e.level == "critical"))
-        return lines + limit_lines, self.air_indices.category_changes(results) + limit_events
 
     def _detect(self, batch: ReadingBatch) -> list[DetectorOutput]:
         outputs: list[DetectorOutput] = []
@@ -363,10 +355,8 @@ class Engine:
             return
         lines: list[str] = []
         events: list[AlertEvent] = []
-        if self.air_indices is not None:
-            lines, events = self._index_output(self.air_indices.flush(newest - HOUR_NS))
-        for stage in self._daily_and_hourly_stages():
-            stage_lines, stage_events = stage.flush(newest - HOUR_NS)
+        for stage in self.index_stages:
+            stage_lines, stage_events = stage.process_quiet(newest - HOUR_NS)
             lines += stage_lines
             events += stage_events
         if lines or events:
@@ -382,10 +372,6 @@ class Engine:
             fields["latency_p50_ms"] = float(np.percentile(np.fromiter(self.latencies_ns, np.int64), 50) / 1e6)
         line = encode_line("citywatch", {"client_id": self.settings.mqtt.client_id}, fields, time.time_ns())
         self._pending.append(_Pending(self._pool.submit(self.writer.write, [line]), [], [], 0, time.time_ns()))
-
-    def _daily_and_hourly_stages(self) -> list[FireDanger | TrafficLos]:
-        """Index stages with the (lines, alerts) interface: fire danger, traffic level of service."""
-        return [s for s in (self.fire, self.traffic) if s is not None]
 
     def _stateful(self) -> dict[str, SeriesState | AirIndices | FireDanger | TrafficLos]:
         """Everything whose per-series state survives a restart, by snapshot prefix."""

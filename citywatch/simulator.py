@@ -995,6 +995,14 @@ class Simulator:
         t = self.start + wall_elapsed * self.speedup
         return max(self.start, min(t, time.time()))
 
+    def _finish(self, stats: "PublishStats", pub: "_Publisher", stop: threading.Event, n_truth: int,
+                wall0: float | None) -> None:
+        """Wait for the acknowledgements and fill in the run's figures."""
+        stats.interrupted = stats.interrupted or stop.is_set()
+        stats.acknowledged = pub.close()
+        stats.faults = len(self.truth) - n_truth
+        stats.wall_seconds = 0.0 if wall0 is None else time.monotonic() - wall0
+
     def publish_span(self, mqtt_url: str, sim_t0: float | None = None, sim_t1: float | None = None, *,
                      rate_limit: float | None = None, chunk: float = 3600.0, qos: int = 1,
                      client_id: str | None = None, mqtt_config: Any = None, protocol: str = "3.1.1",
@@ -1021,10 +1029,7 @@ class Simulator:
         except KeyboardInterrupt:
             stats.interrupted = True
         finally:
-            stats.interrupted = stats.interrupted or stop.is_set()
-            stats.acknowledged = pub.close()
-            stats.faults = len(self.truth) - n_truth
-            stats.wall_seconds = time.monotonic() - wall0
+            self._finish(stats, pub, stop, n_truth, wall0)
         return stats
 
     def publish_forever(self, mqtt_url: str, duration: float | None = None, rate_limit: float | None = None, *,
@@ -1071,10 +1076,7 @@ class Simulator:
         except KeyboardInterrupt:
             stats.interrupted = True
         finally:
-            stats.interrupted = stats.interrupted or stop.is_set()
-            stats.acknowledged = pub.close()
-            stats.faults = len(self.truth) - n_truth
-            stats.wall_seconds = 0.0 if wall0 is None else time.monotonic() - wall0
+            self._finish(stats, pub, stop, n_truth, wall0)
         return stats
 
     def close(self) -> None:

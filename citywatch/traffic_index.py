@@ -62,10 +62,10 @@ class TrafficLos:
             self._cam = np.append(self._cam, cam if var >= 0 else -1)
             self._var = np.append(self._var, var)
 
-    def update(self, batch: ReadingBatch) -> tuple[list[str], list[AlertEvent]]:
+    def process(self, batch: ReadingBatch) -> tuple[list[str], list[AlertEvent]]:
         return self._closed(self.means.update(batch))
 
-    def flush(self, event_time_ns: int) -> tuple[list[str], list[AlertEvent]]:
+    def process_quiet(self, event_time_ns: int) -> tuple[list[str], list[AlertEvent]]:
         return self._closed(self.means.flush(event_time_ns))
 
     def _closed(self, b: Buckets) -> tuple[list[str], list[AlertEvent]]:

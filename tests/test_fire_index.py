@@ -66,7 +66,7 @@ def test_daily_nesterov_matches_the_index_function_and_resets_on_rain():
     # fed a few hours at a time, as the engine would
     for h0 in range(0, len(days) * 24, 5):
         sel = (batch.ts >= (start + h0) * HOUR_NS) & (batch.ts < (start + h0 + 5) * HOUR_NS)
-        out_lines, out_events = fire.update(batch.take(np.flatnonzero(sel)))
+        out_lines, out_events = fire.process(batch.take(np.flatnonzero(sel)))
         lines += out_lines
         events += out_events
     t13, rh13, rain = (np.array(x) for x in zip(*days))
@@ -88,9 +88,9 @@ def test_state_survives_a_restart():
     batch = day_readings(series, "fr-002", start, days)
     first = FireDanger(series)
     cut = (start + 36) * HOUR_NS
-    a_lines, _ = first.update(batch.take(np.flatnonzero(batch.ts < cut)))
+    a_lines, _ = first.process(batch.take(np.flatnonzero(batch.ts < cut)))
     resumed = FireDanger(forest_series())
     resumed.restore(first.snapshot())
-    b_lines, _ = resumed.update(batch.take(np.flatnonzero(batch.ts >= cut)))
+    b_lines, _ = resumed.process(batch.take(np.flatnonzero(batch.ts >= cut)))
     p, _ = fire_danger_index(*(np.array(x) for x in zip(*days)))
     assert np.allclose([x[1] for x in parse(a_lines + b_lines)], p[:3])

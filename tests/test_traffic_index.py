@@ -56,7 +56,7 @@ def test_hourly_flow_speed_ratio_and_los():
     cols = [a + b for a, b in zip(minute_readings(series, "tc-001", hours),
                                   minute_readings(series, "tc-002", [(2, 29.0)] * 4))]
     batch = ReadingBatch.from_columns(*cols).sorted_by_series_time()
-    lines, events = stage.update(batch)
+    lines, events = stage.process(batch)
     got = parse(lines)
     for h, (count, speed) in enumerate(hours[:-1]):  # the last hour is still open
         row = got[("tc-001", H0 + h)]
@@ -76,9 +76,9 @@ def test_restart_keeps_the_open_hour():
     batch = ReadingBatch.from_columns(*cols).sorted_by_series_time()
     first = TrafficLos(series)
     cut = (H0 + 1) * HOUR_NS + 30 * MIN
-    a, _ = first.update(batch.take(np.flatnonzero(batch.ts < cut)).sorted_by_series_time())
+    a, _ = first.process(batch.take(np.flatnonzero(batch.ts < cut)).sorted_by_series_time())
     again = TrafficLos(cameras())
     again.restore(first.snapshot())
-    b, _ = again.update(batch.take(np.flatnonzero(batch.ts >= cut)).sorted_by_series_time())
+    b, _ = again.process(batch.take(np.flatnonzero(batch.ts >= cut)).sorted_by_series_time())
     assert parse(b)[("tc-001", H0 + 1)]["flow_veh_h"] == 30 * 60  # both halves of hour 1 counted
     assert ("tc-001", H0) in parse(a)
