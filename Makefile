@@ -16,4 +16,5 @@ test: setup
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: treating as a failure" >&2; exit 1; fi; exit $$rc
 
 bench: setup
+	$(VENV)/bin/python benchmarks/detector_bench.py
 	$(VENV)/bin/python benchmarks/ingest_bench.py
