@@ -1,0 +1,1 @@
+"""Notifications to duty officers: templates, channels (MQTT, webhook, email) and the dispatcher."""
