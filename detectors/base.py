@@ -45,15 +45,22 @@ class SeriesState:
     """Per-series state arrays that grow with the series index, with snapshot and restore.
 
     Subclasses declare `state_fields` (name -> (dtype, fill value)); `self.state[name][series_id]`.
+    A field may also be 2-D, one row per series: (dtype, fill value, width) makes an array of shape
+    (n_series, width), e.g. one column per time-of-day bin; a detector whose width depends on its
+    configuration sets `self.state_fields` before calling `SeriesState.__init__`.
     Shared by detectors and by the stateful aggregations that feed the indices.
     """
 
-    state_fields: ClassVar[dict[str, tuple[type | str, object]]] = {}
+    state_fields: ClassVar[dict[str, tuple]] = {}
+
+    @staticmethod
+    def _field_shape(spec: tuple, rows: int) -> tuple[int, ...]:
+        return (rows,) if len(spec) == 2 else (rows, int(spec[2]))
 
     def __init__(self, series: SeriesIndex) -> None:
         self.series = series
         self.state: dict[str, np.ndarray] = {
-            k: np.full(0, fill, dtype=dtype) for k, (dtype, fill) in self.state_fields.items()
+            k: np.full(self._field_shape(spec, 0), spec[1], dtype=spec[0]) for k, spec in self.state_fields.items()
         }
         self._capacity = 0
         self._n = 0
@@ -62,8 +69,8 @@ class SeriesState:
         n = len(self.series)
         if n > self._capacity:
             capacity = max(n, 2 * self._capacity, 64)
-            for k, (dtype, fill) in self.state_fields.items():
-                arr = np.full(capacity, fill, dtype=dtype)
+            for k, spec in self.state_fields.items():
+                arr = np.full(self._field_shape(spec, capacity), spec[1], dtype=spec[0])
                 arr[: self._capacity] = self.state[k]
                 self.state[k] = arr
             self._capacity = capacity
@@ -84,7 +91,8 @@ class SeriesState:
         self._grow()
         src_idx, dst_idx = self.series.remap(snap)
         for k in self.state_fields:
-            if k in snap:
+            # A 2-D field saved with another width (its configuration changed) starts afresh.
+            if k in snap and snap[k].shape[1:] == self.state[k].shape[1:]:
                 self.state[k][dst_idx] = snap[k][src_idx]
 
 
