@@ -175,6 +175,9 @@ class DetectorsConfig(StrictModel):
     # Which detector results become points in the `scores` measurement: every scored reading,
     # only readings whose level is not ok, or none.
     write_scores: Literal["all", "nonzero", "none"] = "all"
+    # Readings arriving out of order within this much event time are still processed in order
+    # (at the cost of this much extra detection latency); 0 = evaluate on arrival. See citywatch.reorder.
+    allowed_lateness: Duration = 0.0
     state_file: str | None = "detector-state.npz"
     snapshot_interval: Duration = 60.0
 

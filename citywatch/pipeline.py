@@ -8,7 +8,9 @@ published after its points are stored, so an alert never refers to a reading tha
 
 Event time: each series has a watermark, the newest event time it has processed. Readings at or
 before it are LATE (a resend, or a backlog older than what was seen): they are stored - data is
-never dropped for being late - but they do not move detector state or raise alerts.
+never dropped for being late - but they do not move detector state or raise alerts. With
+`detectors.allowed_lateness` > 0, readings wait in a reorder buffer (`citywatch.reorder`) before
+the detectors, so that readings arriving out of order within that lateness are processed in order.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from citywatch.ingest.mqtt import InboundMessage, MqttConsumer
 from citywatch.ingest.topics import TopicPattern
 from citywatch.ingest.validate import Rejection, Validator
 from citywatch.registry import Registry, SeriesIndex
+from citywatch.reorder import ReorderBuffer
 from citywatch.sinks.influxdb import InfluxWriter
 from citywatch.sinks.line_protocol import encode_line, escape_tag, series_prefix
 from citywatch.sinks.spool import Spool
@@ -62,19 +65,29 @@ class Watermarks(SeriesState):
 
     state_fields = {"ts": (np.int64, INT64_MIN)}
 
-    def mark(self, batch: ReadingBatch) -> None:
-        """Flag LATE and DUPLICATE readings of a sorted batch, then advance the watermarks."""
+    def flag(self, batch: ReadingBatch) -> None:
+        """Flag LATE and DUPLICATE readings of a sorted batch."""
         self._grow()
         if len(batch) == 0:
             return
         same_as_prev = np.zeros(len(batch), bool)
         same_as_prev[1:] = (batch.series[1:] == batch.series[:-1]) & (batch.ts[1:] == batch.ts[:-1])
         batch.flags[same_as_prev] |= FLAG_DUPLICATE
+        batch.flags[batch.ts <= self.state["ts"][batch.series]] |= FLAG_LATE
+
+    def advance(self, batch: ReadingBatch) -> None:
+        """The readings of a sorted batch have been processed: move the watermarks past them."""
+        self._grow()
+        if len(batch) == 0:
+            return
         ts = self.state["ts"]
-        batch.flags[batch.ts <= ts[batch.series]] |= FLAG_LATE
         last = batch.is_last
         s = batch.series[last]
         ts[s] = np.maximum(ts[s], batch.ts[last])
+
+    def mark(self, batch: ReadingBatch) -> None:
+        self.flag(batch)
+        self.advance(batch)
 
 
 class PointEncoder:
@@ -152,6 +165,8 @@ class Engine:
         self.detectors = build_detectors(self.series, settings.detectors)
         self.alerts = AlertTracker(self.series, self.detectors)
         self.watermarks = Watermarks(self.series)
+        lateness_ns = int(settings.detectors.allowed_lateness * 1e9)
+        self.reorder = ReorderBuffer(lateness_ns) if lateness_ns > 0 else None
         self.air_indices = AirIndices(self.series) if settings.indices.air else None
         ix = settings.indices
         self.fire = FireDanger(self.series, ix.fire_rain_reset_mm, ix.fire_level_bounds) if ix.fire else None
@@ -214,6 +229,7 @@ class Engine:
         try:
             while not self._stop.is_set():
                 self._complete(block=False)
+                self._release_held()
                 self._periodic()
                 inbox = consumer.inbox
                 if not inbox:
@@ -228,6 +244,7 @@ class Engine:
                 self._process_safely(consumer.drain(b.max_messages, b.max_bytes))
             while consumer.inbox:
                 self._process_safely(consumer.drain(b.max_messages, b.max_bytes))
+            self._release_held(drain=True)
             self._complete(block=True)
             self.save_state()
         except Exception:
@@ -252,18 +269,12 @@ class Engine:
         batch, rejections = self.validator.validate([(m.topic, m.payload, m.arrival_ns) for m in messages])
         self._dead_letter(rejections)
         batch = batch.sorted_by_series_time()
-        self.watermarks.mark(batch)
-        outputs = self._detect(batch)
-        events = self.alerts.update(batch, outputs)
+        self.watermarks.flag(batch)
         lines = self.encoder.readings(batch)
-        lines += self.encoder.scores(batch, [d.name for d in self.detectors], outputs, self.settings.detectors.write_scores)
-        for stage in self.index_stages:
-            stage_lines, stage_events = stage.process(batch)
-            lines += stage_lines
-            events += stage_events
-            self.stats.inc("index_points", len(stage_lines))
-        if self.settings.alerts.influxdb:
-            lines += [self.encoder.alert(a) for a in events]
+        self.stats.inc("readings_late", int(((batch.flags & FLAG_LATE) != 0).sum()))
+        ready = batch if self.reorder is None else self.reorder.push(batch, time.time_ns())
+        evaluated_lines, events = self._evaluate(ready)
+        lines += evaluated_lines
         self.stats.inc("batches")
         future = self._pool.submit(self.writer.write, lines) if lines else _done()
         future.add_done_callback(lambda _: self.consumer.wake.set())  # acknowledge promptly
@@ -272,6 +283,39 @@ class Engine:
         # Bounded concurrency: never more batches in flight than writer threads (plus one being built).
         while len(self._pending) > self.settings.batching.concurrent_writes:
             self._complete_one()
+
+    def _evaluate(self, batch: ReadingBatch) -> tuple[list[str], list[AlertEvent]]:
+        """Detectors, alerts and index stages over readings due for processing (sorted, in event-time order)."""
+        self.watermarks.advance(batch)
+        outputs = self._detect(batch)
+        events = self.alerts.update(batch, outputs)
+        lines = self.encoder.scores(batch, [d.name for d in self.detectors], outputs, self.settings.detectors.write_scores)
+        for stage in self.index_stages:
+            stage_lines, stage_events = stage.process(batch)
+            lines += stage_lines
+            events += stage_events
+            self.stats.inc("index_points", len(stage_lines))
+        if self.settings.alerts.influxdb:
+            lines += [self.encoder.alert(a) for a in events]
+        return lines, events
+
+    def _release_held(self, drain: bool = False) -> None:
+        """Process readings of the reorder buffer whose wait is over (all of them when draining)."""
+        if self.reorder is None or len(self.reorder) == 0:
+            return
+        ready = self.reorder.drain() if drain else self.reorder.release_due(time.time_ns())
+        if len(ready) == 0:
+            return
+        try:
+            lines, events = self._evaluate(ready)
+        except Exception:
+            # The readings are stored already; only their evaluation is lost, as for a quarantined batch.
+            self.log.exception("evaluation of held readings failed", readings=len(ready))
+            self.stats.inc("batches_quarantined")
+            return
+        if lines or events:
+            future = self._pool.submit(self.writer.write, lines) if lines else _done()
+            self._pending.append(_Pending(future, [], events, 0, time.time_ns()))
 
     def _detect(self, batch: ReadingBatch) -> list[DetectorOutput]:
         outputs: list[DetectorOutput] = []
