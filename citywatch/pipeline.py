@@ -34,7 +34,7 @@ from citywatch.traffic_index import TrafficLos
 from citywatch.batch import FLAG_DUPLICATE, FLAG_LATE, FLAG_TS_FROM_ARRIVAL, ReadingBatch
 from citywatch.config import Settings
 from citywatch.detectors import build_detectors
-from citywatch.detectors.base import LEVEL_CRITICAL, LEVEL_NAMES, DetectorOutput, SeriesState
+from citywatch.detectors.base import LEVEL_CRITICAL, LEVEL_NAMES, Detector, DetectorOutput, SeriesState
 from citywatch.ingest.mqtt import InboundMessage, MqttConsumer
 from citywatch.ingest.topics import TopicPattern
 from citywatch.ingest.validate import Rejection, Validator
@@ -136,6 +136,24 @@ class PointEncoder:
             for s, sc, lv, ex, t in zip(batch.series[rows].tolist(), score[rows].tolist(), level[rows].tolist(),
                                         extra, batch.ts[rows].tolist())
         ]
+
+    def anomalies(self, batch: ReadingBatch, detectors: list[Detector], outputs: list[DetectorOutput]) -> list[str]:
+        """Why a reading was flagged: one point per (reading, detector) whose level is above ok."""
+        self._grow()
+        s = self.series
+        lines: list[str] = []
+        for det, out in zip(detectors, outputs):
+            rows = np.flatnonzero(out.level > 0)
+            for r in rows.tolist():
+                sid = int(batch.series[r])
+                tags = {"sensor": s.sensor_ids[sid], "area": s.areas[sid], "domain": s.domains[sid],
+                        "metric": s.metrics[sid], "detector": det.name, "reason": det.reasons[int(out.reason[r])]}
+                fields: dict[str, object] = {"score": float(np.nan_to_num(out.score[r])), "level": int(out.level[r]),
+                                             "value": float(batch.value[r])}
+                if not np.isnan(out.threshold[r]):
+                    fields["threshold"] = float(out.threshold[r])
+                lines.append(encode_line("anomalies", tags, fields, int(batch.ts[r])))
+        return lines
 
     @staticmethod
     def alert(a: AlertEvent) -> str:
@@ -290,6 +308,7 @@ class Engine:
         outputs = self._detect(batch)
         events = self.alerts.update(batch, outputs)
         lines = self.encoder.scores(batch, [d.name for d in self.detectors], outputs, self.settings.detectors.write_scores)
+        lines += self.encoder.anomalies(batch, self.detectors, outputs)
         for stage in self.index_stages:
             stage_lines, stage_events = stage.process(batch)
             lines += stage_lines

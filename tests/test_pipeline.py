@@ -113,6 +113,12 @@ def test_threshold_crossing_gives_one_alert_and_reset_gives_recovery(engine_fact
         points = rows(influxdb, db_name, "SELECT * FROM alerts WHERE detector = 'threshold' ORDER BY time")
         assert [(p["level"], p["time"] // 60_000_000_000) for p in points] == [
             ("critical", T0_MS // 60_000 + 2), ("warning", T0_MS // 60_000 + 6), ("ok", T0_MS // 60_000 + 8)]
+        # why each reading was flagged: one `anomalies` point per flagged reading and detector
+        flagged = rows(influxdb, db_name, "SELECT value, level, threshold, reason FROM anomalies "
+                                          "WHERE detector = 'threshold' ORDER BY time")
+        assert [(p["value"], p["level"], p["threshold"]) for p in flagged] == [
+            (250, 2, 200), (260, 2, 200), (255, 2, 200), (240, 2, 200), (150, 1, 160), (150, 1, 160)]
+        assert {p["reason"] for p in flagged[:4]} == {"above_crit"}
     finally:
         listener.close()
 
