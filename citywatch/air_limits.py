@@ -7,11 +7,20 @@ compliant and exceeding raises an alert. Each period is judged once: when the po
 (for 1 h and 8 h) is present, and for 24 h when the local day has ended with at least 18 hourly means.
 
 Limits (ug/m3, Table 1 of QCVN 05:2023/BTNMT): the PM2.5 24-hour limit is 50 until 2025-12-31 and
-45 from 2026-01-01, decided by the date of the day being judged. Annual means are not judged live.
+45 from 2026-01-01, decided by the date of the day being judged.
 
-Measurement `exceedances`: tags sensor, area, pollutant, averaging (`1h`, `8h`, `24h`); fields
-mean, limit, exceeded (bool), year_count (exceedances of that key so far in the calendar year);
-time = start of the hour / of the local day.
+Annual means (SO2 50, NO2 40, PM10 50, PM2.5 25): every hourly mean of a pollutant goes into a running
+mean over the local calendar year (a sum and a count per station and pollutant, restarted on 1
+January). At the end of each local day with at least `ANNUAL_MIN_HOURS` hours in the year, the running
+mean is compared with the annual limit. It is a *running estimate* until the year ends: only the
+judgement written at the last day of the year (field ``final`` = true) is the year's compliance;
+before that, an alert says the year is heading for an exceedance so far.
+
+Measurement `exceedances`: tags sensor, area, pollutant, averaging (`1h`, `8h`, `24h`, `year`); fields
+mean, limit, exceeded (bool), year_count (exceedances of that key so far in the calendar year; not
+written for `year`); time = start of the hour / of the local day. For `year` the time is the start
+of the local year (each day's estimate overwrites the previous one, so the stored point is the
+latest estimate), with the fields ``hours`` (hourly means so far) and ``final``.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import datetime as dt
 import numpy as np
 
 from citywatch.alerts import AlertEvent
+from citywatch.exceedances import YearlyExceedances, local_date_of_hour, local_year_start_ns
 from citywatch.sinks.line_protocol import encode_line
 
 HOUR_NS = 3_600_000_000_000
@@ -35,6 +45,8 @@ LIMITS: dict[tuple[str, str], float] = {
     ("so2", "24h"): 125.0, ("no2", "24h"): 100.0, ("pm10", "24h"): 100.0, ("pm25", "24h"): 45.0,
 }
 KEYS = tuple(LIMITS)
+ANNUAL_LIMITS: dict[str, float] = {"so2": 50.0, "no2": 40.0, "pm10": 50.0, "pm25": 25.0}
+ANNUAL_MIN_HOURS = 18  # a running annual mean is judged once it holds a day's worth of hours
 
 
 def limit(pollutant: str, averaging: str, day: dt.date) -> float:
@@ -44,19 +56,21 @@ def limit(pollutant: str, averaging: str, day: dt.date) -> float:
     return LIMITS[(pollutant, averaging)]
 
 
-def local_date(hour: int) -> dt.date:
-    return dt.datetime.fromtimestamp((hour + LOCAL_UTC_OFFSET_H) * 3600, dt.timezone.utc).date()
+local_date = local_date_of_hour
 
 
 class AirLimits:
     def __init__(self, stations: list[str], areas: list[str], pollutants: tuple[str, ...]) -> None:
         self.stations, self.areas = stations, areas
         self.col = {p: i for i, p in enumerate(pollutants)}
-        n, k = len(stations), len(KEYS)
-        self.exceeding = np.zeros((n, k), bool)
-        self.last_period = np.full((n, k), -1, np.int64)  # hour number of the last judged period
-        self.year = np.zeros((n, k), np.int64)  # calendar year of `count`
-        self.count = np.zeros((n, k), np.int64)
+        n = len(stations)
+        self.counts = YearlyExceedances(n, len(KEYS))
+        annual = tuple(ANNUAL_LIMITS)
+        self.annual_counts = YearlyExceedances(n, len(annual))
+        self.annual_year = np.zeros((n, len(annual)), np.int64)  # local year of the running sums
+        self.annual_sum = np.zeros((n, len(annual)))
+        self.annual_hours = np.zeros((n, len(annual)), np.int64)
+        self.annual_last_hour = np.full((n, len(annual)), -1, np.int64)
 
     def judge(self, st: np.ndarray, h: int, window: dict[str, np.ndarray]) -> tuple[list[str], list[AlertEvent]]:
         """Judge the periods ending at hour `h` for stations `st`; window[p] is (len(st), >= 24) hourly means."""
@@ -79,40 +93,86 @@ class AirLimits:
                 enough = (~np.isnan(day)).sum(axis=1) >= 18
                 mean = np.where(enough, np.nanmean(np.where(enough[:, None], day, 0.0), axis=1), np.nan)
                 period = h - 23
-            fresh = ~np.isnan(mean) & (period > self.last_period[st, k])
-            if not fresh.any():
+            has = ~np.isnan(mean)
+            if not has.any():
                 continue
-            s, m = st[fresh], mean[fresh]
+            s, m = st[has], mean[has]
             day_of = local_date(period)
             lim = limit(pollutant, averaging, day_of)
             over = m > lim
-            self.last_period[s, k] = period
-            new_year = self.year[s, k] != day_of.year
-            self.count[s[new_year], k] = 0
-            self.year[s, k] = day_of.year
-            self.count[s[over], k] += 1
-            changed = over != self.exceeding[s, k]
-            self.exceeding[s, k] = over
-            for i, sid in enumerate(s.tolist()):
+            rec = self.counts.record(s, k, period, day_of.year, over)
+            for i in np.flatnonzero(rec.fresh).tolist():
+                sid, count = int(s[i]), int(rec.count[i])
                 lines.append(encode_line(
                     "exceedances", {"sensor": self.stations[sid], "area": self.areas[sid], "pollutant": pollutant,
                                     "averaging": averaging},
-                    {"mean": float(m[i]), "limit": lim, "exceeded": bool(over[i]), "year_count": int(self.count[sid, k])},
+                    {"mean": float(m[i]), "limit": lim, "exceeded": bool(over[i]), "year_count": count},
                     period * HOUR_NS))
-                if changed[i]:
+                if rec.changed[i]:
                     events.append(AlertEvent(
                         sensor=self.stations[sid], domain="air", area=self.areas[sid], metric=pollutant,
                         detector=f"qcvn05_{averaging}", level="critical" if over[i] else "ok",
                         previous_level="ok" if over[i] else "critical", value=float(m[i]), threshold=lim,
                         score=None, ts_ns=period * HOUR_NS,
                         reason=(f"{averaging} mean {m[i]:.1f} ug/m3 {'exceeds' if over[i] else 'back within'} the "
-                                f"{SOURCE} limit {lim:g} ({int(self.count[sid, k])} exceedances in {day_of.year})")))
+                                f"{SOURCE} limit {lim:g} ({count} exceedances in {day_of.year})")))
+        self._add_to_annual(st, h, window)
+        if day_end:
+            self._judge_annual(st, h, lines, events)
         return lines, events
 
+    def _add_to_annual(self, st: np.ndarray, h: int, window: dict[str, np.ndarray]) -> None:
+        year = local_date(h).year
+        for j, pollutant in enumerate(ANNUAL_LIMITS):
+            v = window[pollutant][:, -1]
+            new = ~np.isnan(v) & (h > self.annual_last_hour[st, j])  # each hourly mean once
+            s, v = st[new], v[new]
+            restart = s[self.annual_year[s, j] != year]
+            self.annual_sum[restart, j], self.annual_hours[restart, j] = 0.0, 0
+            self.annual_year[s, j] = year
+            self.annual_sum[s, j] += v
+            self.annual_hours[s, j] += 1
+            self.annual_last_hour[s, j] = h
+
+    def _judge_annual(self, st: np.ndarray, h: int, lines: list[str], events: list[AlertEvent]) -> None:
+        day = local_date(h)
+        final = (day.month, day.day) == (12, 31)
+        for j, (pollutant, lim) in enumerate(ANNUAL_LIMITS.items()):
+            s = st[(self.annual_year[st, j] == day.year) & (self.annual_hours[st, j] >= ANNUAL_MIN_HOURS)]
+            if not len(s):
+                continue
+            mean = self.annual_sum[s, j] / self.annual_hours[s, j]
+            over = mean > lim
+            rec = self.annual_counts.record(s, j, h - 23, day.year, over)
+            t_ns = local_year_start_ns(day.year)
+            for i in np.flatnonzero(rec.fresh).tolist():
+                sid, hours = int(s[i]), int(self.annual_hours[s[i], j])
+                lines.append(encode_line(
+                    "exceedances", {"sensor": self.stations[sid], "area": self.areas[sid], "pollutant": pollutant,
+                                    "averaging": "year"},
+                    {"mean": float(mean[i]), "limit": lim, "exceeded": bool(over[i]), "hours": hours, "final": final},
+                    t_ns))
+                if rec.changed[i]:
+                    so_far = "for the year" if final else f"so far ({hours} h; a running estimate until the year ends)"
+                    events.append(AlertEvent(
+                        sensor=self.stations[sid], domain="air", area=self.areas[sid], metric=pollutant,
+                        detector="qcvn05_year", level="critical" if over[i] else "ok",
+                        previous_level="ok" if over[i] else "critical", value=float(mean[i]), threshold=lim,
+                        score=None, ts_ns=(h - 23) * HOUR_NS,
+                        reason=(f"annual mean {mean[i]:.1f} ug/m3 {so_far} {'exceeds' if over[i] else 'is within'} "
+                                f"the {SOURCE} annual limit {lim:g} ({day.year})")))
+
     def snapshot(self) -> dict[str, np.ndarray]:
-        return {"exceeding": self.exceeding, "last_period": self.last_period, "year": self.year, "count": self.count}
+        snap = self.counts.snapshot()
+        snap.update({f"annual.{k}": v for k, v in self.annual_counts.snapshot().items()})
+        snap.update({"annual_year": self.annual_year, "annual_sum": self.annual_sum,
+                     "annual_hours": self.annual_hours, "annual_last_hour": self.annual_last_hour})
+        return snap
 
     def restore(self, snap: dict[str, np.ndarray], src: list[int], dst: list[int]) -> None:
-        for name, arr in self.snapshot().items():
+        self.counts.restore(snap, src, dst)
+        self.annual_counts.restore({k[len("annual."):]: v for k, v in snap.items() if k.startswith("annual.")}, src, dst)
+        for name in ("annual_year", "annual_sum", "annual_hours", "annual_last_hour"):
+            arr = getattr(self, name)
             if name in snap and snap[name].shape[1:] == arr.shape[1:]:
                 arr[dst] = snap[name][src]
