@@ -147,6 +147,15 @@ def build_parser() -> argparse.ArgumentParser:
     index_cli.add_arguments(p)
     p.set_defaults(func=lambda args: index_cli.run(args))
 
+    p = sub.add_parser("replay", help="run the detectors as a stream over historical CSVs and write per-row scores",
+                       description="Replay CSV files (timestamp,value or wide timestamp,<metric>,...; a file or a "
+                                   "folder) through the default detector profile, row by row in event time, and "
+                                   "write per-row scores; --nab-output writes NAB's results layout instead.")
+    from citywatch import replay
+
+    replay.add_arguments(p)
+    p.set_defaults(func=lambda args: replay.run(args))
+
     p = sub.add_parser("grafana", help="export or push the Grafana provisioning and dashboards",
                        description="Write the Grafana provisioning and dashboards generated from the config and "
                                    "registry to a folder, or upload them to a running Grafana.")
