@@ -3,7 +3,7 @@
 VENV ?= .venv
 export VENV
 
-.PHONY: setup demo test bench
+.PHONY: setup demo test bench bench-nab
 setup:
 	@scripts/setup.sh
 
@@ -18,3 +18,8 @@ test: setup
 bench: setup
 	$(VENV)/bin/python benchmarks/detector_bench.py
 	$(VENV)/bin/python benchmarks/ingest_bench.py
+
+# NAB benchmark: make bench-nab NAB_DIR=path/to/nab (data/<category>/<file>.csv, labels/windows.json)
+bench-nab: setup
+	@test -n "$(NAB_DIR)" || { echo "usage: make bench-nab NAB_DIR=path/to/nab" >&2; exit 2; }
+	$(VENV)/bin/python benchmarks/nab_bench.py "$(NAB_DIR)"
