@@ -1,0 +1,56 @@
+"""What every channel shares: the `Channel` protocol and the error that tells the dispatcher whether to retry."""
+
+from __future__ import annotations
+
+from email.utils import parsedate_to_datetime
+from datetime import datetime, timezone
+from typing import Literal, Protocol, runtime_checkable
+
+from citywatch.alerting.model import Notification
+from citywatch.config import StrictModel
+
+Language = Literal["vi", "en"]
+
+
+class DeliveryError(Exception):
+    """A failed delivery. `retryable` False means retrying cannot help (a 4xx answer, a refused address):
+    the notification goes to the dead-letter log at once. `retry_after` is the wait the far end asked for."""
+
+    def __init__(self, message: str, retryable: bool = True, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+@runtime_checkable
+class Channel(Protocol):
+    name: str
+
+    def start(self) -> None: ...
+
+    def send(self, notification: Notification) -> None:
+        """Deliver one notification to its recipient, or raise DeliveryError."""
+
+    def close(self) -> None: ...
+
+
+class ChannelOptions(StrictModel):
+    language: Language | None = None  # overrides the recipient's language for this channel
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds from a Retry-After header: delta-seconds or an HTTP date (RFC 9110 10.2.3)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - (now or datetime.now(timezone.utc))).total_seconds())
