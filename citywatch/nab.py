@@ -259,6 +259,17 @@ def sweep_profiles(files: Sequence[FileLabels], scores: Sequence[np.ndarray],
     return results
 
 
+def score_at(files: Sequence[FileLabels], scores: Sequence[np.ndarray], threshold: float,
+             profile: Profile) -> SweepResult:
+    """The corpus scored at a given threshold (no sweep): e.g. a detector's own alert threshold."""
+    if len(files) != len(scores):
+        raise NabError(f"{len(files)} label sets for {len(scores)} score arrays")
+    per_file = {f.name: score_file(f, s, threshold, profile) for f, s in zip(files, scores)}
+    n_windows = sum(len(f.active_windows) for f in files)
+    return SweepResult(profile, float(threshold), float(sum(per_file.values())), -profile.fn * n_windows,
+                       profile.tp * n_windows, per_file, n_windows)
+
+
 # --------------------------------------------------------------------------------------------------
 # Files: a windows file and a results folder laid out like NAB's (<category>/<file>.csv)
 
