@@ -1,0 +1,207 @@
+"""Grouping of neighbouring alerts into one notification, and inhibition by root alerts.
+
+**Grouping.** A pollution plume or a flood crest trips several neighbouring sensors within minutes.
+Alerts of the same rule, metric and domain whose sensors are in the same area, or within
+`radius_km` of a sensor already in the group, are collected for `group_wait` (event time: from
+the reading that opened the group) and leave as ONE notification listing them all. `group_wait: 0s`
+still merges the alerts raised by the same micro-batch. Resolutions are grouped the same way.
+
+**Inhibition.** A root alert explains others, which are then kept (and shown as inhibited) but not
+notified, like Alertmanager's inhibit rules or Kapacitor's `.inhibit()`:
+
+* an *area offline* alert (`area:<area>|no_data:offline`) explains every sensor alert in that area;
+  it is raised by the alert manager itself when at least `area_offline_fraction` of an area's
+  sensors (and at least `area_offline_min_sensors`) have an open no-data alert: the gateway or the
+  area's power or network is down, not each sensor;
+* a *sensor offline* alert (a rule in `source_rules`, e.g. `no_data`) explains that sensor's other
+  alerts (a dead device's flat-line or stale-value alerts).
+
+>>> from citywatch.alerting.model import Alert
+>>> d = SensorDirectory({"a1": ("air", "bh", 10.950, 106.82), "a2": ("air", "bh", 10.955, 106.82),
+...                      "a3": ("air", "tp", 10.958, 106.82), "a4": ("air", "tp", 11.30, 106.82)})
+>>> g = Grouper(GroupingConfig(group_wait=30, radius_km=2.0), d)
+>>> def alert(s, area): return Alert(key=f"{s}|threshold:no2", scope="sensor", sensor=s, area=area, domain="air",
+...     metric="no2", rule="threshold", severity="warning", state="firing", value=1.0, threshold=None,
+...     reason="above_warn", started_ns=0)
+>>> for s, area in [("a1", "bh"), ("a2", "bh"), ("a3", "tp"), ("a4", "tp")]:
+...     g.add("firing", alert(s, area), event_ns=0, wall_ns=0)
+>>> [sorted(b.keys) for b in g.due(event_now_ns=30 * 10**9, wall_now_ns=0)]  # a3 is 900 m from a2
+[['a1|threshold:no2', 'a2|threshold:no2', 'a3|threshold:no2', 'a4|threshold:no2']]
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from pydantic import Field
+
+from citywatch.config import Duration, StrictModel
+from citywatch.alerting.model import AREA_PREFIX, Alert
+
+SAMPLE_CONFIG = """\
+alerting:
+  grouping:
+    group_wait: 30s          # collect neighbouring alerts of the same rule and metric this long (event time)
+    radius_km: 2.0           # neighbours: same area, or within this distance of a member (null: same area only)
+  inhibition:
+    source_rules: [no_data]  # a sensor's alert of these rules mutes that sensor's other alerts
+    area_offline_fraction: 0.5   # this share of an area's sensors offline = the area is offline
+    area_offline_min_sensors: 2
+"""
+
+OFFLINE_RULE = "no_data"
+OFFLINE_METRIC = "offline"
+
+
+class GroupingConfig(StrictModel):
+    enabled: bool = True
+    group_wait: Duration = 30.0
+    radius_km: float | None = Field(default=2.0, gt=0)
+
+
+class InhibitionConfig(StrictModel):
+    enabled: bool = True
+    source_rules: list[str] = Field(default_factory=lambda: [OFFLINE_RULE])
+    area_offline_fraction: float = Field(default=0.5, gt=0, le=1)
+    area_offline_min_sensors: int = Field(default=2, ge=1)
+
+
+def _haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    a = math.sin((p2 - p1) / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(math.radians(lon2 - lon1) / 2) ** 2
+    return 2 * 6371.0088 * math.asin(math.sqrt(min(1.0, max(0.0, a))))
+
+
+class SensorDirectory:
+    """Domain, area and coordinates of every sensor: sensor id -> (domain, area, lat, lon)."""
+
+    def __init__(self, sensors: dict[str, tuple[str, str, float | None, float | None]] | None = None) -> None:
+        self.sensors = dict(sensors or {})
+
+    @classmethod
+    def from_registry(cls, registry: Any) -> "SensorDirectory":
+        return cls({s.id: (s.domain, s.area, None if s.auto_registered else s.lat,
+                           None if s.auto_registered else s.lon) for s in registry.sensors.values()})
+
+    def area_size(self, area: str) -> int:
+        return sum(1 for _, a, _, _ in self.sensors.values() if a == area)
+
+    def distance_km(self, a: str | None, b: str | None) -> float:
+        sa, sb = self.sensors.get(a or ""), self.sensors.get(b or "")
+        if sa is None or sb is None or sa[2] is None or sb[2] is None:
+            return math.inf
+        return _haversine_km(sa[2], sa[3], sb[2], sb[3])
+
+
+@dataclass
+class GroupBuffer:
+    kind: str  # "firing" or "resolved"
+    rule: str
+    metric: str
+    domain: str
+    opened_event_ns: int
+    opened_wall_ns: int
+    keys: list[str] = field(default_factory=list)
+    sensors: list[str | None] = field(default_factory=list)
+    areas: list[str] = field(default_factory=list)
+
+    @property
+    def group_key(self) -> str:
+        """The alert's own key for a single alert; a stable name for a group."""
+        if len(self.keys) == 1:
+            return self.keys[0]
+        return f"group:{self.domain}:{self.rule}:{self.metric}|{self.keys[0]}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "GroupBuffer":
+        return cls(**d)
+
+
+class Grouper:
+    """Open group buffers; `add` puts an alert in a matching buffer (or opens one), `due` hands out
+    the buffers whose group_wait has passed in event time (or in wall time, when readings stop)."""
+
+    def __init__(self, config: GroupingConfig, directory: SensorDirectory | None = None) -> None:
+        self.config = config
+        self.directory = directory or SensorDirectory()
+        self.wait_ns = int(config.group_wait * 1e9)
+        self.buffers: list[GroupBuffer] = []
+
+    def _joins(self, buf: GroupBuffer, alert: Alert) -> bool:
+        if (buf.rule, buf.metric, buf.domain) != (alert.rule, alert.metric, alert.domain):
+            return False
+        if alert.area in buf.areas:
+            return True
+        radius = self.config.radius_km
+        return radius is not None and any(self.directory.distance_km(alert.sensor, s) <= radius for s in buf.sensors)
+
+    def add(self, kind: str, alert: Alert, event_ns: int, wall_ns: int) -> None:
+        for buf in self.buffers:
+            if buf.kind == kind and alert.key in buf.keys:
+                return
+        if self.config.enabled and alert.scope == "sensor":
+            for buf in self.buffers:
+                if buf.kind == kind and self._joins(buf, alert):
+                    buf.keys.append(alert.key)
+                    buf.sensors.append(alert.sensor)
+                    buf.areas.append(alert.area)
+                    return
+        self.buffers.append(GroupBuffer(kind, alert.rule, alert.metric, alert.domain, event_ns, wall_ns,
+                                        [alert.key], [alert.sensor], [alert.area]))
+
+    def discard(self, key: str) -> None:
+        """Take an alert out of every buffer (it resolved before its firing went out, or vice versa)."""
+        for buf in self.buffers:
+            if key in buf.keys:
+                i = buf.keys.index(key)
+                del buf.keys[i], buf.sensors[i], buf.areas[i]
+        self.buffers = [b for b in self.buffers if b.keys]
+
+    def pending(self, kind: str, key: str) -> bool:
+        return any(b.kind == kind and key in b.keys for b in self.buffers)
+
+    def due(self, event_now_ns: int, wall_now_ns: int, everything: bool = False) -> list[GroupBuffer]:
+        ready = [b for b in self.buffers if everything or not self.config.enabled
+                 or event_now_ns - b.opened_event_ns >= self.wait_ns or wall_now_ns - b.opened_wall_ns >= self.wait_ns]
+        self.buffers = [b for b in self.buffers if b not in ready]
+        return ready
+
+    def to_list(self) -> list[dict[str, Any]]:
+        return [b.to_dict() for b in self.buffers]
+
+    def restore(self, data: Iterable[dict[str, Any]]) -> None:
+        self.buffers = [GroupBuffer.from_dict(d) for d in data]
+
+
+def area_offline_key(area: str) -> str:
+    return f"{AREA_PREFIX}{area}|{OFFLINE_RULE}:{OFFLINE_METRIC}"
+
+
+def explains(root: Alert, target: Alert, source_rules: list[str]) -> bool:
+    """True if the root alert (offline area or sensor) accounts for the target alert."""
+    if root.key == target.key or root.state != "firing" or root.rule not in source_rules:
+        return False
+    if root.scope == "area":
+        return target.scope == "sensor" and target.area == root.area
+    return (target.scope == "sensor" and target.sensor == root.sensor and target.rule not in source_rules)
+
+
+def offline_areas(open_alerts: Iterable[Alert], directory: SensorDirectory,
+                  config: InhibitionConfig) -> dict[str, list[Alert]]:
+    """area -> the firing sensor no-data alerts that make it count as offline."""
+    by_area: dict[str, dict[str, Alert]] = {}
+    for a in open_alerts:
+        if a.scope == "sensor" and a.rule == OFFLINE_RULE and a.state == "firing" and a.sensor:
+            by_area.setdefault(a.area, {}).setdefault(a.sensor, a)
+    out = {}
+    for area, sensors in by_area.items():
+        size = directory.area_size(area) or len(sensors)
+        need = max(config.area_offline_min_sensors, math.ceil(config.area_offline_fraction * size))
+        if len(sensors) >= need:
+            out[area] = sorted(sensors.values(), key=lambda a: (a.started_ns, a.key))
+    return out
