@@ -195,6 +195,13 @@ class IndicesConfig(StrictModel):
     traffic: bool = True
     traffic_free_flow_kmh: dict[Literal["main", "secondary", "side"], float] = Field(
         default_factory=lambda: {"main": 50.0, "secondary": 40.0, "side": 30.0})
+    # Hourly VN_WQI per water station from probe hourly means and the latest lab samples, and
+    # QCVN 08:2023 limits of the station's class (see citywatch/water_index.py).
+    water: bool = True
+    water_class: Literal["A", "B", "C", "D"] = "B"
+    water_class_by_station: dict[str, Literal["A", "B", "C", "D"]] = Field(default_factory=dict)
+    water_lab_max_age: Duration = 31 * 86400.0
+    water_weighted: bool = False
 
 
 class AlertsConfig(StrictModel):
