@@ -1,7 +1,8 @@
 """Engine configuration: `config/citywatch.yaml`, validated with pydantic, overridden by the environment.
 
 Secrets (passwords, tokens) are never read from the YAML file: only from the environment
-variables listed in `ENV_OVERRIDES`, so a committed config cannot leak them.
+variables listed in `ENV_OVERRIDES`, or from a file named by `<variable>_FILE` that only its owner
+can read (mode 0600), so a committed config cannot leak them.
 """
 
 from __future__ import annotations
@@ -138,6 +139,10 @@ class ValidationConfig(StrictModel):
     max_payload_bytes: int = Field(default=256 * 1024, ge=64)
     deadletter_file: str | None = "deadletter.jsonl"
     log_every: Duration = 10.0
+    # Per-sensor token bucket on messages (see citywatch.ingest.validate): on average at most this
+    # many messages per second, in bursts of at most rate_limit_burst; null = no limit.
+    max_messages_per_sensor_per_s: float | None = Field(default=None, gt=0)
+    rate_limit_burst: int = Field(default=60, ge=1)
 
 
 class ThresholdRule(StrictModel):
@@ -271,6 +276,27 @@ def read_yaml(path: Path) -> Any:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
 
 
+def read_secret_file(var: str, env: dict[str, str]) -> str | None:
+    """The value of `<var>_FILE` (a path, as Docker and systemd credentials give them): the file's
+    content without the trailing newline. The file must be readable by its owner only (mode 0600 or
+    stricter), so that a secret left readable by other users is refused rather than used."""
+    file_var = var + "_FILE"
+    name = env.get(file_var)
+    if not name:
+        return None
+    if env.get(var):
+        raise ConfigError(f"{file_var}: {var} is set too; set only one of them")
+    try:
+        mode = os.stat(name).st_mode
+        if mode & 0o077:
+            raise ConfigError(f"{file_var}: {name} has mode {mode & 0o777:04o}; a secret file must not be "
+                              f"readable or writable by group or others (chmod 600 {name})")
+        with open(name, encoding="utf-8") as fh:
+            return fh.read().rstrip("\r\n")
+    except OSError as exc:
+        raise ConfigError(f"{file_var}: cannot read {name}: {exc.strerror}") from None
+
+
 def default_config_path() -> Path:
     """`$CITYWATCH_CONFIG`, else ./config/citywatch.yaml, else the copy shipped in the package."""
     env = os.environ.get("CITYWATCH_CONFIG")
@@ -295,11 +321,12 @@ def load_settings(path: str | os.PathLike[str] | None = None, env: dict[str, str
                 f"set {next(k for k, v in ENV_OVERRIDES.items() if v == (section, key))} instead"
             )
     for var, (section, key) in ENV_OVERRIDES.items():
-        if env.get(var):
+        value = read_secret_file(var, env) or env.get(var)
+        if value:
             raw.setdefault(section, {})
             if not isinstance(raw[section], dict):
                 raise ConfigError(f"{path}: {section}: must be a mapping")
-            raw[section][key] = env[var]
+            raw[section][key] = value
     try:
         settings = Settings.model_validate(raw)
     except ValidationError as err:

@@ -29,6 +29,7 @@ not_finite          NaN, Infinity, or a number beyond float64 (also after conver
 wrong_unit          unit given and not convertible to the registry unit                    reading
 future_timestamp    ts > arrival + ``max_future_skew``                                     reading
 too_old             ts < arrival - ``max_age``                                             reading
+rate_limited        the sensor is over ``max_messages_per_sensor_per_s`` (see below)      message
 internal_error      a bug in this module (never expected; counted, message kept out)       message
 ==================  =====================================================================  =========
 
@@ -49,6 +50,16 @@ was when it arrived. Both windows are taken literally (0 means no tolerance at a
 Counters (in `Stats`): ``messages_received``, ``readings_accepted``, ``readings_rejected`` (one per
 `Rejection`: a whole-message rejection counts once) and ``rejected_<reason>``.
 
+Rate limit: with ``max_messages_per_sensor_per_s`` set, each sensor has a token bucket (that many
+tokens per second of arrival time, at most ``rate_limit_burst`` saved up); a message of a sensor
+whose bucket is empty is dropped before it is decoded. Only the first dropped message of a run is
+a `Rejection` (``rate_limited``, dead-lettered like any other); the rest of the run is counted in
+``rate_limited_dropped`` and not dead-lettered, since a dead letter per message would pass the
+flood on to the dead-letter topic and file. A run ends when a message of the sensor is accepted
+again. So over-limit messages = ``rejected_rate_limited`` + ``rate_limited_dropped``. The check is
+a dictionary lookup and a few float operations per message. Devices that upload a backlog should
+send it as arrays (one message) rather than one message per reading.
+
 Configuration (``validation:`` in ``config/citywatch.yaml``; paste and adapt)::
 
     validation:
@@ -59,6 +70,8 @@ Configuration (``validation:`` in ``config/citywatch.yaml``; paste and adapt)::
       max_payload_bytes: 262144     # larger payloads are rejected without decoding
       deadletter_file: .citywatch/deadletter.jsonl   # used by the MQTT client, not here
       log_every: 10s                # rate limit of rejection log lines (MQTT client)
+      max_messages_per_sensor_per_s: null   # e.g. 2: messages/s per sensor on average; null = no limit
+      rate_limit_burst: 60          # messages a sensor may send at once after a quiet spell
 
 Dead letters: `Rejection.to_json()` is the body for ``mqtt.deadletter_topic``;
 `Rejection.deadletter_topic(pattern)` builds the topic, with ``_unknown`` for a missing domain or
@@ -103,6 +116,7 @@ REASONS: tuple[str, ...] = (
     "wrong_unit",
     "future_timestamp",
     "too_old",
+    "rate_limited",
     "internal_error",
 )
 METRIC_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -261,6 +275,28 @@ class Validator:
         self._auto_register = cfg.unknown_sensor == "auto_register"
         self._accept_metrics = cfg.unknown_metric == "accept"
         self._converters: dict[tuple[str, str], object] = {}
+        rate = cfg.max_messages_per_sensor_per_s
+        self._rate_per_ns = rate / 1e9 if rate else 0.0
+        self._burst = float(cfg.rate_limit_burst)
+        self._buckets: dict[str, list] = {}  # sensor -> [tokens, last arrival ns, in a dropped run]
+        self._rate_dropped = 0
+
+    def _over_limit(self, sensor_id: str, arrival_ns: int) -> int:
+        """0: within the sensor's rate; 1: the first message of a dropped run; 2: later in the run."""
+        bucket = self._buckets.get(sensor_id)
+        if bucket is None:
+            bucket = self._buckets[sensor_id] = [self._burst, arrival_ns, False]
+        tokens = min(self._burst, bucket[0] + max(0, arrival_ns - bucket[1]) * self._rate_per_ns)
+        bucket[1] = max(bucket[1], arrival_ns)
+        if tokens >= 1.0:
+            bucket[0] = tokens - 1.0
+            bucket[2] = False
+            return 0
+        bucket[0] = tokens
+        if bucket[2]:
+            return 2
+        bucket[2] = True
+        return 1
 
     def _converter(self, unit: str, target: str):
         key = (unit, target)
@@ -334,6 +370,9 @@ class Validator:
                                                   np.array(col_flags, dtype=np.uint8))
 
         self._count(len(messages), batch, rejections)
+        if self._rate_dropped:
+            self.stats.inc("rate_limited_dropped", self._rate_dropped)
+            self._rate_dropped = 0
         return batch, rejections
 
     def _count(self, n_messages: int, batch: ReadingBatch, rejections: list[Rejection]) -> None:
@@ -383,6 +422,19 @@ class Validator:
             rejections.append(msg.reject(
                 "domain_mismatch", f"sensor {sensor_id!r} is in domain {sensor.domain!r}, the topic says {domain!r}"))
             return
+
+        if self._rate_per_ns:
+            over = self._over_limit(sensor_id, arrival_ns)
+            if over == 1:
+                rejections.append(msg.reject(
+                    "rate_limited",
+                    f"sensor {sensor_id!r} is over {self.cfg.max_messages_per_sensor_per_s:g} messages/s "
+                    f"(bursts of {self.cfg.rate_limit_burst}): this message and the next ones over the limit are "
+                    "dropped; only this one is dead-lettered, the others are counted in rate_limited_dropped"))
+                return
+            if over == 2:
+                self._rate_dropped += 1
+                return
 
         decoded = decode_payload(payload, arrival_ns)
         for err in decoded.errors:
