@@ -44,9 +44,9 @@ def _aqi_summary(engine) -> str:
     """Air stations per current VN_AQI category, coloured like the official scale."""
     from citywatch.detectors.indices.vn_aqi import CATEGORIES
 
-    if engine.air_indices is None:
+    if engine.evaluator.air_indices is None:
         return "off"
-    current = engine.air_indices.last_category["vn_aqi_hourly"]
+    current = engine.evaluator.air_indices.last_category["vn_aqi_hourly"]
     parts = []
     for c in CATEGORIES:
         n = int((current == c.number).sum())

@@ -6,11 +6,9 @@ threads. Acknowledgements go back to the broker strictly in arrival order and on
 points are in InfluxDB or in the spool: that is the at-least-once guarantee. Alerts of a batch are
 published after its points are stored, so an alert never refers to a reading that could be lost.
 
-Event time: each series has a watermark, the newest event time it has processed. Readings at or
-before it are LATE (a resend, or a backlog older than what was seen): they are stored - data is
-never dropped for being late - but they do not move detector state or raise alerts. With
-`detectors.allowed_lateness` > 0, readings wait in a reorder buffer (`citywatch.reorder`) before
-the detectors, so that readings arriving out of order within that lateness are processed in order.
+Everything stateful between validation and storage (event-time watermarks, the reorder buffer of
+`detectors.allowed_lateness`, detectors, alert tracking, index stages) is `citywatch.evaluate.Evaluator`;
+the engine adds MQTT, InfluxDB, the spool, acknowledgements, dead letters and its own health points.
 """
 
 from __future__ import annotations
@@ -27,26 +25,17 @@ import numpy as np
 import orjson
 import structlog
 
-from citywatch.air_indices import HOUR_NS, AirIndices
-from citywatch.alerts import AlertEvent, AlertTracker
-from citywatch.fire_index import FireDanger
-from citywatch.traffic_index import TrafficLos
-from citywatch.batch import FLAG_DUPLICATE, FLAG_LATE, FLAG_TS_FROM_ARRIVAL, ReadingBatch
+from citywatch.alerts import AlertEvent
 from citywatch.config import Settings
-from citywatch.detectors import build_detectors
-from citywatch.detectors.base import LEVEL_CRITICAL, LEVEL_NAMES, Detector, DetectorOutput, SeriesState
+from citywatch.evaluate import Evaluator
 from citywatch.ingest.mqtt import InboundMessage, MqttConsumer
 from citywatch.ingest.topics import TopicPattern
 from citywatch.ingest.validate import Rejection, Validator
 from citywatch.registry import Registry, SeriesIndex
-from citywatch.reorder import ReorderBuffer
 from citywatch.sinks.influxdb import InfluxWriter
-from citywatch.sinks.line_protocol import encode_line, escape_tag, series_prefix
+from citywatch.sinks.line_protocol import encode_line
 from citywatch.sinks.spool import Spool
 from citywatch.stats import RateLimitedLog, Stats
-
-INT64_MIN = np.iinfo(np.int64).min
-
 
 @dataclass
 class _Pending:
@@ -58,114 +47,6 @@ class _Pending:
     readings: int
     first_arrival_ns: int
     event_ts: np.ndarray | None = None  # kept only when a latency probe is installed
-
-
-class Watermarks(SeriesState):
-    """Newest processed event time per series."""
-
-    state_fields = {"ts": (np.int64, INT64_MIN)}
-
-    def flag(self, batch: ReadingBatch) -> None:
-        """Flag LATE and DUPLICATE readings of a sorted batch."""
-        self._grow()
-        if len(batch) == 0:
-            return
-        same_as_prev = np.zeros(len(batch), bool)
-        same_as_prev[1:] = (batch.series[1:] == batch.series[:-1]) & (batch.ts[1:] == batch.ts[:-1])
-        batch.flags[same_as_prev] |= FLAG_DUPLICATE
-        batch.flags[batch.ts <= self.state["ts"][batch.series]] |= FLAG_LATE
-
-    def advance(self, batch: ReadingBatch) -> None:
-        """The readings of a sorted batch have been processed: move the watermarks past them."""
-        self._grow()
-        if len(batch) == 0:
-            return
-        ts = self.state["ts"]
-        last = batch.is_last
-        s = batch.series[last]
-        ts[s] = np.maximum(ts[s], batch.ts[last])
-
-    def mark(self, batch: ReadingBatch) -> None:
-        self.flag(batch)
-        self.advance(batch)
-
-
-class PointEncoder:
-    """Line protocol for readings, scores and alerts, with the per-series prefix cached."""
-
-    def __init__(self, series: SeriesIndex) -> None:
-        self.series = series
-        self._reading_prefix: list[str] = []
-        self._score_prefix: list[str] = []
-
-    def _grow(self) -> None:
-        s = self.series
-        for sid in range(len(self._reading_prefix), len(s)):
-            tags = {"sensor": s.sensor_ids[sid], "area": s.areas[sid]}
-            self._reading_prefix.append(series_prefix(s.domains[sid], tags) + " " + escape_tag(s.metrics[sid]) + "=")
-            self._score_prefix.append(
-                series_prefix("scores", {**tags, "domain": s.domains[sid], "metric": s.metrics[sid]}) + " ")
-
-    def readings(self, batch: ReadingBatch) -> list[str]:
-        self._grow()
-        prefix = self._reading_prefix
-        return [f"{prefix[s]}{v!r} {t}" for s, v, t in zip(batch.series.tolist(), batch.value.tolist(), batch.ts.tolist())]
-
-    def scores(self, batch: ReadingBatch, names: list[str], outputs: list[DetectorOutput], mode: str) -> list[str]:
-        if mode == "none" or not outputs:
-            return []
-        self._grow()
-        levels = np.stack([o.level for o in outputs])
-        evaluated_by = levels >= 0
-        evaluated = evaluated_by.any(axis=0)
-        level = levels.max(axis=0)
-        score = np.where(evaluated_by, np.nan_to_num(np.stack([o.score for o in outputs])), 0.0).max(axis=0)
-        keep = evaluated if mode == "all" else evaluated & (level > 0)
-        rows = np.flatnonzero(keep)
-        if len(rows) == 0:
-            return []
-        prefix = self._score_prefix
-        per_det = [
-            [f",{n}_level={lv}i" if lv >= 0 else "" for lv in o.level[rows].tolist()] for n, o in zip(names, outputs)
-        ]
-        # a reading that came without a timestamp is marked, so that Grafana can show it
-        per_det.append([",ts_from_arrival=true" if f else "" for f in (batch.flags[rows] & FLAG_TS_FROM_ARRIVAL).tolist()])
-        extra = ["".join(parts) for parts in zip(*per_det)]
-        return [
-            f"{prefix[s]}score={sc!r},level={lv}i{ex} {t}"
-            for s, sc, lv, ex, t in zip(batch.series[rows].tolist(), score[rows].tolist(), level[rows].tolist(),
-                                        extra, batch.ts[rows].tolist())
-        ]
-
-    def anomalies(self, batch: ReadingBatch, detectors: list[Detector], outputs: list[DetectorOutput]) -> list[str]:
-        """Why a reading was flagged: one point per (reading, detector) whose level is above ok."""
-        self._grow()
-        s = self.series
-        lines: list[str] = []
-        for det, out in zip(detectors, outputs):
-            rows = np.flatnonzero(out.level > 0)
-            for r in rows.tolist():
-                sid = int(batch.series[r])
-                tags = {"sensor": s.sensor_ids[sid], "area": s.areas[sid], "domain": s.domains[sid],
-                        "metric": s.metrics[sid], "detector": det.name, "reason": det.reasons[int(out.reason[r])]}
-                fields: dict[str, object] = {"score": float(np.nan_to_num(out.score[r])), "level": int(out.level[r]),
-                                             "value": float(batch.value[r])}
-                if not np.isnan(out.threshold[r]):
-                    fields["threshold"] = float(out.threshold[r])
-                lines.append(encode_line("anomalies", tags, fields, int(batch.ts[r])))
-        return lines
-
-    @staticmethod
-    def alert(a: AlertEvent) -> str:
-        fields: dict[str, object] = {"value": a.value, "reason": a.reason, "previous_level": a.previous_level,
-                                     "level_code": {v: k for k, v in LEVEL_NAMES.items()}[a.level]}
-        if a.threshold is not None:
-            fields["threshold"] = a.threshold
-        if a.score is not None:
-            fields["score"] = a.score
-        tags = {"sensor": a.sensor, "domain": a.domain, "area": a.area, "metric": a.metric,
-                "detector": a.detector, "level": a.level}
-        return encode_line("alerts", tags, fields, a.ts_ns)
 
 
 class Engine:
@@ -180,18 +61,8 @@ class Engine:
         self.alert_topic = TopicPattern(settings.mqtt.alert_topic)
         self.deadletter_topic = TopicPattern(settings.mqtt.deadletter_topic)
         self.validator = Validator(self.registry, self.series, settings.validation, self.topic, self.stats)
-        self.detectors = build_detectors(self.series, settings.detectors)
-        self.alerts = AlertTracker(self.series, self.detectors)
-        self.watermarks = Watermarks(self.series)
-        lateness_ns = int(settings.detectors.allowed_lateness * 1e9)
-        self.reorder = ReorderBuffer(lateness_ns) if lateness_ns > 0 else None
-        self.air_indices = AirIndices(self.series) if settings.indices.air else None
-        ix = settings.indices
-        self.fire = FireDanger(self.series, ix.fire_rain_reset_mm, ix.fire_level_bounds) if ix.fire else None
-        self.traffic = TrafficLos(self.series, ix.traffic_free_flow_kmh) if ix.traffic else None
-        # Index stages: process(batch) and process_quiet(event time) -> (points, alerts).
-        self.index_stages = [s for s in (self.air_indices, self.fire, self.traffic) if s is not None]
-        self.encoder = PointEncoder(self.series)
+        self.evaluator = Evaluator(settings, self.series, self.stats)
+        self.encoder = self.evaluator.encoder
         self.spool = Spool(settings.data_path(settings.spool.directory), settings.spool.max_bytes,
                            settings.spool.when_full, settings.spool.fsync, self.stats)
         self.writer = InfluxWriter(settings.influxdb, settings.batching, self.spool, self.stats,
@@ -287,12 +158,7 @@ class Engine:
         batch, rejections = self.validator.validate([(m.topic, m.payload, m.arrival_ns) for m in messages])
         self._dead_letter(rejections)
         batch = batch.sorted_by_series_time()
-        self.watermarks.flag(batch)
-        lines = self.encoder.readings(batch)
-        self.stats.inc("readings_late", int(((batch.flags & FLAG_LATE) != 0).sum()))
-        ready = batch if self.reorder is None else self.reorder.push(batch, time.time_ns())
-        evaluated_lines, events = self._evaluate(ready)
-        lines += evaluated_lines
+        lines, events = self.evaluator.ingest(batch, time.time_ns())
         self.stats.inc("batches")
         future = self._pool.submit(self.writer.write, lines) if lines else _done()
         future.add_done_callback(lambda _: self.consumer.wake.set())  # acknowledge promptly
@@ -302,50 +168,18 @@ class Engine:
         while len(self._pending) > self.settings.batching.concurrent_writes:
             self._complete_one()
 
-    def _evaluate(self, batch: ReadingBatch) -> tuple[list[str], list[AlertEvent]]:
-        """Detectors, alerts and index stages over readings due for processing (sorted, in event-time order)."""
-        self.watermarks.advance(batch)
-        outputs = self._detect(batch)
-        events = self.alerts.update(batch, outputs)
-        lines = self.encoder.scores(batch, [d.name for d in self.detectors], outputs, self.settings.detectors.write_scores)
-        lines += self.encoder.anomalies(batch, self.detectors, outputs)
-        for stage in self.index_stages:
-            stage_lines, stage_events = stage.process(batch)
-            lines += stage_lines
-            events += stage_events
-            self.stats.inc("index_points", len(stage_lines))
-        if self.settings.alerts.influxdb:
-            lines += [self.encoder.alert(a) for a in events]
-        return lines, events
-
     def _release_held(self, drain: bool = False) -> None:
         """Process readings of the reorder buffer whose wait is over (all of them when draining)."""
-        if self.reorder is None or len(self.reorder) == 0:
-            return
-        ready = self.reorder.drain() if drain else self.reorder.release_due(time.time_ns())
-        if len(ready) == 0:
-            return
         try:
-            lines, events = self._evaluate(ready)
+            lines, events = self.evaluator.release_held(time.time_ns(), drain)
         except Exception:
             # The readings are stored already; only their evaluation is lost, as for a quarantined batch.
-            self.log.exception("evaluation of held readings failed", readings=len(ready))
+            self.log.exception("evaluation of held readings failed")
             self.stats.inc("batches_quarantined")
             return
         if lines or events:
             future = self._pool.submit(self.writer.write, lines) if lines else _done()
             self._pending.append(_Pending(future, [], events, 0, time.time_ns()))
-
-    def _detect(self, batch: ReadingBatch) -> list[DetectorOutput]:
-        outputs: list[DetectorOutput] = []
-        skip: np.ndarray | None = None
-        for det in self.detectors:
-            out = det.process(batch, skip=skip)
-            outputs.append(out)
-            if det.name == "physical_range":
-                skip = out.level == LEVEL_CRITICAL
-                self.stats.inc("readings_out_of_range", int(skip.sum()))
-        return outputs
 
     def _complete_one(self) -> None:
         p = self._pending.popleft()
@@ -413,17 +247,8 @@ class Engine:
 
     def _flush_quiet_hours(self) -> None:
         """Close the hourly means of stations that have been quiet for an hour of event time."""
-        newest = int(self.watermarks.state["ts"][: len(self.series)].max(initial=INT64_MIN))
-        if newest == INT64_MIN:
-            return
-        lines: list[str] = []
-        events: list[AlertEvent] = []
-        for stage in self.index_stages:
-            stage_lines, stage_events = stage.process_quiet(newest - HOUR_NS)
-            lines += stage_lines
-            events += stage_events
+        lines, events = self.evaluator.flush_quiet()
         if lines or events:
-            lines += [self.encoder.alert(a) for a in events] if self.settings.alerts.influxdb else []
             self._pending.append(_Pending(self._pool.submit(self.writer.write, lines), [], events, 0, time.time_ns()))
 
     def _write_health(self) -> None:
@@ -436,22 +261,11 @@ class Engine:
         line = encode_line("citywatch", {"client_id": self.settings.mqtt.client_id}, fields, time.time_ns())
         self._pending.append(_Pending(self._pool.submit(self.writer.write, [line]), [], [], 0, time.time_ns()))
 
-    def _stateful(self) -> dict[str, SeriesState | AirIndices | FireDanger | TrafficLos]:
-        """Everything whose per-series state survives a restart, by snapshot prefix."""
-        parts = {**{d.name: d for d in self.detectors}, "__alerts": self.alerts, "__watermarks": self.watermarks}
-        if self.air_indices is not None:
-            parts["__air_indices"] = self.air_indices
-        if self.fire is not None:
-            parts["__fire"] = self.fire
-        if self.traffic is not None:
-            parts["__traffic"] = self.traffic
-        return parts
-
     def save_state(self) -> None:
         if self._state_file is None:
             return
         arrays: dict[str, np.ndarray] = {}
-        for name, part in self._stateful().items():
+        for name, part in self.evaluator.stateful().items():
             arrays.update({f"{name}/{k}": v for k, v in part.snapshot().items()})
         path = Path(self._state_file)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -468,7 +282,7 @@ class Engine:
             for key in data.files:
                 group, _, name = key.partition("/")
                 groups.setdefault(group, {})[name] = data[key]
-        for name, part in self._stateful().items():
+        for name, part in self.evaluator.stateful().items():
             if name in groups:
                 part.restore(groups[name])
         self.log.info("detector state restored", file=str(self._state_file))

@@ -249,7 +249,7 @@ def test_restart_keeps_detector_and_alert_state(mosquitto, influxdb, db_name, tm
 def test_a_batch_that_trips_a_bug_is_quarantined_and_the_engine_goes_on(engine_factory, device, influxdb, db_name,
                                                                          tmp_path):
     engine = engine_factory()
-    detector = engine.detectors[0]
+    detector = engine.evaluator.detectors[0]
     original = detector.process
     calls = {"n": 0}
 
