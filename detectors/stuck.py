@@ -48,7 +48,7 @@ from citywatch.detectors.base import LEVEL_CRITICAL, LEVEL_OK, LEVEL_WARNING, De
 from citywatch.registry import SeriesIndex
 
 __all__ = ["StuckDetector", "StuckConfig", "ConstantRange", "DEFAULT_EXEMPT", "SAMPLE_CONFIG",
-           "segmented_linear_scan", "previous_in_run", "series_intervals"]
+           "segmented_linear_scan", "previous_in_run", "series_intervals", "count_in_run"]
 
 SAMPLE_CONFIG = """\
 detectors:
@@ -304,11 +304,11 @@ class StuckDetector(Detector):
 
         # Learning (readings that are neither exempt nor flagged).
         learn_p = has_prev & ~exempt & ~stuck
-        n_p = st["n_learned"][sid] + _cumcount(learn_p, first)
+        n_p = st["n_learned"][sid] + count_in_run(learn_p, first)
         alpha_p = np.where(learn_p, 1.0 / np.minimum(cfg.prior_weight + n_p, cfg.learn_readings), 0.0)
         p = segmented_linear_scan(1.0 - alpha_p, alpha_p * same, first, p0)
         learn_d = usable & ~flat
-        n_d = n_diff0 + _cumcount(learn_d, first)
+        n_d = n_diff0 + count_in_run(learn_d, first)
         alpha_d = np.where(learn_d, 1.0 / np.clip(n_d, 1, cfg.learn_readings), 0.0)
         long = segmented_linear_scan(1.0 - alpha_d, alpha_d * np.where(learn_d, diff, 0.0), first,
                                      long0)
@@ -340,7 +340,7 @@ class StuckDetector(Detector):
         return out
 
 
-def _cumcount(mask: np.ndarray, first: np.ndarray) -> np.ndarray:
+def count_in_run(mask: np.ndarray, first: np.ndarray) -> np.ndarray:
     """For each row, how many rows of its series run up to and including it have `mask`."""
     c = np.cumsum(mask, dtype=np.int64)
     starts = np.flatnonzero(first)
