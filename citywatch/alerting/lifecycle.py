@@ -243,6 +243,7 @@ class AlertManager:
         self._audit: list[AuditRecord] = []
         self._sent: OrderedDict[str, None] = OrderedDict()
         self._transitions: list[Transition] = []
+        self._outbox: list[Notification] = []
         self.event_now_ns: int = NEVER
         self.counters: dict[str, int] = {"events": 0, "events_replayed": 0, "events_bad": 0, "notifications": 0,
                                          "duplicates_suppressed": 0, "held_for_digest": 0, "muted": 0}
@@ -256,7 +257,14 @@ class AlertManager:
         Returns the notifications, already handed to the sink when there is one."""
         with self._lock:
             wall = self.clock()
-            for ev in sorted(events, key=lambda e: (e.ts_ns, e.sensor, e.detector, e.metric)):
+            good = []
+            for ev in events:
+                try:
+                    good.append(((int(ev.ts_ns), str(ev.sensor), str(ev.detector), str(ev.metric)), ev))
+                except (AttributeError, TypeError, ValueError) as exc:
+                    self.counters["events_bad"] += 1
+                    log.warning("alert event ignored: %s: %r", exc, ev)
+            for _, ev in sorted(good, key=lambda item: item[0]):
                 try:
                     self._apply(ev, wall)
                 except (AttributeError, TypeError, ValueError) as exc:
@@ -264,7 +272,8 @@ class AlertManager:
                     log.warning("alert event ignored: %s: %r", exc, ev)
             if event_now_ns is not None:
                 self.event_now_ns = max(self.event_now_ns, event_now_ns)
-            return self._finish(self._housekeeping(wall))
+            self._housekeeping(wall)
+            return self._finish()
 
     def tick(self, event_now_ns: int | None = None) -> list[Notification]:
         """Timers: for-durations, hold-downs and flapping decay (event time, advanced to `event_now_ns`),
@@ -272,7 +281,8 @@ class AlertManager:
         with self._lock:
             if event_now_ns is not None:
                 self.event_now_ns = max(self.event_now_ns, event_now_ns)
-            return self._finish(self._housekeeping(self.clock()))
+            self._housekeeping(self.clock())
+            return self._finish()
 
     def take_transitions(self) -> list[Transition]:
         with self._lock:
@@ -480,7 +490,7 @@ class AlertManager:
                 self._transitions.append(Transition(_snapshot(t.alert), "flapping_stopped", now_ns))
 
     # -- timers ------------------------------------------------------------------------------------
-    def _housekeeping(self, wall: int) -> list[Notification]:
+    def _housekeeping(self, wall: int) -> None:
         now = self.event_now_ns
         for t in list(self._tracks.values()):
             self._flap_decay(t, now)
@@ -494,17 +504,13 @@ class AlertManager:
                   and now - t.clear_since_ns >= rule.resolve_for * SECOND_NS):
                 self._close(t, now, notify=True)
         self._derive_area_offline(wall)
-        out: list[Notification] = []
         for buf in self.grouper.due(now, wall):
-            out += self._flush(buf, wall)
-        out += self._reminders(wall)
+            self._flush(buf, wall)
+        self._reminders(wall)
         for name, since, alerts in self.storm.due_digests(wall):
             r = self.router.recipient(name)
             if r is not None:
-                n = self._make("digest", r, alerts, f"digest:{name}", since, wall)
-                if n is not None:
-                    out.append(n)
-        return out
+                self._make("digest", r, alerts, f"digest:{name}", since, wall)
 
     def _derive_area_offline(self, wall: int) -> None:
         if not self.config.inhibition.enabled:
@@ -544,10 +550,9 @@ class AlertManager:
             a = t.alert
             if a is None or a.state != "firing":
                 continue
-            was_muted = a.muted
             self._refresh_mutes(a, wall)
             if not t.notified:
-                if was_muted and not a.muted and not t.flapping and not self.grouper.pending("firing", a.key):
+                if not a.muted and not t.flapping and not self.grouper.pending("firing", a.key):
                     self.grouper.add("firing", a, self.event_now_ns, wall)  # its silence or root alert ended
                 continue
             if a.acknowledged or a.muted or t.first_notified_wall_ns is None:
@@ -617,10 +622,11 @@ class AlertManager:
             out = []
             group_key = buf.group_key if len(alerts) == len(buf.keys) else (
                 alerts[0].key if len(alerts) == 1 else f"{buf.group_key}#{len(alerts)}") if alerts else ""
-            seq = min((a.started_ns for a in alerts), default=0)
             for r, members in by_recipient.values():
                 gk = members[0].key if len(members) == 1 else group_key
-                n = self._make("firing", r, members, gk, members[0].started_ns if len(members) == 1 else seq, wall)
+                # the sequence: when it started, at which severity (a rise to critical is news)
+                seq = f"{min(a.started_ns for a in members)}:{max(a.severity for a in members)}"
+                n = self._make("firing", r, members, gk, seq, wall)
                 if n is not None:
                     out.append(n)
             for a in alerts:
@@ -680,10 +686,13 @@ class AlertManager:
         for a in alerts:
             a.notifications += 1
         self.counters["notifications"] += 1
-        return Notification(id=nid, kind=kind, recipient=r, alerts=[_snapshot(a) for a in alerts], created_ns=wall,
-                            group_key=key, tier=tier)
+        n = Notification(id=nid, kind=kind, recipient=r, alerts=[_snapshot(a) for a in alerts], created_ns=wall,
+                         group_key=key, tier=tier)
+        self._outbox.append(n)
+        return n
 
-    def _finish(self, notifications: list[Notification]) -> list[Notification]:
+    def _finish(self) -> list[Notification]:
+        notifications, self._outbox = self._outbox, []
         if notifications and self.sink is not None:
             try:
                 self.sink.deliver(notifications)
