@@ -94,6 +94,9 @@ class PointEncoder:
         level = levels.max(axis=0)
         score = np.where(evaluated_by, np.nan_to_num(np.stack([o.score for o in outputs])), 0.0).max(axis=0)
         keep = evaluated if mode == "all" else evaluated & (level > 0)
+        # A late reading is often a resend of one already scored: its point (same series and time)
+        # would overwrite that score with a partial one, the stateful detectors having skipped it.
+        keep &= (batch.flags & (FLAG_LATE | FLAG_DUPLICATE)) == 0
         rows = np.flatnonzero(keep)
         if len(rows) == 0:
             return []
