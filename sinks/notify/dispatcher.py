@@ -32,13 +32,13 @@ Options (section `alerting.notify`)::
         initial: 2s
         max: 5m
         max_retry_after: 15m
-      channels:
-        ops-screen: {type: mqtt, topic: "city/notifications/{recipient}"}
-        email-duty: {type: email, host: smtp.example.vn, port: 587, security: starttls,
+      channels:                        # recipients name these as their channel
+        mqtt: {type: mqtt, topic: "city/notifications/{recipient}"}
+        email: {type: email, host: smtp.example.vn, port: 587, security: starttls,
                      sender: "citywatch <canhbao@example.vn>",
                      username_env: CITYWATCH_SMTP_USERNAME, password_env: CITYWATCH_SMTP_PASSWORD}
-        slack-duty: {type: webhook, format: slack, url_env: CITYWATCH_SLACK_WEBHOOK_URL}
-        telegram-duty: {type: webhook, format: telegram, url: "https://api.telegram.org/bot{token}/sendMessage",
+        slack: {type: webhook, format: slack, url_env: CITYWATCH_SLACK_WEBHOOK_URL}
+        telegram: {type: webhook, format: telegram, url: "https://api.telegram.org/bot{token}/sendMessage",
                         token_env: CITYWATCH_TELEGRAM_BOT_TOKEN}
 """
 
@@ -74,8 +74,8 @@ notify:
   language: vi
   retry: {attempts: 6, initial: 2s, max: 5m}
   channels:
-    ops-screen: {type: mqtt, topic: "city/notifications/{recipient}"}
-    email-duty:
+    mqtt: {type: mqtt, topic: "city/notifications/{recipient}"}
+    email:
       type: email
       host: smtp.example.vn
       port: 587
@@ -83,7 +83,7 @@ notify:
       sender: "citywatch <canhbao@example.vn>"
       username_env: CITYWATCH_SMTP_USERNAME
       password_env: CITYWATCH_SMTP_PASSWORD
-    slack-duty: {type: webhook, format: slack, url_env: CITYWATCH_SLACK_WEBHOOK_URL}
+    slack: {type: webhook, format: slack, url_env: CITYWATCH_SLACK_WEBHOOK_URL}
 """
 
 ChannelConfig = Annotated[MqttChannelConfig | WebhookChannelConfig | EmailChannelConfig, Field(discriminator="type")]
@@ -113,7 +113,8 @@ class NotifyConfig(StrictModel):
     keep_delivered: int = Field(default=100_000, ge=100)
     max_queued: int = Field(default=10_000, ge=1)
     retry: RetryConfig = Field(default_factory=RetryConfig)
-    channels: dict[str, ChannelConfig] = Field(default_factory=dict)
+    # names that recipients use as their `channel`; the default serves the default duty-officer recipient
+    channels: dict[str, ChannelConfig] = Field(default_factory=lambda: {"mqtt": MqttChannelConfig()})
 
 
 def build_channels(cfg: NotifyConfig, renderer: Renderer, mqtt_client: paho.Client | None = None,

@@ -3,8 +3,8 @@
 The body is the generic JSON of `render.Renderer.generic` (id, kind, recipient, subject, plain-text
 summary and every alert's raw and formatted fields); a display or a control-room app subscribes to
 `city/notifications/#`. The topic is a template: `{recipient}` is the recipient's name, `{address}` its
-address, `{kind}` the notification kind (characters MQTT reserves, `+ # /`, become `_`); set it to
-`{address}` to use each recipient's address as the whole topic.
+address, `{kind}` the notification kind (characters MQTT reserves, `+ # /`, become `_`). A recipient
+whose address is itself a topic (it contains `/`, e.g. `city/notifications/duty-officer`) gets it there.
 
 A notification counts as delivered when the broker has acknowledged it (PUBACK). It goes through the
 engine's own paho client when one is given (one connection to the broker), otherwise through a client of
@@ -92,8 +92,8 @@ class MqttChannel:
 
     def topic(self, notification: Notification) -> str:
         r = notification.recipient
-        if self.cfg.topic == "{address}":
-            return r.address
+        if "/" in (r.address or "") and not any(c in r.address for c in "+#"):
+            return r.address  # the recipient names its own topic
         return self.cfg.topic.format(recipient=topic_segment(r.name), address=topic_segment(r.address or r.name),
                                      kind=notification.kind)
 
