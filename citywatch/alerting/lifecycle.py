@@ -148,7 +148,7 @@ class AlertingConfig(StrictModel):
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     storm: StormConfig = Field(default_factory=StormConfig)
     grafana: GrafanaLinkConfig = Field(default_factory=GrafanaLinkConfig)
-    keep_sent_ids: int = Field(default=50_000, ge=100)
+    keep_sent_ids: int = Field(default=20_000, ge=100)
     keep_audit: int = Field(default=10_000, ge=10)
 
     def rule(self, name: str) -> RuleConfig:
@@ -294,9 +294,10 @@ class AlertManager:
         with self._lock:
             wall = self.clock()
             out = []
+            roots = self._roots()
             for t in self._tracks.values():
                 if t.alert is not None:
-                    self._refresh_mutes(t.alert, wall)
+                    self._refresh_mutes(t.alert, wall, roots)
                     out.append(_snapshot(t.alert))
             return sorted(out, key=lambda a: (a.started_ns, a.key))
 
@@ -546,11 +547,12 @@ class AlertManager:
     def _reminders(self, wall: int) -> list[Notification]:
         out: list[Notification] = []
         repeat_ns = int(self.config.repeat_interval * SECOND_NS)
+        roots = self._roots()
         for t in list(self._tracks.values()):
             a = t.alert
             if a is None or a.state != "firing":
                 continue
-            self._refresh_mutes(a, wall)
+            self._refresh_mutes(a, wall, roots)
             if not t.notified:
                 if not a.muted and not t.flapping and not self.grouper.pending("firing", a.key):
                     self.grouper.add("firing", a, self.event_now_ns, wall)  # its silence or root alert ended
@@ -574,15 +576,19 @@ class AlertManager:
         return out
 
     # -- muting ------------------------------------------------------------------------------------
-    def _refresh_mutes(self, a: Alert, wall: int) -> None:
+    def _roots(self) -> list[Alert]:
+        """Open alerts that may explain others (offline sensors and areas)."""
+        rules = self.config.inhibition.source_rules
+        return [a for a in (t.alert for t in self._tracks.values()) if a is not None and a.rule in rules]
+
+    def _refresh_mutes(self, a: Alert, wall: int, roots: list[Alert] | None = None) -> None:
         a.silenced_by = next((s.id for s in self._silences.values()
                               if s.matches_labels(a) and (s.covers(a.last_ns) or s.covers(wall))), None)
         a.inhibited_by = None
         if self.config.inhibition.enabled:
             rules = self.config.inhibition.source_rules
-            for t in self._tracks.values():
-                root = t.alert
-                if root is not None and explains(root, a, rules):
+            for root in self._roots() if roots is None else roots:
+                if explains(root, a, rules):
                     # an area root outranks a sensor root; either mutes the alert
                     if a.inhibited_by is None or root.scope == "area":
                         a.inhibited_by = root.key
@@ -606,11 +612,12 @@ class AlertManager:
     def _flush(self, buf: GroupBuffer, wall: int) -> list[Notification]:
         if buf.kind == "firing":
             alerts = []
+            roots = self._roots()
             for key in buf.keys:
                 t = self._tracks.get(key)
                 if t is None or t.alert is None or t.alert.state != "firing" or t.flapping or t.notified:
                     continue
-                self._refresh_mutes(t.alert, wall)
+                self._refresh_mutes(t.alert, wall, roots)
                 if t.alert.muted:
                     self.counters["muted"] += 1
                     continue
