@@ -1,0 +1,287 @@
+"""Calibration drift: a slowly growing, persistent offset of a series, against its own long baseline
+and against its neighbours.
+
+Per series (sensor x metric), in event time, two comparisons:
+
+* **drift_neighbours** - the series' *level* (an EWMA over `level_window`) minus the median level
+  of its spatial neighbours (same metric, same domain, from `NeighbourGraph`, at least
+  `min_neighbours` of them with a level no older than `max_staleness`) is the *residual*: what this
+  sensor says beyond what its area says. Weather, rush hours and the seasons cancel out. The
+  residual's recent value (an EWMA over `window`) is compared with its long baseline (an EWMA
+  over `baseline_window`, days) in units of its long-run mean absolute deviation:
+  ``z = (recent - baseline) / spread``.
+* **drift_baseline** - the same with the series' own values instead of the residual: its recent
+  level against its own long baseline and spread. Diurnal cycles make the own spread wide, so this
+  catches only large offsets (`own_z`); it is the check for sensors without neighbours.
+
+A drift is persistent: ``|z|`` must stay at or above its warning limit for `persist` in event time
+before the level turns WARNING (reason ``pending`` meanwhile); CRITICAL at ``critical_z``. Score:
+``|z| / critical_z`` clipped to [0, 1] (the larger of the two comparisons). A short episode - a
+burst that comes and goes within `persist`, or one the neighbours share - is not a drift. While a
+series is drifting (``|z|`` above `freeze_z`) its baselines do not learn, so a drift does not become
+the new normal. Before `min_history` readings nothing is judged (level -1).
+
+Output `threshold`: the warning limit of the comparison that decided (`neighbour_z` or `own_z`).
+Not evaluated and leaving the state untouched: LATE or DUPLICATE readings, rows in `skip`, NaN values.
+
+State per series: 13 numbers (104 bytes). The neighbour median reads the other series' levels as
+they stood at the start of the batch (a batch is a fraction of a second of arrivals).
+
+Sample configuration: see `SAMPLE_CONFIG`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pydantic import Field
+
+from citywatch.batch import ReadingBatch, last_index_where
+from citywatch.config import Duration, StrictModel
+from citywatch.detectors.base import LEVEL_CRITICAL, LEVEL_NOT_EVALUATED, LEVEL_OK, LEVEL_WARNING, Detector, DetectorOutput
+from citywatch.detectors.neighbours import NeighbourConfig, NeighbourGraph
+from citywatch.detectors.stuck import (
+    DEFAULT_INTERVAL_S,
+    count_in_run,
+    grow_param,
+    previous_in_run,
+    segmented_linear_scan,
+    series_intervals,
+)
+from citywatch.registry import SeriesIndex
+
+__all__ = ["DriftDetector", "DriftConfig", "SAMPLE_CONFIG"]
+
+SAMPLE_CONFIG = """\
+detectors:
+  drift:
+    enabled: true
+    level_window: 10m             # a series' current level (what its neighbours compare with)
+    window: 1h                    # the recent offset
+    baseline_window: 2d           # the long baseline and spread
+    min_history: 500              # readings before anything is judged
+    neighbour_z: 6                # drift_neighbours: recent residual this many spreads off its baseline
+    own_z: 8                      # drift_baseline: recent level this many spreads off the own baseline
+    critical_z: 12                # critical (either comparison)
+    persist: 20m                  # must hold this long in event time
+    freeze_z: 3                   # baselines stop learning beyond this
+    neighbours: 6                 # up to this many nearest same-metric neighbours ...
+    neighbour_radius_km: 10       # ... within this distance (null: any distance)
+    min_neighbours: 3             # fewer usable neighbours: only the own baseline is judged
+    max_staleness: 30m            # a neighbour level older than this is not used
+    exclude: [precipitation]      # metrics not judged
+"""
+
+REASON_OK = 0
+REASON_BASELINE = 1
+REASON_NEIGHBOURS = 2
+REASON_PENDING = 3
+
+
+class DriftConfig(StrictModel):
+    enabled: bool = True
+    level_window: Duration = 600.0
+    window: Duration = 3600.0
+    baseline_window: Duration = 2 * 86400.0
+    min_history: int = Field(default=500, ge=1)
+    neighbour_z: float = Field(default=6.0, gt=0)
+    own_z: float = Field(default=8.0, gt=0)
+    critical_z: float = Field(default=12.0, gt=0)
+    persist: Duration = 1200.0
+    freeze_z: float = Field(default=3.0, gt=0)
+    neighbours: int = Field(default=6, ge=1, le=64)
+    neighbour_radius_km: float | None = Field(default=10.0, gt=0)
+    min_neighbours: int = Field(default=3, ge=1)
+    max_staleness: Duration = 1800.0
+    exclude: list[str] = Field(default_factory=lambda: ["precipitation"])
+
+
+def _alpha(dt_s: np.ndarray, tau_s: float | np.ndarray, n: np.ndarray, use: np.ndarray) -> np.ndarray:
+    """EWMA weight of a reading `dt_s` after the previous one; a running mean over the first readings."""
+    a = -np.expm1(-np.maximum(dt_s, 0.0) / tau_s)
+    return np.where(use, np.maximum(a, 1.0 / np.maximum(n, 1)), 0.0)
+
+
+class DriftDetector(Detector):
+    """Slow persistent offsets against the own baseline and the neighbours; see the module docstring.
+
+    Examples
+    --------
+    Four air stations a kilometre apart measure the same city temperature (a daily cycle), every
+    10 minutes; after two days one of them starts reading high, half a degree more every hour:
+
+    >>> import numpy as np
+    >>> from citywatch.batch import ReadingBatch
+    >>> from citywatch.registry import MetricSpec, Registry, SeriesIndex, Sensor
+    >>> temp = {"temperature": MetricSpec(unit="Cel", min=-10, max=60)}
+    >>> sensors = [Sensor(id=f"aq-{i}", domain="air", area="Tân Phong", lat=10.95 + 0.01 * i, lon=106.84,
+    ...                   interval=600, metrics=temp) for i in range(4)]
+    >>> series = SeriesIndex(Registry({s.id: s for s in sensors}))
+    >>> series.add_registry()
+    >>> detector = DriftDetector(series, DriftConfig(min_history=100))
+    >>> t = np.arange(0, 3 * 86400, 600)
+    >>> values = 29 + 3.5 * np.sin(2 * np.pi * t / 86400) + np.random.default_rng(1).normal(0, 0.1, (4, len(t)))
+    >>> values[0] += np.clip((t - 2 * 86400) / 3600, 0, None) * 0.5        # the drift, from hour 48
+    >>> levels, reasons = [], []
+    >>> for i in range(len(t)):                                             # one batch per 10 minutes
+    ...     out = detector.process(ReadingBatch.from_columns([0, 1, 2, 3], [t[i] * 10**9] * 4, values[:, i]))
+    ...     levels.append(int(out.level[0]))
+    ...     reasons.append(detector.reason_names(out.reason[:1])[0])
+    >>> first_alarm_hour = levels.index(1) / 6
+    >>> 48 < first_alarm_hour < 51
+    True
+    >>> reasons[levels.index(1)], max(levels), max(levels[:48 * 6])                     # no alarm before
+    ('drift_neighbours', 2, 0)
+    """
+
+    name = "drift"
+    reasons = ("ok", "drift_baseline", "drift_neighbours", "pending")
+    state_fields = {
+        "last_ts": (np.int64, 0),
+        "n": (np.int64, 0),
+        "level": (np.float64, np.nan),  # current level (EWMA over level_window)
+        "resid_recent": (np.float64, np.nan),
+        "resid_base": (np.float64, np.nan),
+        "resid_spread": (np.float64, np.nan),
+        "n_resid": (np.int64, 0),
+        "own_recent": (np.float64, np.nan),
+        "own_base": (np.float64, np.nan),
+        "own_spread": (np.float64, np.nan),
+        "on": (np.bool_, False),  # the drift condition holds ...
+        "since": (np.int64, 0),  # ... since this event time
+    }
+
+    def __init__(self, series: SeriesIndex, config: DriftConfig | None = None,
+                 graph: NeighbourGraph | None = None) -> None:
+        self.config = config or DriftConfig()
+        self.graph = graph or NeighbourGraph(series, NeighbourConfig(radius_km=self.config.neighbour_radius_km,
+                                                                     k=self.config.neighbours))
+        self._interval = np.zeros(0)
+        self._judged = np.zeros(0, bool)
+        super().__init__(series)
+
+    def _on_new_series(self, start: int, stop: int) -> None:
+        cap = self._capacity
+        self._interval = grow_param(self._interval, cap, DEFAULT_INTERVAL_S)
+        self._judged = grow_param(self._judged, cap, False)
+        self._interval[start:stop] = series_intervals(self.series, start, stop)
+        for sid in range(start, stop):
+            self._judged[sid] = self.series.metrics[sid] not in self.config.exclude
+        self.graph.update()
+
+    def neighbour_median(self, sid: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        """Median of the current levels of each row's neighbours (NaN with fewer than min_neighbours)."""
+        cfg = self.config
+        nb = self.graph.index[sid]
+        valid = nb >= 0
+        nbc = np.where(valid, nb, 0)
+        lv = self.state["level"][nbc]
+        fresh = valid & np.isfinite(lv) & (ts[:, None] - self.state["last_ts"][nbc] <= int(cfg.max_staleness * 1e9))
+        lv = np.where(fresh, lv, np.nan)
+        enough = fresh.sum(axis=1) >= cfg.min_neighbours
+        out = np.full(len(sid), np.nan)
+        if enough.any():
+            out[enough] = np.nanmedian(lv[enough], axis=1)
+        return out
+
+    def _process(self, batch: ReadingBatch) -> DetectorOutput:
+        n = len(batch)
+        out = DetectorOutput.not_evaluated(n)
+        keep = np.flatnonzero(self.in_order(batch) & ~np.isnan(batch.value) & self._judged[batch.series])
+        if len(keep) == 0:
+            return out
+        b = batch.take(keep) if len(keep) < n else batch
+        cfg = self.config
+        st = self.state
+        sid, ts, x = b.series, b.ts, b.value
+        m = len(b)
+        first, last = b.is_first, b.is_last
+        gs = b.group_start
+        ones = np.ones(m, bool)
+
+        prev_ts = previous_in_run(ts, first, st["last_ts"][sid])
+        seen = st["n"][sid] > 0
+        dt = np.where(~first | seen, (ts - prev_ts) / 1e9, np.inf)
+        n_i = st["n"][sid] + count_in_run(ones, first)
+
+        # The neighbours' median uses their levels before this batch: compute it before updating.
+        nb_median = self.neighbour_median(sid, ts)
+
+        level0 = st["level"][sid]
+        a_level = _alpha(dt, cfg.level_window, n_i, ones)
+        level = segmented_linear_scan(1.0 - a_level, a_level * x, first, np.nan_to_num(level0))
+
+        # Own comparison.
+        own = self._compare(x, dt, n_i, first, sid, "own")
+        # Neighbour comparison (rows with enough neighbours only).
+        resid = level - nb_median
+        has_nb = np.isfinite(resid)
+        n_r = st["n_resid"][sid] + count_in_run(has_nb, first)
+        nbr = self._compare(np.where(has_nb, resid, 0.0), dt, n_r, first, sid, "resid", use=has_nb)
+
+        ready_own = n_i > cfg.min_history
+        ready_nb = has_nb & (n_r > cfg.min_history)
+        z_own = np.where(ready_own, own["z"], 0.0)
+        z_nb = np.where(ready_nb, nbr["z"], 0.0)
+        hit_nb = np.abs(z_nb) >= cfg.neighbour_z
+        hit_own = np.abs(z_own) >= cfg.own_z
+        cond = hit_nb | hit_own
+
+        # Persistence ("for" in event time), carried across batches.
+        before = previous_in_run(cond, first, st["on"][sid])
+        turned_on = last_index_where(cond & ~before, gs)
+        since = np.where(turned_on >= 0, ts[np.maximum(turned_on, 0)], st["since"][sid])
+        effective = cond & (ts - since >= int(cfg.persist * 1e9))
+
+        score = np.clip(np.maximum(np.abs(z_nb), np.abs(z_own)) / cfg.critical_z, 0.0, 1.0)
+        critical = effective & ((np.abs(z_nb) >= cfg.critical_z) | (np.abs(z_own) >= cfg.critical_z))
+        level_out = np.where(critical, LEVEL_CRITICAL, np.where(effective, LEVEL_WARNING, LEVEL_OK)).astype(np.int8)
+        by_nb = hit_nb & (np.abs(z_nb) / cfg.neighbour_z >= np.abs(z_own) / cfg.own_z)
+        reason = np.where(effective, np.where(by_nb, REASON_NEIGHBOURS, REASON_BASELINE),
+                          np.where(cond, REASON_PENDING, REASON_OK)).astype(np.int16)
+        threshold = np.where(by_nb | (~hit_own & ready_nb), cfg.neighbour_z, cfg.own_z)
+        judged = ready_own | ready_nb
+        level_out[~judged] = LEVEL_NOT_EVALUATED
+        score[~judged] = np.nan
+        threshold = threshold.astype(np.float64)
+        threshold[~judged] = np.nan
+        reason[~judged] = REASON_OK
+
+        ls = sid[last]
+        st["last_ts"][ls] = ts[last]
+        st["n"][ls] = n_i[last]
+        st["level"][ls] = level[last]
+        st["n_resid"][ls] = n_r[last]
+        for prefix, res in (("own", own), ("resid", nbr)):
+            for key in ("recent", "base", "spread"):
+                st[f"{prefix}_{key}"][ls] = res[key][last]
+        st["on"][ls] = cond[last]
+        st["since"][ls] = np.where(cond[last], since[last], 0)
+
+        out.score[keep] = score
+        out.level[keep] = level_out
+        out.reason[keep] = reason
+        out.threshold[keep] = threshold
+        return out
+
+    def _compare(self, values: np.ndarray, dt: np.ndarray, n: np.ndarray, first: np.ndarray,
+                 sid: np.ndarray, prefix: str, use: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Recent EWMA, long baseline and spread of `values`, and the z of recent vs baseline."""
+        cfg = self.config
+        st = self.state
+        use = np.ones(len(values), bool) if use is None else use
+        recent0 = st[f"{prefix}_recent"][sid]
+        base0 = st[f"{prefix}_base"][sid]
+        spread0 = st[f"{prefix}_spread"][sid]
+        a_recent = _alpha(dt, cfg.window, n, use)
+        recent = segmented_linear_scan(1.0 - a_recent, a_recent * values, first, np.nan_to_num(recent0))
+        # Baselines learn only while the series is not drifting (judged with the baseline at batch start).
+        with np.errstate(invalid="ignore", divide="ignore"):
+            z0 = np.abs(recent - base0) / spread0
+        learn = use & ~((n > cfg.min_history) & (spread0 > 0) & (z0 > cfg.freeze_z))
+        a_base = _alpha(dt, cfg.baseline_window, n, learn)
+        base = segmented_linear_scan(1.0 - a_base, a_base * values, first, np.nan_to_num(base0))
+        dev = np.abs(values - base)
+        spread = segmented_linear_scan(1.0 - a_base, a_base * dev, first, np.nan_to_num(spread0))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            z = np.where(spread > 0, (recent - base) / spread, 0.0)
+        return {"recent": recent, "base": base, "spread": spread, "z": z}
