@@ -19,6 +19,8 @@ Signals (local time Asia/Ho_Chi_Minh, UTC+7, no daylight saving)
   low-cost PM sensors are noisier and over-read in humid air;
 * water: slow diurnal water temperature, pH ~7, dissolved oxygen 5-7 mg/L with a day/night cycle
   (photosynthesis), turbidity rising after rain, tidal conductivity on the lower Đồng Nai river;
+  and once a week per station (its own weekday, 08-11 h) the lab results of a grab sample (BOD5,
+  COD, nutrients, coliform, metals: `Simulator.lab_samples`), worse at canals and industrial outfalls;
 * forest (Vĩnh Cửu): humid nights, dry early afternoons, rain showers that cool, saturate the air,
   raise soil moisture and fill the rain gauge.
 
@@ -82,6 +84,7 @@ import orjson
 
 from citywatch.registry import DOMAINS, Registry, Sensor
 from citywatch.units import conversion
+from citywatch.water_index import LAB_METRICS
 
 __all__ = [
     "FAULT_KINDS",
@@ -93,6 +96,7 @@ __all__ = [
     "SimMessage",
     "Simulator",
     "add_arguments",
+    "continuous_metrics",
     "parse_payload",
     "parse_start",
     "run",
@@ -126,7 +130,21 @@ _DECIMALS = {
     "pm25": 1, "pm10": 1, "no2": 1, "so2": 1, "o3": 1, "co": 0, "temperature": 2, "relativeHumidity": 3,
     "pH": 2, "dissolvedOxygen": 2, "turbidity": 1, "conductivity": 0, "NH4": 3, "intensity": 0,
     "occupancy": 3, "averageVehicleSpeed": 1, "precipitation": 1, "windSpeed": 2, "soilMoisture": 3,
+    "BOD5": 1, "COD": 1, "TSS": 0, "NO3": 2, "NO2": 3, "PO4": 3, "coliform": 0,
+    "As": 4, "Cd": 4, "Pb": 4, "Hg": 5, "Cu": 3, "Zn": 3,
 }
+LAB_INTERVAL_S = 7 * 86400.0  # one grab sample per water station a week, staggered over the week
+# Lab results of a clean sample of the Đồng Nai at Biên Hòa (mg/L, coliform MPN/100 mL) and of a
+# polluted one (canals and outfalls of the industrial wards); a station sits between the two.
+_LAB_CLEAN = {"BOD5": 4.5, "COD": 11.0, "TSS": 35.0, "NO3": 0.6, "NO2": 0.02, "PO4": 0.08, "coliform": 3200.0,
+              "As": 0.003, "Cd": 0.0006, "Pb": 0.004, "Hg": 0.0002, "Cu": 0.015, "Zn": 0.04}
+_LAB_POLLUTED = {"BOD5": 22.0, "COD": 48.0, "TSS": 110.0, "NO3": 2.5, "NO2": 0.12, "PO4": 0.6, "coliform": 24000.0,
+                 "As": 0.012, "Cd": 0.004, "Pb": 0.025, "Hg": 0.0011, "Cu": 0.09, "Zn": 0.35}
+
+
+def continuous_metrics(sensor: Sensor) -> list[str]:
+    """The metrics a device reports every interval (not the periodic lab results of water stations)."""
+    return [m for m in sensor.metrics if not (sensor.domain == "water" and m in LAB_METRICS)]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -538,7 +556,8 @@ class Simulator:
         fn = {"air": self._air, "water": self._water, "traffic": self._traffic, "forest": self._forest}[s.domain]
         vals = fn(sim, k, t, rain)
         out: dict[str, np.ndarray] = {}
-        for metric, spec in s.metrics.items():
+        for metric in continuous_metrics(s):
+            spec = s.metrics[metric]
             v = vals.get(metric)
             if v is None:  # a metric this model does not know: a plausible wandering value
                 lo = spec.min if spec.min is not None else 0.0
@@ -695,7 +714,7 @@ class Simulator:
             if kind in ("spike", "drift"):
                 scale = self._scale(sim, metric)
                 params["magnitude"] = float(magnitude) if magnitude is not None else (8.0 if kind == "spike" else 4.0) * scale
-            fault = Fault(kind, (sensor,), metric, start, end, (metric,) if metric else tuple(sim.sensor.metrics),
+            fault = Fault(kind, (sensor,), metric, start, end, (metric,) if metric else tuple(continuous_metrics(sim.sensor)),
                           params, sim.sensor.domain)
         self._injected.append(fault)
         return fault
@@ -724,7 +743,7 @@ class Simulator:
     def _scheduled(self, sim: _SensorSim, kind: str, t0: float, t1: float) -> list[Fault]:
         if self.fault_rate <= 0 or kind == "episode":
             return []
-        metrics = [m for m in sim.sensor.metrics if m not in _NO_FAULT_METRICS]
+        metrics = [m for m in continuous_metrics(sim.sensor) if m not in _NO_FAULT_METRICS]
         if kind != "dropout" and not metrics:
             return []
         iv = sim.interval_ms / 1000.0
@@ -755,7 +774,7 @@ class Simulator:
                 end = start + max(600.0 + u[2] * 6600.0, 2 * iv)
             end = self._snap(sim, end)
             out.append(Fault(kind, (sim.sensor.id,), metric, start, end,
-                             (metric,) if metric else tuple(sim.sensor.metrics), params, sim.sensor.domain))
+                             (metric,) if metric else tuple(continuous_metrics(sim.sensor)), params, sim.sensor.domain))
         return [f for f in out if f.overlaps(t0, t1) and f.start >= self.start]
 
     def _scheduled_episodes(self, t0: float, t1: float) -> list[Fault]:
@@ -874,7 +893,7 @@ class Simulator:
         ts_ms = k * sim.interval_ms + sim.phase_ms
         mine = [f for f in faults if sim.sensor.id in f.sensors]
         if len(k) == 0:
-            return k, ts_ms, {m: np.zeros(0) for m in sim.sensor.metrics}
+            return k, ts_ms, {m: np.zeros(0) for m in continuous_metrics(sim.sensor)}
         vals = self._apply(sim, k, ts_ms / 1000.0, mine)
         keep = np.ones(len(k), dtype=bool)
         for f in mine:
@@ -980,7 +999,40 @@ class Simulator:
             else:
                 for t_one, payload in zip(ts.tolist(), self._encode(sim, ts, vals)):
                     out.append(SimMessage(sim.topic, payload, int(t_one), sim.sensor.id, 1))
+        out += self._lab_messages(lo, hi)
         out.sort(key=lambda m: (m.time_ms, m.sensor))
+        return out
+
+    def lab_samples(self, sensor_id: str, lo_ms: int, hi_ms: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Sampling times (epoch ms) and lab results of a water station's grab samples in [lo, hi):
+        one a week, on the station's own weekday at 08-11 h local time."""
+        sim = self.sims[sensor_id]
+        lab = [m for m in sim.sensor.metrics if m in LAB_METRICS] if sim.sensor.domain == "water" else []
+        if not lab:
+            return np.zeros(0, np.int64), {}
+        iv_ms = int(LAB_INTERVAL_S * 1000)
+        u = _uniform(_stream(self.seed, "lab", sensor_id), np.arange(2))
+        phase_ms = int((int(u[0] * 7) * 86400.0 + (1.0 + 3.0 * u[1]) * _HOUR) * 1000)  # 01-04 UTC = 08-11 local
+        k = np.arange(-((phase_ms - lo_ms) // iv_ms), -((phase_ms - hi_ms) // iv_ms), dtype=np.int64)
+        ts_ms = k * iv_ms + phase_ms
+        dirty = min(1.0, 0.15 + 0.7 * sim.p["industrial"] + 0.3 * sim.p["u4"])
+        vals = {}
+        for m in lab:
+            base = _LAB_CLEAN[m] * (_LAB_POLLUTED[m] / _LAB_CLEAN[m]) ** dirty if m in _LAB_CLEAN else 1.0
+            v = base * np.exp(0.25 * _normal(self._ks(sim, m, "lab"), k))
+            spec = sim.sensor.metrics[m]
+            v = np.clip(v, spec.min if spec.min is not None else -np.inf, spec.max if spec.max is not None else np.inf)
+            vals[m] = np.round(v, _DECIMALS.get(m, 3))
+        return ts_ms, vals
+
+    def _lab_messages(self, lo_ms: int, hi_ms: int) -> list[SimMessage]:
+        out = []
+        for sid, sim in self.sims.items():
+            ts, vals = self.lab_samples(sid, lo_ms, hi_ms)
+            for i, t in enumerate(ts.tolist()):
+                payload = self._encode(sim, ts[i:i + 1], {m: v[i:i + 1] for m, v in vals.items()})
+                payload = payload if isinstance(payload, bytes) else payload[0]
+                out.append(SimMessage(sim.topic, payload, int(t), sid, 1))
         return out
 
     def generate(self, sim_t0: float, sim_t1: float) -> list[tuple[str, bytes]]:

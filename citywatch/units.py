@@ -12,6 +12,7 @@ CANONICAL_ALIASES: dict[str, tuple[str, ...]] = {
     "mg/m3": ("mg/m³", "GP"),
     "mg/L": ("mg/l", "M1"),
     "ug/L": ("µg/L", "μg/L", "ug/l"),
+    "MPN/100mL": ("MPN/100 mL", "MPN/100ml", "CFU/100mL", "CFU/100 mL"),
     "Cel": ("°C", "degC", "C", "CEL", "celsius"),
     "degF": ("°F", "F", "FAH", "fahrenheit"),
     "%": ("percent", "P1"),

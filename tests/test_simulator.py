@@ -18,6 +18,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from citywatch.registry import Registry
 from citywatch.simulator import (
+    continuous_metrics,
     EPISODE_RADIUS_KM,
     FAULT_KINDS,
     Simulator,
@@ -97,7 +98,7 @@ def test_all_readings_in_span_and_at_the_expected_interval(registry):
     assert set(data) == set(registry.sensors)
     for sensor, metrics in data.items():
         spec = registry.get(sensor)
-        assert set(metrics) == set(spec.metrics)
+        assert set(metrics) == set(continuous_metrics(spec))
         ts = sorted({t for series in metrics.values() for t, _ in series})
         assert all(t0 * 1000 <= t < t1 * 1000 for t in ts)
         assert len(ts) == pytest.approx(1800 / spec.interval, abs=1)
@@ -230,7 +231,7 @@ def test_json_format(registry):
         sensor = registry.get(topic.split("/")[2])
         assert isinstance(doc, dict)
         assert isinstance(doc["ts"], int) and MONDAY * 1000 <= doc["ts"] < (MONDAY + 600) * 1000
-        assert set(doc) - {"ts"} == set(sensor.metrics)
+        assert set(doc) - {"ts"} == set(continuous_metrics(sensor))
         assert all(isinstance(v, (int, float)) for v in doc.values())
 
 
@@ -246,7 +247,7 @@ def test_array_format_batches_a_backlog(registry):
         ts = [row["ts"] for row in doc]
         assert all(b - a == sensor.interval * 1000 for a, b in zip(ts, ts[1:]))
         for row in doc:
-            assert set(row) - {"ts"} == set(sensor.metrics)
+            assert set(row) - {"ts"} == set(continuous_metrics(sensor))
     assert max(sizes) == 5 and np.mean(sizes) > 3
 
 
@@ -282,7 +283,7 @@ def test_senml_format(registry):
         assert isinstance(doc[0]["bt"], float) and MONDAY <= doc[0]["bt"] < MONDAY + 600
         assert all("bn" not in r and "bt" not in r for r in doc[1:])
         names = [r["n"] for r in doc]
-        assert sorted(names) == sorted(sensor.metrics)
+        assert sorted(names) == sorted(continuous_metrics(sensor))
         for r in doc:
             assert isinstance(r["v"], (int, float)) and isinstance(r["u"], str)
             reg_unit = sensor.metrics[r["n"]].unit
