@@ -27,6 +27,7 @@ from citywatch.reorder import ReorderBuffer
 from citywatch.sinks.line_protocol import encode_line, escape_tag, series_prefix
 from citywatch.stats import Stats
 from citywatch.traffic_index import TrafficLos
+from citywatch.water_index import WaterQuality
 
 __all__ = ["Evaluator", "PointEncoder", "Watermarks", "INT64_MIN"]
 
@@ -160,8 +161,10 @@ class Evaluator:
         self.air_indices = AirIndices(series) if ix.air else None
         self.fire = FireDanger(series, ix.fire_rain_reset_mm, ix.fire_level_bounds) if ix.fire else None
         self.traffic = TrafficLos(series, ix.traffic_free_flow_kmh) if ix.traffic else None
+        self.water = WaterQuality(series, ix.water_class, ix.water_class_by_station, ix.water_lab_max_age,
+                                  ix.water_weighted) if ix.water else None
         # Index stages: process(batch) and process_quiet(event time) -> (points, alerts).
-        self.index_stages = [s for s in (self.air_indices, self.fire, self.traffic) if s is not None]
+        self.index_stages = [s for s in (self.air_indices, self.fire, self.traffic, self.water) if s is not None]
         self.encoder = PointEncoder(series)
 
     def ingest(self, batch: ReadingBatch, now_ns: int) -> tuple[list[str], list[AlertEvent]]:
@@ -223,7 +226,7 @@ class Evaluator:
             lines += [self.encoder.alert(a) for a in events]
         return lines, events
 
-    def stateful(self) -> dict[str, SeriesState | AirIndices | FireDanger | TrafficLos]:
+    def stateful(self) -> dict[str, SeriesState | AirIndices | FireDanger | TrafficLos | WaterQuality]:
         """Everything whose per-series state survives a restart, by snapshot prefix."""
         parts = {**{d.name: d for d in self.detectors}, "__alerts": self.alerts, "__watermarks": self.watermarks}
         if self.air_indices is not None:
@@ -232,4 +235,6 @@ class Evaluator:
             parts["__fire"] = self.fire
         if self.traffic is not None:
             parts["__traffic"] = self.traffic
+        if self.water is not None:
+            parts["__water"] = self.water
         return parts
