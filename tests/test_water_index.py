@@ -291,3 +291,45 @@ def test_vectorised_across_stations_in_one_batch(series):
         expect = vn_wqi.vn_wqi_index({"pH": 9.5 - i, "temperature": 25.0, "dissolvedOxygen": 7.0, "NH4": 0.45,
                                       **lab}).value
         assert final_by_hour(wqi_points(lines, sensor))[H0 + 1][0] == float(expect)
+
+
+@pytest.mark.integration
+def test_engine_writes_vn_wqi_from_lab_samples_and_probes(mosquitto, influxdb, db_name, tmp_path):
+    import time
+
+    from citywatch.pipeline import Engine
+
+    from pipeline_helpers import Device, engine_settings, rows, wait_for
+
+    settings = engine_settings(mosquitto.url, influxdb.url, db_name, tmp_path / "e", f"{db_name}-wq",
+                               indices={"water_class": "A"})
+    engine = Engine(settings, water_registry())
+    engine.start()
+    device = Device(mosquitto.port, client_id=f"{db_name}-d")
+    try:
+        wait_for(engine.consumer.connected.is_set, 10, "engine connected")
+        start_hour = int(time.time()) // 3600 - 6
+        lab = {"BOD5": 5.0, "COD": 12.0, "PO4": 0.15, "coliform": 3000}
+        msgs = [("city/water/wq-1/telemetry", {"ts": (start_hour - 20) * 3_600_000, **lab})]
+        ph = [7.0, 8.8, 7.0]  # the last hour stays open
+        msgs += [("city/water/wq-1/telemetry", {"ts": (start_hour + h) * 3_600_000 + m * 60_000, "pH": v,
+                                                "temperature": 25.0, "dissolvedOxygen": 7.0, "NH4": 0.45})
+                 for h, v in enumerate(ph) for m in range(0, 60, 15)]
+        device.publish_all(msgs)
+        query = "SELECT value, category, label_vi, dominant FROM indices WHERE index = 'vn_wqi' ORDER BY time"
+        wait_for(lambda: len(rows(influxdb, db_name, query)) >= 2, 15, "vn_wqi points")
+        stored = rows(influxdb, db_name, query)
+        expect = vn_wqi.vn_wqi_index({"pH": np.array(ph[:2]), "temperature": 25.0, "dissolvedOxygen": 7.0,
+                                      "NH4": 0.45, **lab})
+        assert [r["time"] for r in stored] == [start_hour * HOUR_NS, (start_hour + 1) * HOUR_NS]
+        assert [r["value"] for r in stored] == expect.value.tolist() == [90.0, 63.0]  # domain.md §3.6 B and C
+        assert [r["category"] for r in stored] == expect.category.tolist()
+        assert stored[0]["label_vi"] == "Tốt"
+        # class A: BOD5 5 > 4 and COD 12 > 10 exceed QCVN 08:2023; counted for the year
+        ex = rows(influxdb, db_name, "SELECT mean, exceeded, year_count FROM exceedances WHERE \"class\" = 'A' "
+                                     "AND averaging = 'sample' GROUP BY pollutant")
+        assert {r["pollutant"]: (r["exceeded"], r["year_count"]) for r in ex if r["pollutant"] in ("BOD5", "COD")} == {
+            "BOD5": (True, 1), "COD": (True, 1)}
+    finally:
+        device.close()
+        engine.stop()
