@@ -156,6 +156,15 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_arguments(p)
     p.set_defaults(func=lambda args: replay.run(args))
 
+    p = sub.add_parser("backtest", help="score detector output against NAB windows or the simulator's ground truth",
+                       description="Score replayed detector output against labels: NAB windows (the three NAB "
+                                   "profiles) or the simulator's ground-truth faults (precision, recall, detection "
+                                   "delay); writes report.md, summary.json and a PNG per series.")
+    from citywatch import backtest
+
+    backtest.add_arguments(p)
+    p.set_defaults(func=lambda args: backtest.run(args))
+
     p = sub.add_parser("grafana", help="export or push the Grafana provisioning and dashboards",
                        description="Write the Grafana provisioning and dashboards generated from the config and "
                                    "registry to a folder, or upload them to a running Grafana.")
