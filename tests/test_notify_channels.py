@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import jinja2
 import orjson
 import paho.mqtt.client as paho
 import pytest
@@ -39,9 +40,9 @@ from citywatch.sinks.notify.base import parse_retry_after
 from citywatch.sinks.notify.dispatcher import Dispatcher, NotifyConfig, RetryConfig, build_channels, build_dispatcher
 from citywatch.sinks.notify.email import EmailChannel, EmailChannelConfig
 from citywatch.sinks.notify.mqtt_channel import MqttChannel, MqttChannelConfig
-from citywatch.sinks.notify.render import Renderer
+from citywatch.sinks.notify.render import Renderer, registry_units
 from citywatch.sinks.notify.webhook import WebhookChannel, WebhookChannelConfig
-from pipeline_helpers import Listener, wait_for
+from pipeline_helpers import Listener, small_registry, wait_for
 
 READING_NS = 1_764_226_800_000_000_000  # 2025-11-27 07:00:00 UTC = 14:00 in Biên Hòa
 PANEL = "http://grafana.local/d/cw-air?orgId=1&var-sensor=aq-005&viewPanel=4"
@@ -186,6 +187,17 @@ def test_a_template_directory_overrides_one_file(tmp_path):
     n = make_notification("email", "a@example.org", language="en")
     assert r.email(n).subject == "ALERT aq-005 212.5 µg/m³"
     assert "Reading time" in r.email(n).text  # the other templates are the built-in ones
+    (tmp_path / "telegram.vi.html").write_text("{{ alerts[0].no_such_field }}")
+    with pytest.raises(jinja2.UndefinedError):  # a broken override stops the start, not a 3 a.m. alert
+        build_dispatcher(NotifyConfig(template_dir=str(tmp_path)), tmp_path)
+
+
+def test_units_come_from_the_registry():
+    r = Renderer(units=registry_units(small_registry()))
+    n = make_notification("email", "a@example.org", alerts=[make_alert(sensor="wq-001", metric="dissolvedOxygen",
+                                                                       value=3.25, threshold=4.0)])
+    assert "Oxy hòa tan (DO) 3,25 mg/L tại Tân Phong (wq-001)" in r.email(n).subject
+    assert "Ngưỡng:          4 mg/L" in r.email(n).text
 
 
 def test_retry_after_header_forms():

@@ -60,12 +60,12 @@ import paho.mqtt.client as paho
 import structlog
 from pydantic import Field
 
-from citywatch.alerting.model import Notification
+from citywatch.alerting.model import Alert, Notification, Recipient
 from citywatch.config import Duration, MqttConfig, StrictModel
 from citywatch.sinks.notify.base import Channel, DeliveryError
 from citywatch.sinks.notify.email import EmailChannel, EmailChannelConfig
 from citywatch.sinks.notify.mqtt_channel import MqttChannel, MqttChannelConfig
-from citywatch.sinks.notify.render import Renderer
+from citywatch.sinks.notify.render import Renderer, check_templates
 from citywatch.sinks.notify.webhook import WebhookChannel, WebhookChannelConfig
 from citywatch.stats import Stats
 
@@ -405,12 +405,21 @@ def _atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def _sample_notification() -> Notification:
+    alert = Alert(key="sample|threshold:no2", scope="sensor", sensor="sample", area="sample", domain="air",
+                  metric="no2", rule="threshold", severity="critical", state="firing", value=1.0, threshold=1.0,
+                  reason="above_crit", started_ns=0, sensors=["sample", "sample-2"], panel_url="http://grafana/d/x")
+    return Notification(id="sample", kind="firing", recipient=Recipient("sample", "sample", "0"), alerts=[alert],
+                        created_ns=0)
+
+
 def build_dispatcher(cfg: NotifyConfig, data_dir: str | Path, *, units=None, mqtt_client: paho.Client | None = None,
                      mqtt: MqttConfig | None = None, stats: Stats | None = None, logger=None,
                      env: Mapping[str, str] | None = None) -> Dispatcher:
     """The dispatcher with its renderer and channels, from the config; paths are under `data_dir`."""
     data_dir = Path(data_dir)
     renderer = Renderer(cfg.template_dir, units=units, default_language=cfg.language)
+    check_templates(renderer, _sample_notification())
     channels = build_channels(cfg, renderer, mqtt_client=mqtt_client, mqtt=mqtt, env=env)
     return Dispatcher(cfg, channels, data_dir / cfg.directory, data_dir / cfg.deadletter_file, stats=stats,
                       logger=logger)

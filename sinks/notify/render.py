@@ -290,6 +290,15 @@ def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def registry_units(registry: Any) -> UnitLookup:
+    """The unit lookup of a `citywatch.registry.Registry`: (sensor, metric) -> its unit, or None."""
+    def unit(sensor: str, metric: str) -> str | None:
+        s = registry.get(sensor)
+        spec = s.metrics.get(metric) if s is not None else None
+        return spec.unit if spec is not None else None
+    return unit
+
+
 def check_templates(renderer: Renderer, sample: Any, languages: Sequence[str] = LANGUAGES) -> None:
     """Render every format in every language once: a broken override fails at startup, not at 3 a.m."""
     for lang in languages:
@@ -300,4 +309,4 @@ def check_templates(renderer: Renderer, sample: Any, languages: Sequence[str] = 
 
 
 __all__ = ["EmailMessage", "LANGUAGES", "LOCAL_TZ", "Renderer", "check_templates", "format_number",
-           "format_times", "language_of", "slack_escape"]
+           "format_times", "language_of", "registry_units", "slack_escape"]
