@@ -150,6 +150,26 @@ class AlertingConfig(StrictModel):
     grafana: GrafanaLinkConfig = Field(default_factory=GrafanaLinkConfig)
     keep_sent_ids: int = Field(default=20_000, ge=100)
     keep_audit: int = Field(default=10_000, ge=10)
+    # The notification channels (sinks/notify), the HTTP API and the MQTT command topic: validated into
+    # their own models (NotifyConfig, ApiConfig, CommandConfig) after the rest, imported only then so
+    # that loading the config does not load the channels.
+    notify: Any = None
+    api: Any = None
+    commands: Any = None
+
+    @model_validator(mode="after")
+    def _sections(self) -> "AlertingConfig":
+        from citywatch.alerting.api import ApiConfig
+        from citywatch.alerting.commands import CommandConfig
+        from citywatch.sinks.notify.dispatcher import NotifyConfig
+
+        for name, model in (("notify", NotifyConfig), ("api", ApiConfig), ("commands", CommandConfig)):
+            value = getattr(self, name)
+            if not isinstance(value, model):
+                if value is not None and not isinstance(value, dict):
+                    raise ValueError(f"{name}: must be a mapping")
+                setattr(self, name, model.model_validate(value or {}))
+        return self
 
     def rule(self, name: str) -> RuleConfig:
         return self.rules.get(name, self.defaults)
