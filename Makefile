@@ -18,6 +18,8 @@ test: setup
 bench: setup
 	$(VENV)/bin/python benchmarks/detector_bench.py
 	$(VENV)/bin/python benchmarks/ingest_bench.py
+	@$(VENV)/bin/python -c "import river" 2>/dev/null || $(VENV)/bin/python -m pip install -q -e ".[bench]"
+	$(VENV)/bin/python benchmarks/river_bench.py
 
 # NAB benchmark: make bench-nab NAB_DIR=path/to/nab (data/<category>/<file>.csv, labels/windows.json)
 bench-nab: setup
