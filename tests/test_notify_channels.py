@@ -655,3 +655,17 @@ def test_ack_silence_and_unsilence_over_the_command_topic(mosquitto):
     assert audit == [("lan", "acknowledge", key), ("minh", "silence", silence_id), ("minh", "unsilence", silence_id)]
     assert all(r.when_ns >= before for r in manager.audit())
     assert listener.stats.get("commands_done") == 3 and listener.stats.get("commands_rejected") == 6
+
+
+def test_a_large_digest_fits_telegram_and_slack_limits_by_listing_fewer_alerts():
+    alerts = [make_alert(sensor=f"aq-{i:03d}", value=200.0 + i) for i in range(60)]
+    n = make_notification("telegram", "-100123", kind="digest", alerts=alerts)
+    r = renderer()
+    telegram = r.telegram(n, "-100123")["text"]
+    slack = r.slack(n)["blocks"][1]["text"]["text"]
+    assert len(telegram) <= 4096 and len(slack) <= 3000
+    for text in (telegram, slack):
+        listed = text.count(", trạm aq-")
+        assert 1 <= listed < 60 and f"… và {60 - listed} cảnh báo khác." in text
+    assert telegram.count("<b>") == telegram.count("</b>")  # whole tags: Telegram parses it
+    assert len(r.generic(n)["alerts"]) == 60  # structured JSON keeps them all

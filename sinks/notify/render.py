@@ -38,6 +38,8 @@ import jinja2
 LANGUAGES = ("vi", "en")
 LOCAL_TZ = ZoneInfo("Asia/Ho_Chi_Minh")
 MAX_LISTED = 20  # alerts listed in one message; the rest are counted ("and 12 more")
+TELEGRAM_LIMIT = 4096  # characters of a sendMessage text
+SLACK_SECTION_LIMIT = 3000  # characters of a section block's text
 
 UnitLookup = Callable[[str, str], "str | None"]
 
@@ -198,7 +200,7 @@ class Renderer:
             "panel_url": getattr(alert, "panel_url", None),
         }
 
-    def context(self, notification: Any, language: str | None = None) -> dict[str, Any]:
+    def context(self, notification: Any, language: str | None = None, max_listed: int = MAX_LISTED) -> dict[str, Any]:
         lang = language or language_of(getattr(notification, "recipient", None), self.default_language)
         labels = LABELS[lang]
         alerts = [self.alert_context(a, lang) for a in notification.alerts]
@@ -214,10 +216,10 @@ class Renderer:
             "recipient": getattr(recipient, "name", recipient) or "",
             "severity": labels["severity"].get(worst, worst),
             "severity_code": worst,
-            "alerts": alerts[:MAX_LISTED],
+            "alerts": alerts[:max_listed],
             "first": alerts[0] if alerts else None,
             "count": len(alerts),
-            "more": max(0, len(alerts) - MAX_LISTED),
+            "more": max(0, len(alerts) - max_listed),
             "created": format_times(getattr(notification, "created_ns", None), lang),
         }
 
@@ -239,12 +241,12 @@ class Renderer:
         """An incoming-webhook / chat.postMessage body: a header block and a mrkdwn section."""
         ctx = self.context(notification, language)
         subject = " ".join(self._render(self._text, "email_subject", ctx).split())
-        body = self._render(self._slack, "slack", ctx)
+        body = self._fit(self._slack, "slack", notification, language, SLACK_SECTION_LIMIT)
         payload: dict[str, Any] = {
             "text": slack_escape(subject),  # the notification preview
             "blocks": [
                 {"type": "header", "text": {"type": "plain_text", "text": _cut(subject, 150), "emoji": True}},
-                {"type": "section", "text": {"type": "mrkdwn", "text": _cut(body, 3000)}},
+                {"type": "section", "text": {"type": "mrkdwn", "text": body}},
             ],
         }
         if channel:
@@ -253,15 +255,27 @@ class Renderer:
 
     def telegram(self, notification: Any, chat_id: str | int, language: str | None = None) -> dict[str, Any]:
         """A Bot API sendMessage body in HTML parse mode."""
-        ctx = self.context(notification, language)
-        return {"chat_id": chat_id, "text": _cut(self._render(self._html, "telegram", ctx), 4096),
-                "parse_mode": "HTML", "disable_web_page_preview": True}
+        text = self._fit(self._html, "telegram", notification, language, TELEGRAM_LIMIT)
+        return {"chat_id": chat_id, "text": text, "parse_mode": "HTML", "disable_web_page_preview": True}
+
+    def _fit(self, env: jinja2.Environment, name: str, notification: Any, language: str | None, limit: int) -> str:
+        """List fewer alerts until the message fits the service's limit: cutting markup in the middle
+        would make the service refuse the whole message."""
+        listed = MAX_LISTED
+        while True:
+            text = self._render(env, name, self.context(notification, language, listed))
+            if len(text) <= limit:
+                return text
+            if listed == 1:
+                return _cut(text, limit)
+            listed = max(1, listed // 2)
 
     def generic(self, notification: Any, language: str | None = None) -> dict[str, Any]:
         """Structured JSON for webhooks and MQTT: the raw fields, the formatted ones and a text summary."""
         ctx = self.context(notification, language)
+        every = self.context(notification, language, max_listed=len(notification.alerts))["alerts"]
         alerts = []
-        for raw, shown in zip(notification.alerts, ctx["alerts"]):
+        for raw, shown in zip(notification.alerts, every):  # the summary text lists MAX_LISTED, the JSON all
             alerts.append({
                 "key": shown["key"], "sensor": shown["sensor"], "sensors": list(getattr(raw, "sensors", None) or []),
                 "area": shown["area"], "domain": getattr(raw, "domain", None), "metric": shown["metric_code"],
