@@ -407,3 +407,16 @@ def test_acknowledge_from_another_thread_while_ingesting():
 def test_config_rejects_unknown_recipient():
     with pytest.raises(ValueError, match="unknown recipient"):
         AlertingConfig.model_validate({"routing": {"routes": [{"tiers": [{"recipients": ["nobody"]}]}]}})
+
+
+def test_quiet_keys_and_old_silences_are_forgotten():
+    m, sink, clock = manager({"forget_after": "1d", "grouping": {"group_wait": "0s"}})
+    m.add_silence(who="a", start_ns=at(0), end_ns=at(60), sensor="aq-009")
+    m.ingest([ev("aq-001", "critical", 0), ev("aq-001", "ok", 10), ev("aq-002", "critical", 0)])
+    m.tick(event_now_ns=at(1000))
+    clock.advance(2 * 86400)
+    m.tick(event_now_ns=at(2 * 86400))
+    assert [a.key for a in m.open_alerts()] == ["aq-002|threshold:no2"]  # the open one is kept
+    assert m.silences() == []
+    assert set(m.state_dict()["tracks"][i]["key"] for i in range(len(m.state_dict()["tracks"]))) == {
+        "aq-002|threshold:no2"}

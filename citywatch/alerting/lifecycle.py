@@ -150,6 +150,8 @@ class AlertingConfig(StrictModel):
     grafana: GrafanaLinkConfig = Field(default_factory=GrafanaLinkConfig)
     keep_sent_ids: int = Field(default=20_000, ge=100)
     keep_audit: int = Field(default=10_000, ge=10)
+    # keys without an open alert are forgotten after this much quiet event time; so are ended silences
+    forget_after: Duration = 7 * 86400.0
     # The notification channels (sinks/notify), the HTTP API and the MQTT command topic: validated into
     # their own models (NotifyConfig, ApiConfig, CommandConfig) after the rest, imported only then so
     # that loading the config does not load the channels.
@@ -264,6 +266,7 @@ class AlertManager:
         self._sent: OrderedDict[str, None] = OrderedDict()
         self._transitions: list[Transition] = []
         self._outbox: list[Notification] = []
+        self._last_forget_ns = NEVER
         self.event_now_ns: int = NEVER
         self.counters: dict[str, int] = {"events": 0, "events_replayed": 0, "events_bad": 0, "notifications": 0,
                                          "duplicates_suppressed": 0, "held_for_digest": 0, "muted": 0}
@@ -525,6 +528,7 @@ class AlertManager:
                   and now - t.clear_since_ns >= rule.resolve_for * SECOND_NS):
                 self._close(t, now, notify=True)
         self._derive_area_offline(wall)
+        self._forget_old(wall)
         for buf in self.grouper.due(now, wall):
             self._flush(buf, wall)
         self._reminders(wall)
@@ -532,6 +536,19 @@ class AlertManager:
             r = self.router.recipient(name)
             if r is not None:
                 self._make("digest", r, alerts, f"digest:{name}", since, wall)
+
+    def _forget_old(self, wall: int) -> None:
+        """Drop keys quiet for `forget_after` of event time, and silences that ended that long ago."""
+        horizon = int(self.config.forget_after * SECOND_NS)
+        if wall - self._last_forget_ns < 60 * SECOND_NS:
+            return
+        self._last_forget_ns = wall
+        quiet = [k for k, t in self._tracks.items() if t.alert is None and not t.flapping
+                 and t.last_event_ns < self.event_now_ns - horizon and k not in self._resolved]
+        for k in quiet:
+            del self._tracks[k]
+        for sid in [sid for sid, s in self._silences.items() if s.end_ns < min(wall, self.event_now_ns) - horizon]:
+            del self._silences[sid]
 
     def _derive_area_offline(self, wall: int) -> None:
         if not self.config.inhibition.enabled:
