@@ -669,3 +669,12 @@ def test_a_large_digest_fits_telegram_and_slack_limits_by_listing_fewer_alerts()
         assert 1 <= listed < 60 and f"… và {60 - listed} cảnh báo khác." in text
     assert telegram.count("<b>") == telegram.count("</b>")  # whole tags: Telegram parses it
     assert len(r.generic(n)["alerts"]) == 60  # structured JSON keeps them all
+
+
+def test_module_doctests():
+    import doctest
+
+    import citywatch.sinks.notify.render as render_module
+
+    result = doctest.testmod(render_module)
+    assert result.attempted >= 1 and result.failed == 0
