@@ -69,9 +69,11 @@ class AlertingStage:
         self.dispatcher = None
         if sink is None:
             from citywatch.sinks.notify.dispatcher import build_dispatcher
+            from citywatch.sinks.notify.render import registry_units
 
-            self.dispatcher = build_dispatcher(cfg.notify, settings.data_dir, mqtt_client=mqtt_client,
-                                               mqtt=settings.mqtt, stats=self.stats, logger=self.log)
+            self.dispatcher = build_dispatcher(cfg.notify, settings.data_dir, units=registry_units(registry),
+                                               mqtt_client=mqtt_client, mqtt=settings.mqtt, stats=self.stats,
+                                               logger=self.log)
             sink = self.dispatcher
         if cfg.grafana.base_url and not cfg.grafana.panels:
             try:
