@@ -45,7 +45,7 @@ UnitLookup = Callable[[str, str], "str | None"]
 
 UNIT_DISPLAY = {
     "ug/m3": "µg/m³", "mg/m3": "mg/m³", "ug/L": "µg/L", "Cel": "°C", "degF": "°F", "uS/cm": "µS/cm",
-    "1": "", "veh": "xe",
+    "1": "", "pH": "", "veh": "xe",
 }
 UNIT_DISPLAY_EN = {**UNIT_DISPLAY, "veh": "veh"}
 
