@@ -8,7 +8,8 @@ Each reading is first compared with its own series' recent baseline, then with w
   clipped at ``winsor_z`` scales before they are learned, and while a reading deviates
   (``|z| >= z_warn``) it is learned ``alarm_learning`` times more slowly, so an event does not
   become the baseline while it lasts. The scale is at least ``min_scale_fraction`` of the metric's
-  physical range (or the metric's entry in ``min_scale``). Count metrics (``count_metrics``) are
+  physical range (or the metric's entry in ``min_scale``) and ``min_scale_level_fraction`` of the
+  baseline level (a saturated series, e.g. humidity pinned at 99 %, has almost no variance). Count metrics (``count_metrics``) are
   first put through the Anscombe transform ``2 * sqrt(x + 3/8)`` (about unit variance for Poisson
   counts; their scale is at least 1). A series is evaluated once it has learned ``warmup``
   readings;
@@ -104,8 +105,8 @@ detectors:
       k: 8                        # at most this many, nearest first
     half_life: 30m                # memory of a series' own baseline (event time)
     warmup: 30                    # readings before a series is evaluated
-    z_warn: 4.0                   # |robust z| for a warning
-    z_crit: 8.0                   # ... and for critical
+    z_warn: 6.0                   # |robust z| for a warning (real noise has heavier tails than Gaussian)
+    z_crit: 12.0                  # ... and for critical
     support_z: 2.0                # a neighbour deviating the same way by this much supports an area event
     min_support: 2                # area event: at least this many supporting neighbours
     support_fraction: 0.5         # ... and at least this fraction of the available neighbours
@@ -113,7 +114,8 @@ detectors:
     winsor_z: 3.0                 # deviations are clipped at this many scales before being learned
     alarm_learning: 0.1           # learning rate factor while a reading deviates
     count_metrics: [intensity]    # Anscombe-transformed counts
-    min_scale_fraction: 0.002     # smallest scale, as a fraction of the physical range
+    min_scale_fraction: 0.002     # smallest scale, as a fraction of the physical range ...
+    min_scale_level_fraction: 0.02   # ... and of the baseline level (saturated, nearly constant series)
     min_scale: {}                 # per-metric smallest scale in the metric's unit, e.g. {pm25: 2.0}
 """
 
@@ -129,9 +131,10 @@ class SpatialConfig(StrictModel):
     metrics: list[str] | None = None
     neighbours: NeighbourConfig = Field(default_factory=NeighbourConfig)
     half_life: Duration = 1800.0
+    scale_half_life: Duration = 21600.0
     warmup: int = Field(default=30, ge=2)
-    z_warn: float = Field(default=4.0, gt=0)
-    z_crit: float = Field(default=8.0, gt=0)
+    z_warn: float = Field(default=6.0, gt=0)
+    z_crit: float = Field(default=12.0, gt=0)
     support_z: float = Field(default=2.0, gt=0)
     min_support: int = Field(default=2, ge=1)
     support_fraction: float = Field(default=0.5, gt=0, le=1)
@@ -140,14 +143,15 @@ class SpatialConfig(StrictModel):
     alarm_learning: float = Field(default=0.1, ge=0, le=1)
     count_metrics: list[str] = Field(default_factory=lambda: ["intensity"])
     min_scale_fraction: float = Field(default=0.002, ge=0)
+    min_scale_level_fraction: float = Field(default=0.02, ge=0)
     min_scale: dict[str, float] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _check(self) -> "SpatialConfig":
         if self.z_crit <= self.z_warn:
             raise ValueError(f"z_crit ({self.z_crit}) must be above z_warn ({self.z_warn})")
-        if self.half_life <= 0:
-            raise ValueError("half_life must be positive")
+        if self.half_life <= 0 or self.scale_half_life <= 0:
+            raise ValueError("half_life and scale_half_life must be positive")
         return self
 
 
@@ -241,23 +245,26 @@ class SpatialDetector(Detector):
         by_rank = rows[np.argsort(rank, kind="stable")]
         bounds = np.concatenate(([0], np.cumsum(np.bincount(rank))))
         st = self.state
-        decay = _LN2 / cfg.half_life
+        decay_m, decay_v = _LN2 / cfg.half_life, _LN2 / cfg.scale_half_life
         for lo, hi in zip(bounds[:-1], bounds[1:]):
             r = by_rank[lo:hi]
             s = sid[r]
             m, v, cnt = st["mean"][s], st["var"][s], st["n"][s].astype(np.int64)
-            scale = np.sqrt(np.maximum(v, self._floor[s] ** 2))
+            level_floor = np.where(is_count[r] | (cnt == 0), 0.0, cfg.min_scale_level_fraction * np.abs(m))
+            scale = np.sqrt(np.maximum(v, np.maximum(self._floor[s], level_floor) ** 2))
             dev = np.where(cnt > 0, y[r] - m, 0.0)
             zr = dev / scale
             evaluated = cnt >= cfg.warmup
             z[r] = np.where(evaluated, zr, np.nan)
             expected[r] = np.where(evaluated, m, np.nan)
             dt = np.maximum(ts[r] - st["ts"][s], 0) / 1e9
-            alpha = np.maximum(-np.expm1(-decay * dt), 1.0 / (cnt + 1))
-            alpha = np.where(evaluated & (np.abs(zr) >= cfg.z_warn), alpha * cfg.alarm_learning, alpha)
+            first = 1.0 / (cnt + 1)
+            slow = np.where(evaluated & (np.abs(zr) >= cfg.z_warn), cfg.alarm_learning, 1.0)
+            a_m = np.maximum(-np.expm1(-decay_m * dt), first) * slow
+            a_v = np.maximum(-np.expm1(-decay_v * dt), first) * slow
             d = np.where(evaluated, np.clip(dev, -cfg.winsor_z * scale, cfg.winsor_z * scale), dev)
-            st["mean"][s] = np.where(cnt == 0, y[r], m + alpha * d)
-            st["var"][s] = np.where(cnt == 0, 0.0, (1 - alpha) * (v + alpha * d * d))
+            st["mean"][s] = np.where(cnt == 0, y[r], m + a_m * d)
+            st["var"][s] = np.where(cnt == 0, 0.0, (1 - a_v) * (v + a_v * d * d))
             st["n"][s] = np.minimum(cnt + 1, np.iinfo(np.int32).max)
             st["ts"][s] = ts[r]
         expected = np.where(is_count, _inverse_anscombe(expected), expected)
@@ -313,7 +320,7 @@ class SpatialDetector(Detector):
         available = np.isfinite(zn).sum(axis=1)
         support_mask = np.isfinite(zn) & (np.sign(zn) == np.sign(zr)[:, None]) & (np.abs(zn) >= cfg.support_z)
         support = support_mask.sum(axis=1)
-        needed = np.maximum(cfg.min_support, np.ceil(cfg.support_fraction * available))
+        needed = np.maximum(np.minimum(cfg.min_support, available), np.ceil(cfg.support_fraction * available))
         deviating = az >= cfg.z_warn
         level = np.where(az >= cfg.z_crit, LEVEL_CRITICAL, np.where(deviating, LEVEL_WARNING, LEVEL_OK))
         reason = np.where(
