@@ -678,3 +678,23 @@ def test_module_doctests():
 
     result = doctest.testmod(render_module)
     assert result.attempted >= 1 and result.failed == 0
+
+
+def test_every_detector_reason_has_words_in_both_languages():
+    import citywatch.detectors as detectors_pkg
+    from citywatch.detectors.base import Detector
+    from citywatch.sinks.notify.render import LABELS
+
+    import importlib
+    import pkgutil
+
+    codes: set[str] = set()
+    for info in pkgutil.iter_modules(detectors_pkg.__path__):
+        module = importlib.import_module(f"citywatch.detectors.{info.name}")
+        for obj in vars(module).values():
+            if isinstance(obj, type) and issubclass(obj, Detector) and obj is not Detector:
+                codes.update(obj.reasons)
+    assert len(codes) >= 10
+    for lang in ("vi", "en"):
+        missing = sorted(c for c in codes if c not in LABELS[lang]["reason"])
+        assert missing == [], (lang, missing)
