@@ -7,11 +7,12 @@ file (its path relative to the folder, ``/`` turned into ``.``, without ``.csv``
 the column name. Timestamps may be ``YYYY-MM-DD HH:MM:SS`` (naive: UTC, as in NAB), ISO 8601 with
 or without an offset, or epoch seconds.
 
-The rows go through the same `Detector` interface the engine uses: readings of all series are
-merged in event-time order, cut into chunks of `batch_size`, each chunk sorted by (series, time),
-flagged LATE / DUPLICATE by the engine's rules (at or before the newest time already processed for
-the series; same series and time as the previous reading), and handed to the detector. The chunk size does
-not change the results. A row is scored using only the rows before it and itself.
+The rows go through the same `Detector` interface the engine uses, in micro-batches of at most
+`batch_size` readings: each holds the next rows of every series in timestamp order, sorted by
+(series, time), flagged LATE / DUPLICATE by the engine's rules (at or before the newest time already
+processed for the series; same series and time as the previous reading), and handed to the
+detector. The batch size does not change the results. A row is scored using only the rows of its
+series before it and itself.
 
 Rows are never dropped: the output has one row per input row, in the input order.
 
@@ -242,11 +243,21 @@ def replay(tables: Sequence[SeriesTable], detector_factory: DetectorFactory | No
     detector = (detector_factory or default_detector)(series)
     newest = np.full(len(series), np.iinfo(np.int64).min, np.int64)
     # One event-time ordered stream over all series; ties keep each file's row order.
-    stream = np.lexsort((row_all, s_all, ts_all))
-    for start in range(0, len(stream), batch_size):
-        chunk = stream[start: start + batch_size]
-        order = np.lexsort((row_all[chunk], ts_all[chunk], s_all[chunk]))  # (series, time), stable
-        rows = chunk[order]
+    # Each series in timestamp order (ties keep the file's row order). A batch holds the next
+    # `per_series` rows of every series, like a live micro-batch that carries a few readings of each
+    # sensor: the detectors are vectorised across series, so this keeps replays fast. Series are
+    # independent for the detectors, so their relative alignment in time does not matter.
+    stream = np.lexsort((row_all, ts_all, s_all))
+    starts = np.flatnonzero(np.concatenate(([True], s_all[stream][1:] != s_all[stream][:-1])))
+    rank = np.arange(len(stream)) - np.repeat(starts, np.diff(np.append(starts, len(stream))))
+    per_series = max(1, batch_size // max(1, len(series)))
+    batch_of = rank // per_series
+    by_batch = np.argsort(batch_of, kind="stable")  # keeps (series, time) order inside each batch
+    bounds = np.searchsorted(batch_of[by_batch], np.arange(int(batch_of.max()) + 2))
+    for b in range(len(bounds) - 1):
+        rows = stream[by_batch[bounds[b]: bounds[b + 1]]]
+        if len(rows) == 0:
+            continue
         batch = ReadingBatch.from_columns(s_all[rows], ts_all[rows], v_all[rows])
         _flag_late_and_duplicates(batch, newest)
         out = detector.process(batch, skip=np.isnan(batch.value))
