@@ -37,7 +37,7 @@ from citywatch.alerts import AlertEvent
 from citywatch.config import MqttConfig
 from citywatch.services import free_port
 from citywatch.sinks.notify.base import parse_retry_after
-from citywatch.sinks.notify.dispatcher import Dispatcher, NotifyConfig, RetryConfig, build_channels, build_dispatcher
+from citywatch.sinks.notify.dispatcher import Dispatcher, NotifyConfig, RetryConfig, build_dispatcher
 from citywatch.sinks.notify.email import EmailChannel, EmailChannelConfig
 from citywatch.sinks.notify.mqtt_channel import MqttChannel, MqttChannelConfig
 from citywatch.sinks.notify.render import Renderer, registry_units
@@ -698,3 +698,27 @@ def test_every_detector_reason_has_words_in_both_languages():
     for lang in ("vi", "en"):
         missing = sorted(c for c in codes if c not in LABELS[lang]["reason"])
         assert missing == [], (lang, missing)
+
+
+def test_sample_configs_validate():
+    import yaml
+
+    from citywatch.alerting import api, commands
+    from citywatch.alerting.lifecycle import AlertingConfig
+    from citywatch.sinks.notify import dispatcher, email as email_module, mqtt_channel, webhook as webhook_module
+
+    notify = NotifyConfig.model_validate(yaml.safe_load(dispatcher.SAMPLE_CONFIG)["notify"])
+    assert set(notify.channels) == {"mqtt", "email", "slack"} and notify.channels["email"].security == "starttls"
+    for module, model in ((webhook_module, WebhookChannelConfig), (email_module, EmailChannelConfig),
+                          (mqtt_channel, MqttChannelConfig)):
+        for name, block in yaml.safe_load(module.SAMPLE_CONFIG).items():
+            assert model.model_validate(block).type == block["type"], name
+    assert api.ApiConfig.model_validate(yaml.safe_load(api.SAMPLE_CONFIG)["api"]).host == "127.0.0.1"
+    assert commands.CommandConfig.model_validate(yaml.safe_load(commands.SAMPLE_CONFIG)["commands"]).enabled
+    alerting = AlertingConfig.model_validate({"notify": yaml.safe_load(dispatcher.SAMPLE_CONFIG)["notify"],
+                                              "api": {"port": 9000}, "commands": {"enabled": True}})
+    assert isinstance(alerting.notify, NotifyConfig) and alerting.api.port == 9000 and alerting.commands.enabled
+    with pytest.raises(ValueError, match="exactly one of url and url_env"):
+        WebhookChannelConfig(format="slack")
+    with pytest.raises(ValueError, match="password"):
+        NotifyConfig.model_validate({"channels": {"e": {"type": "email", "password": "x"}}})  # secrets: env only
