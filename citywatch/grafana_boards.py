@@ -570,7 +570,9 @@ def _boards(settings: Settings, registry: Registry) -> list[Board]:
     specs = {
         "air": ("cw-air", "air-quality.json", None,
                 "Environmental staff: pollutants per station against the QCVN 05:2023 1-hour limits."),
-        "water": ("cw-water", "water-quality.json", None, "Environmental staff: river stations on the Đồng Nai and Cái."),
+        "water": ("cw-water", "water-quality.json", ["pH", "dissolvedOxygen", "temperature", "NH4", "turbidity",
+                                                     "conductivity"],
+                  "Environmental staff: river stations on the Đồng Nai and Cái (lab samples in the index section)."),
         "traffic": ("cw-traffic", "traffic.json", ["intensity", "occupancy", "averageVehicleSpeed"],
                     "Traffic cameras: intensity, occupancy and speed."),
         "forest": ("cw-forest", "forest.json", ["relativeHumidity", "temperature", "precipitation", "windSpeed",
@@ -1062,6 +1064,235 @@ def overview_fire_traffic_section(settings: Settings, registry: Registry) -> Sec
 register_section("cw-forest", fire_section)
 register_section("cw-traffic", los_section)
 register_section("cw-overview", overview_fire_traffic_section)
+
+
+# ------------------------------------------------------------------------------ water quality sections
+
+WQI_INDEX = "vn_wqi"
+CURRENT_WQI_WINDOW = "3h"  # an hour's VN_WQI is written when the hour closes: the newest is 1-2 h old
+LAB_HISTORY = "90d"  # lab samples come every few days to weeks
+EXCEEDANCE_YEAR = "365d"  # year_count restarts on 1 January (local): the latest value is this year's count
+WATER_PROBE_LIMITS = {  # probe hourly means judged against QCVN 08:2023
+    "pH": "pH so với QCVN 08 / pH against QCVN 08",
+    "dissolvedOxygen": "Oxy hòa tan so với QCVN 08 / Dissolved oxygen against QCVN 08",
+    "NH4": "Amoni so với QCVN 08 / Ammonium (N-NH₄) against QCVN 08",
+}
+LAB_TITLES = {
+    "BOD5": "BOD₅", "COD": "COD", "TOC": "TOC", "TSS": "Chất rắn lơ lửng / TSS", "NO3": "Nitrat / N-NO₃",
+    "NO2": "Nitrit / N-NO₂", "PO4": "Phosphat / P-PO₄", "coliform": "Coliform", "ecoli": "E. coli",
+    "As": "Asen / As", "Cd": "Cadimi / Cd", "Pb": "Chì / Pb", "Cr6": "Crom VI / Cr⁶⁺", "Cu": "Đồng / Cu",
+    "Zn": "Kẽm / Zn", "Hg": "Thủy ngân / Hg",
+}
+GRAFANA_UNITS.setdefault("MPN/100mL", "suffix: MPN/100 mL")
+GRAFANA_UNITS.setdefault("ug/L", "suffix: µg/L")
+
+
+def wqi_stations(registry: Registry) -> list:
+    """Water stations with VN_WQI parameters (the stations `WaterQuality` computes), by id."""
+    from citywatch.detectors.indices import vn_wqi
+
+    return sorted((s for s in registry.by_domain("water") if set(s.metrics) & set(vn_wqi.PARAMETERS)),
+                  key=lambda s: s.id)
+
+
+def wqi_value_steps() -> list[tuple[float | None, str]]:
+    """VN_WQI value bands in the decision's colours: < 10 brown ... 91-100 blue."""
+    from citywatch.detectors.indices import vn_wqi
+
+    return [(None if c.number == 6 else float(c.low), hex_colour(c.rgb)) for c in reversed(vn_wqi.CATEGORIES)]
+
+
+def wqi_class_steps() -> list[tuple[float | None, str]]:
+    from citywatch.detectors.indices import vn_wqi
+
+    return [(None if c.number == 1 else float(c.number), hex_colour(c.rgb)) for c in vn_wqi.CATEGORIES]
+
+
+def qcvn08_steps(parameter: str, water_class: str) -> tuple[list[tuple[float | None, str]], str]:
+    """Threshold steps (red outside the QCVN 08:2023 bounds, green inside) and a description of them."""
+    from citywatch.water_index import QCVN08_HEALTH_LIMITS, qcvn08_bounds
+
+    low, high = qcvn08_bounds(parameter, water_class)
+    table_name = "Bảng 1, every class" if parameter in QCVN08_HEALTH_LIMITS else f"class {water_class}"
+    if low is None and high is None:
+        return [(None, "green")], f"no QCVN 08:2023 limit for class {water_class}"
+    steps: list[tuple[float | None, str]] = [(None, "red" if low is not None else "green")]
+    if low is not None:
+        steps.append((low, "green"))
+    if high is not None:
+        steps.append((high, "red"))
+    bounds = " – ".join(f"{b:g}" for b in (low, high) if b is not None)
+    kind = "range" if low is not None and high is not None else "minimum" if low is not None else "maximum"
+    return steps, f"QCVN 08:2023 {kind} {bounds} ({table_name})"
+
+
+def _water_series(metric: str, agg: str, where: str, group: str) -> InfluxQL:
+    return InfluxQL(f'SELECT {agg}({q_ident(metric)}) AS {q_ident(metric)} FROM "water" WHERE {where} '
+                    f'GROUP BY {group}, "sensor" fill(none)', alias="$tag_sensor")
+
+
+def water_index_section(settings: Settings, registry: Registry) -> Section:
+    """Water board: hourly VN_WQI per station, current VN_WQI, probes and lab results against QCVN 08:2023,
+    exceedances counted this year."""
+    from citywatch.detectors.indices import vn_wqi
+    from citywatch.water_index import LAB_METRICS, QCVN08_CLASS_LIMITS, QCVN08_HEALTH_LIMITS
+
+    water_class = settings.indices.water_class
+    overrides = settings.indices.water_class_by_station
+    where = f'{index_filter(WQI_INDEX)} AND {tag_filter("area", "sensor")} AND $timeFilter'
+    bands = ", ".join(f"{c.low:g}–{c.high:g} {c.label_en}" for c in vn_wqi.CATEGORIES)
+    hourly = (timeseries_panel("VN_WQI theo giờ / Hourly VN_WQI",
+                               [InfluxQL(f'SELECT min("value") AS "VN_WQI" FROM "indices" WHERE {where} '
+                                         'GROUP BY time($__interval), "sensor" fill(null)', alias="$tag_sensor")],
+                               "none", w=12, h=9,
+                               description="VN_WQI (Decision 1460/QĐ-TCMT) per station and hour, from the hour's probe "
+                                           "means and the latest lab samples (at most "
+                                           f"{settings.indices.water_lab_max_age / 86400:g} days old); the worst hour "
+                                           f"of a longer interval. Classes: {bands}.")
+              .interval("1h").min(0).max(100).decimals(0)
+              .thresholds(thresholds(wqi_value_steps()))
+              .thresholds_style(common_b.GraphThresholdsStyleConfig().mode(common.GraphTresholdsStyleMode.LINE_AND_AREA)))
+    names = {"sensor": "Trạm / Station", "area": "Phường / Area", "wqi": "VN_WQI", "category": "Mức / Class",
+             "label_vi": "Đánh giá", "label_en": "Rating", "dominant": "Thông số chính / Lowest sub-index"}
+    colour_cell = dm.DynamicConfigValue(id_val="custom.cellOptions", value={"type": "color-background"})
+    current = (table_panel("VN_WQI hiện tại theo trạm / Current VN_WQI by station").span(12).height(9)
+               .time_from(CURRENT_WQI_WINDOW)
+               .description(f"Latest hourly VN_WQI per station over the last {CURRENT_WQI_WINDOW}, worst first, with "
+                            "its class and the parameter with the lowest sub-index.")
+               .with_target(InfluxQL(_latest(WQI_INDEX, {"value": "wqi", "category": "category", "label_vi": "label_vi",
+                                                         "label_en": "label_en", "dominant": "dominant"},
+                                             f'{tag_filter("area", "sensor")} AND $timeFilter')
+                                     + ' GROUP BY "sensor", "area"', fmt="table"))
+               .with_transformation(dm.DataTransformerConfig(id_val="filterFieldsByName",
+                                                             options={"include": {"names": list(names)}}))
+               .with_transformation(dm.DataTransformerConfig(id_val="organize", options={
+                   "indexByName": {k: i for i, k in enumerate(names)}, "renameByName": names}))
+               .sort_by([common_b.TableSortByFieldState().display_name(names["wqi"]).desc(False)])
+               .override_by_name(names["wqi"], [colour_cell, dm.DynamicConfigValue(id_val="color",
+                                                                                   value={"mode": "thresholds"})])
+               .override_by_name(names["category"], [colour_cell, dm.DynamicConfigValue(
+                   id_val="mappings", value=category_mappings(vn_wqi.CATEGORIES, labels=False))])
+               .thresholds(thresholds(wqi_value_steps())))
+    per_station = f" Stations with their own class: {', '.join(f'{k} {v}' for k, v in sorted(overrides.items()))}." \
+        if overrides else ""
+    probe_panels = []
+    for metric, title in WATER_PROBE_LIMITS.items():
+        steps, limits = qcvn08_steps(metric, water_class)
+        probe_panels.append(
+            timeseries_panel(title, [_water_series(
+                metric, "mean", f'{tag_filter("area", "sensor")} AND $timeFilter', "time($__interval)")],
+                GRAFANA_UNITS.get("pH" if metric == "pH" else "mg/L"), w=8, h=8,
+                description=f"Mean per interval of `{metric}` per station; {limits}, drawn as thresholds."
+                            f"{per_station}")
+            .thresholds(thresholds(steps))
+            .thresholds_style(common_b.GraphThresholdsStyleConfig().mode(common.GraphTresholdsStyleMode.LINE_AND_AREA)))
+    units: dict[str, str] = {}
+    for s in registry.by_domain("water"):
+        for m, spec in s.metrics.items():
+            if m in LAB_METRICS:
+                units.setdefault(m, spec.unit)
+    lab_panels = []
+    for metric in [m for m in LAB_TITLES if m in units]:
+        judged = metric in QCVN08_CLASS_LIMITS or metric in QCVN08_HEALTH_LIMITS
+        steps, limits = qcvn08_steps(metric, water_class) if judged else ([(None, "green")], "not judged by QCVN "
+                                                                          "08:2023 (it limits total N and total P)")
+        p = (timeseries_panel(f"{LAB_TITLES[metric]} – mẫu phòng thí nghiệm / lab samples", [_water_series(
+                metric, "last", f'{tag_filter("area", "sensor")} AND $timeFilter', "time(1d)")],
+                GRAFANA_UNITS.get(units[metric]), w=8, h=7,
+                description=f"Lab results of `{metric}` ({units[metric]}) per station and sampling day over the "
+                            f"last {LAB_HISTORY}; {limits}.{per_station}")
+             .time_from(LAB_HISTORY).draw_style(common.GraphDrawStyle.POINTS)
+             .show_points(common.VisibilityMode.ALWAYS).point_size(7))
+        if judged:
+            p = (p.thresholds(thresholds(steps))
+                 .thresholds_style(common_b.GraphThresholdsStyleConfig().mode(common.GraphTresholdsStyleMode.LINE)))
+        lab_panels.append(p)
+    names_ex = {"sensor": "Trạm / Station", "pollutant": "Thông số / Parameter", "class": "Mức QCVN / Class",
+                "exceedances": "Số lần vượt trong năm / Exceedances this year", "limit": "Giới hạn / Limit"}
+    exceedances = (table_panel("Vượt QCVN 08:2023 trong năm / QCVN 08:2023 exceedances this year").span(24).height(9)
+                   .time_from(EXCEEDANCE_YEAR)
+                   .description("Per station and parameter, exceedances of QCVN 08:2023/BTNMT counted in the current "
+                                "local calendar year: probe hourly means (averaging 1h) and lab samples (averaging "
+                                f"sample), against the station's class (default {water_class}) or the Bảng 1 "
+                                "health limits. Only parameters with at least one exceedance.")
+                   .with_target(InfluxQL('SELECT "exceedances", "limit" FROM (SELECT last("year_count") AS '
+                                         '"exceedances", last("limit") AS "limit" FROM "exceedances" WHERE '
+                                         f'"averaging" =~ /^(1h|sample)$/ AND {tag_filter("area", "sensor")} AND '
+                                         '$timeFilter GROUP BY "sensor", "pollutant", "class") WHERE "exceedances" > 0 '
+                                         'GROUP BY "sensor", "pollutant", "class"', fmt="table"))
+                   .with_transformation(dm.DataTransformerConfig(id_val="organize", options={
+                       "excludeByName": {"Time": True}, "indexByName": {k: i for i, k in enumerate(names_ex)},
+                       "renameByName": names_ex}))
+                   .sort_by([common_b.TableSortByFieldState().display_name(names_ex["exceedances"]).desc(True)])
+                   .override_by_name(names_ex["exceedances"], [colour_cell, dm.DynamicConfigValue(
+                       id_val="color", value={"mode": "thresholds"})])
+                   .thresholds(thresholds([(None, "green"), (1, "orange"), (10, "red")])))
+    return Section("Chỉ số chất lượng nước và QCVN 08 / Water quality index and QCVN 08",
+                   [hourly, current, *probe_panels, *lab_panels, exceedances])
+
+
+def overview_wqi_section(settings: Settings, registry: Registry) -> Section:
+    """Overview: a map of the water stations coloured by their latest VN_WQI class, stations per class."""
+    from citywatch.detectors.indices import vn_wqi
+
+    stations = wqi_stations(registry)
+    lat = round(sum(s.lat for s in stations) / len(stations), 4)
+    lon = round(sum(s.lon for s in stations) / len(stations), 4)
+    latest = InfluxQL(_latest(WQI_INDEX, {"value": "vn_wqi", "category": "category", "label_vi": "label_vi",
+                                          "label_en": "label_en", "dominant": "dominant"},
+                              f"time > now() - {CURRENT_WQI_WINDOW}") + ' GROUP BY "sensor"', ref_id="A", fmt="table")
+    frame = Snapshot("B", {
+        "sensor": ("string", [s.id for s in stations]),
+        "name": ("string", [s.name or s.id for s in stations]),
+        "area": ("string", [s.area for s in stations]),
+        "latitude": ("number", [s.lat for s in stations]),
+        "longitude": ("number", [s.lon for s in stations]),
+    })
+    layer = common.MapLayerOptions(
+        type_val="markers", name="VN_WQI", tooltip=True,
+        location=common.FrameGeometrySource(mode=common.FrameGeometrySourceMode.COORDS, latitude="latitude",
+                                            longitude="longitude"),
+        config={"showLegend": True, "style": {
+            "color": {"field": "category", "fixed": NO_DATA_COLOUR}, "size": {"fixed": 10},
+            "symbol": {"fixed": "img/icons/marker/triangle.svg", "mode": "fixed"}, "opacity": 0.9,
+            "text": {"field": "vn_wqi", "fixed": "", "mode": "field"},
+            "textConfig": {"fontSize": 10, "offsetY": -14, "textAlign": "center", "textBaseline": "bottom"}}})
+    the_map = (geomap.Panel().title("VN_WQI hiện tại / Current VN_WQI").datasource(MIXED_DS).span(14).height(14)
+               .description(f"Water stations coloured by the class of their latest hourly VN_WQI (last "
+                            f"{CURRENT_WQI_WINDOW}) in the colours of Decision 1460/QĐ-TCMT; grey: no index (the "
+                            "data rules need 3 groups, group IV with 3 parameters: lab samples too old or missing).")
+               .with_target(latest).with_target(frame)
+               .with_transformation(dm.DataTransformerConfig(id_val="joinByField",
+                                                             options={"byField": "sensor", "mode": "outer"}))
+               .thresholds(thresholds(wqi_class_steps())).color_scheme(dash.FieldColor().mode(dm.FieldColorModeId.THRESHOLDS))
+               .no_value("không có dữ liệu / no data")
+               .override_by_name("category", [dm.DynamicConfigValue(id_val="mappings", value=category_mappings(
+                   vn_wqi.CATEGORIES, no_data=True))])
+               .override_by_name("vn_wqi", [dm.DynamicConfigValue(id_val="thresholds", value=dm.ThresholdsConfig(
+                   mode=dm.ThresholdsMode.ABSOLUTE,
+                   steps=[dm.Threshold(value=v, color=c) for v, c in wqi_value_steps()]))])
+               .view(geomap.MapViewConfig().id("coords").lat(lat).lon(lon).zoom(12))
+               .controls(geomap.ControlsOptions().show_zoom(True).mouse_wheel_zoom(True).show_scale(True))
+               .basemap(_Built(common.MapLayerOptions(type_val="default", name="Bản đồ nền / Basemap")))
+               .layers([_Built(layer)]).tooltip(geomap.TooltipOptions().mode(gm.TooltipMode.DETAILS)))
+    labels = [category_label(c) for c in vn_wqi.CATEGORIES]
+    per_class = (bargauge.Panel().title("Số trạm theo mức VN_WQI / Water stations per VN_WQI class")
+                 .datasource(DATASOURCE).span(10).height(14)
+                 .description(f"Water stations by the class of their latest hourly VN_WQI (last {CURRENT_WQI_WINDOW}), "
+                              f"of {len(stations)} stations.")
+                 .with_target(InfluxQL(level_count_query(WQI_INDEX, [c.number for c in vn_wqi.CATEGORIES], labels,
+                                                         CURRENT_WQI_WINDOW), fmt="table"))
+                 .reduce_options(common_b.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
+                 .orientation(common.VizOrientation.HORIZONTAL).display_mode(common.BarGaugeDisplayMode.BASIC)
+                 .show_unfilled(True).min(0).max(len(stations)).decimals(0).unit("short").no_value("0"))
+    for c in vn_wqi.CATEGORIES:
+        per_class = per_class.override_by_name(category_label(c), [dm.DynamicConfigValue(
+            id_val="color", value={"mode": "fixed", "fixedColor": hex_colour(c.rgb)})])
+    return Section("Chỉ số chất lượng nước / Water quality index", [the_map, per_class])
+
+
+register_section("cw-water", water_index_section)
+register_section("cw-overview", overview_wqi_section)
 
 
 # ------------------------------------------------------------------------------ provisioning

@@ -32,6 +32,18 @@ DAY = 86400
 LOCAL_OFFSET = 7 * 3600  # Asia/Ho_Chi_Minh: local days start at 17:00 UTC
 DAILY_STATIONS = ["aq-001", "aq-002", "aq-003"]  # a whole local day before that: daily VN_AQI
 FIRE_STATIONS = ["fr-001", "fr-002"]  # and daily fire danger (judged when their next day's first hour closes)
+LAB_SPAN = 27 * DAY  # weekly lab samples of every water station before that: VN_WQI and the lab panels
+
+
+def lab_messages(sim: Simulator, t0: float, t1: float) -> list[tuple[str, bytes]]:
+    """The simulator's weekly lab samples of every water station in [t0, t1), oldest first."""
+    out = []
+    for sid, s in sim.sims.items():
+        if s.sensor.domain == "water":
+            ts, vals = sim.lab_samples(sid, int(t0 * 1000), int(t1 * 1000))
+            out += [(int(t), s.topic, json.dumps({"ts": int(t), **{m: float(v[i]) for m, v in vals.items()}}).encode())
+                    for i, t in enumerate(ts.tolist())]
+    return [(topic, payload) for _, topic, payload in sorted(out)]
 
 
 @pytest.fixture(scope="module")
@@ -256,7 +268,8 @@ def test_every_query_returns_data(mosquitto, influxdb, db_name, tmp_path, sample
     midnight = (now - AIR_SPAN - 3600 + LOCAL_OFFSET) // DAY * DAY - LOCAL_OFFSET
     day_sim = Simulator(registry, seed=11, start=midnight - DAY, sensors=DAILY_STATIONS + FIRE_STATIONS)
     air_sim = Simulator(registry, seed=11, start=now - AIR_SPAN, domains=["air"])
-    messages = (day_sim.generate(midnight - DAY, midnight + 600) + air_sim.generate(now - AIR_SPAN, now - SPAN)
+    messages = (lab_messages(sim, now - LAB_SPAN, now - SPAN)
+                + day_sim.generate(midnight - DAY, midnight + 600) + air_sim.generate(now - AIR_SPAN, now - SPAN)
                 + sim.generate(now - SPAN, now - 1))
     bad = [("city/air/aq-001/telemetry", b"{not json"), ("city/air/zz-999/telemetry", b'{"pm25": 1}'),
            ("city/air/aq-002/telemetry", b'{"pm25": "high"}')]
@@ -340,6 +353,7 @@ def test_every_query_returns_data(mosquitto, influxdb, db_name, tmp_path, sample
     assert ("aq-005", "no2") in found
     check_index_panels(answers, registry, midnight)
     check_fire_and_traffic_panels(answers, registry, midnight)
+    check_water_panels(answers, registry, settings)
 
 
 def table_rows(series: list[dict]) -> list[dict]:
@@ -439,6 +453,59 @@ def check_fire_and_traffic_panels(answers: dict[tuple[str, str], list[dict]], re
     congested, = table_rows(answers[(f"Camera ùn tắc (mức E/F) / Cameras at LOS E/F of {len(cameras)}", "A")])
     assert congested["cameras"] == len(cameras)
     assert congested["congested"] == sum(r["los"] >= 5 for r in current)
+
+
+def check_water_panels(answers: dict[tuple[str, str], list[dict]], registry: Registry, settings) -> None:
+    """VN_WQI on the decision's classes, lab results per station, QCVN 08:2023 exceedances of the class."""
+    from citywatch.detectors.indices import vn_wqi
+    from citywatch.water_index import QCVN08_CLASS_LIMITS, QCVN08_HEALTH_LIMITS
+
+    stations = {s.id for s in gb.wqi_stations(registry)}
+    current = table_rows(answers[("VN_WQI hiện tại theo trạm / Current VN_WQI by station", "A")])
+    # every station has lab samples of the last 4 weeks and an hour of probes: all have an index
+    assert {r["sensor"] for r in current} == stations and len(current) == len(stations)
+    for r in current:
+        c = vn_wqi.CATEGORIES[r["category"] - 1]
+        assert r["category"] == int(vn_wqi.vn_wqi_category(r["wqi"])) and r["label_vi"] == c.label_vi, r
+        assert r["area"] == registry.sensors[r["sensor"]].area and r["dominant"] in vn_wqi.PARAMETERS, r
+    hourly = answers[("VN_WQI theo giờ / Hourly VN_WQI", "A")]
+    assert {s["tags"]["sensor"] for s in hourly} == stations
+    values = [v[1] for s in hourly for v in s["values"] if v[1] is not None]
+    assert values and all(0 <= v <= 100 and v == int(v) for v in values)
+    latest = table_rows(answers[("VN_WQI hiện tại / Current VN_WQI", "A")])
+    assert {r["sensor"]: r["category"] for r in latest} == {r["sensor"]: r["category"] for r in current}
+    counts, = table_rows(answers[("Số trạm theo mức VN_WQI / Water stations per VN_WQI class", "A")])
+    assert {gb.category_label(c): counts[gb.category_label(c)] for c in vn_wqi.CATEGORIES} == {
+        gb.category_label(c): sum(r["category"] == c.number for r in latest) for c in vn_wqi.CATEGORIES}
+    # lab results: one series per station, one point per sampling day (weekly samples: 3-4 in 27 days)
+    bod = answers[("BOD₅ – mẫu phòng thí nghiệm / lab samples", "A")]
+    assert {s["tags"]["sensor"] for s in bod} == stations
+    assert all(3 <= len([v for v in s["values"] if v[1] is not None]) <= 4 for s in bod)
+    # exceedances this year: judged parameters of the configured class (or Bảng 1), counts > 0
+    ex = table_rows(answers[("Vượt QCVN 08:2023 trong năm / QCVN 08:2023 exceedances this year", "A")])
+    judged = set(QCVN08_CLASS_LIMITS) | set(QCVN08_HEALTH_LIMITS)
+    assert ex and all(r["pollutant"] in judged and r["class"] == settings.indices.water_class and r["exceedances"] > 0
+                      for r in ex)
+    assert {r["sensor"] for r in ex} <= stations
+
+
+def test_water_thresholds_are_the_qcvn08_limits_of_the_class(sample, boards):
+    from citywatch.water_index import qcvn08_bounds
+
+    settings, _ = sample
+    water = {p["title"]: p for p in boards["environment/water-quality.json"]["panels"]}
+    steps = lambda title: [(s["value"], s["color"]) for s in water[title]["fieldConfig"]["defaults"]["thresholds"]["steps"]]  # noqa: E731
+    low, high = qcvn08_bounds("pH", settings.indices.water_class)
+    assert steps("pH so với QCVN 08 / pH against QCVN 08") == [(None, "red"), (low, "green"), (high, "red")]
+    do_min, _ = qcvn08_bounds("dissolvedOxygen", settings.indices.water_class)
+    assert steps("Oxy hòa tan so với QCVN 08 / Dissolved oxygen against QCVN 08") == [(None, "red"), (do_min, "green")]
+    assert steps("BOD₅ – mẫu phòng thí nghiệm / lab samples")[1] == (
+        qcvn08_bounds("BOD5", settings.indices.water_class)[1], "red")
+    strict = settings.model_copy(deep=True)
+    strict.indices.water_class = "A"
+    panels = {p["title"]: p for p in gb.build_dashboards(strict, sample[1])["environment/water-quality.json"]["panels"]}
+    assert panels["BOD₅ – mẫu phòng thí nghiệm / lab samples"]["fieldConfig"]["defaults"]["thresholds"]["steps"][1][
+        "value"] == 4.0
 
 
 def test_register_section_adds_panels(sample, monkeypatch):
