@@ -7,20 +7,15 @@ from __future__ import annotations
 
 import numpy as np
 from pydantic import Field
-from scipy import special
 
 from citywatch.batch import ReadingBatch
 from citywatch.config import StrictModel
-from citywatch.detectors._streaming import (
-    StreamingDetector,
-    levels_from_score,
-    normal_two_sided_p,
-    score_from_p,
-)
+from citywatch.detectors._streaming import StreamingDetector, levels_from_score
 from citywatch.detectors.base import LEVEL_NOT_EVALUATED, LEVEL_OK, DetectorOutput
-from citywatch.detectors.ewma_cusum import CUSUM_FIELDS, CusumConfig, cusum_p, cusum_step
+from citywatch.detectors.ewma_cusum import CUSUM_FIELDS, CusumConfig, cusum_step
 from citywatch.detectors.robust_zscore import ROBUST_FIELDS, RobustZConfig, robust_step
-from citywatch.detectors.variance_shift import VARIANCE_FIELDS, VarianceConfig, variance_p, variance_step
+from citywatch.detectors.range_novelty import envelope_step, novelty_score
+from citywatch.detectors.variance_shift import VARIANCE_FIELDS, VarianceConfig, variance_step
 from citywatch.registry import SeriesIndex
 
 __all__ = ["AnomalyConfig", "AnomalyScore", "SAMPLE_CONFIG"]
@@ -37,32 +32,48 @@ class AnomalyConfig(StrictModel):
     robust: RobustZConfig = Field(default_factory=RobustZConfig)
     cusum: CusumConfig = Field(default_factory=CusumConfig)
     variance: VarianceConfig = Field(default_factory=VarianceConfig)
-    likelihood_memory: float = Field(default=1000.0, ge=2.0)
-    likelihood_short: float = Field(default=5.0, ge=1.0)
-    likelihood_warmup: int = Field(default=100, ge=1)
-    refractory: float = Field(default=200.0, ge=0.0)
-    warning: float = Field(default=0.4, gt=0.0, le=1.0)
-    critical: float = Field(default=0.7, gt=0.0, le=1.0)
+    fast_memory: float = Field(default=3.3, ge=1.0)
+    slow_memory: float = Field(default=33.0, ge=1.0)
+    memory: float = Field(default=5000.0, ge=2.0)
+    warmup: int = Field(default=100, ge=2)
+    half: float = Field(default=0.05, gt=0.0)
+    weight_value: float = Field(default=1.0, ge=0.0, le=1.0)
+    weight_statistics: float = Field(default=0.7, ge=0.0, le=1.0)
+    refractory: float = Field(default=50.0, ge=0.0)
+    damping: float = Field(default=0.5, ge=0.0, le=1.0)
+    warning: float = Field(default=0.6, gt=0.0, le=1.0)
+    critical: float = Field(default=0.8, gt=0.0, le=1.0)
 
 
-LIKELIHOOD_FIELDS: dict[str, tuple[type, float]] = {
-    "lk_n": (np.float64, 0.0),
-    "lk_mean": (np.float64, 0.0),
-    "lk_var": (np.float64, 0.0),
-    "lk_short": (np.float64, 0.0),
+# The statistics whose per-series envelopes calibrate the score, and the reason each one reports.
+FEATURES = ("value", "fast_level", "slow_level", "robust_z", "cusum", "variance")
+_REASON_OF_FEATURE = np.array([1, 2, 2, 3, 2, 4], dtype=np.int16)
+_ONE_SIDED = np.array([False, False, False, True, True, False])
+
+FEATURE_FIELDS: dict[str, tuple[type, float]] = {
+    "ew_fast": (np.float64, 0.0),
+    "ew_slow": (np.float64, 0.0),
+    **{f"env_hi_{f}": (np.float64, 0.0) for f in FEATURES},
+    **{f"env_lo_{f}": (np.float64, 0.0) for f in FEATURES},
+    "env_n": (np.float64, 0.0),
     "al_peak": (np.float64, 0.0),
 }
 
 
 class AnomalyScore(StreamingDetector):
     name = "anomaly"
-    reasons = ("ok", "spike", "level_shift", "variance_shift")
-    state_fields = {**ROBUST_FIELDS, **CUSUM_FIELDS, **VARIANCE_FIELDS, **LIKELIHOOD_FIELDS}
-    step_outputs = ("seen", "z", "stat", "ratio", "surprise", "lz", "score", "out", "which")
+    reasons = ("ok", "new_extreme", "level_shift", "spike", "variance_shift")
+    state_fields = {**ROBUST_FIELDS, **CUSUM_FIELDS, **VARIANCE_FIELDS, **FEATURE_FIELDS}
+    step_outputs = ("seen", *FEATURES, "combined", "out", "which")
 
     def __init__(self, series: SeriesIndex, cfg: AnomalyConfig | None = None) -> None:
         self.cfg = cfg or AnomalyConfig()
-        self._warmup = max(self.cfg.robust.warmup, self.cfg.cusum.warmup, self.cfg.variance.warmup)
+        c = self.cfg
+        self._learn_from = max(c.robust.warmup, c.cusum.warmup, c.variance.warmup)
+        self._warmup = self._learn_from + c.warmup
+        w = np.where(np.arange(len(FEATURES)) < 3, c.weight_value, c.weight_statistics)
+        self._weights = w[:, None]
+        self._decay = 0.0 if c.refractory <= 0 else float(np.exp(-1.0 / c.refractory))
         super().__init__(series)
 
     def _step(self, state, x, ts):
@@ -71,38 +82,39 @@ class AnomalyScore(StreamingDetector):
         z, sigma, _ = robust_step(state, x, cfg.robust)
         stat = cusum_step(state, x, sigma, cfg.cusum)
         ratio = variance_step(state, x, cfg.variance)
-        p = np.stack([normal_two_sided_p(z), cusum_p(stat, cfg.cusum.k), variance_p(ratio, cfg.variance.short_memory)])
-        which = np.argmin(p, axis=0)
-        pmin = np.minimum(1.0, 3.0 * p[which, np.arange(len(x))])
-        surprise = -np.log10(np.maximum(pmin, 1e-300))
-        warm = seen < self._warmup
-        surprise = np.where(warm, 0.0, surprise)
-        # likelihood of the surprise against this series' own history of surprises
-        ln, mean, var, short = state["lk_n"], state["lk_mean"], state["lk_var"], state["lk_short"]
-        short_new = np.where(ln > 0, short + (surprise - short) / cfg.likelihood_short, surprise)
-        lz = (short_new - mean) / np.sqrt(var + 1e-4)
-        lwarm = ln < cfg.likelihood_warmup
-        lz = np.where(lwarm, 0.0, lz)
-        a = np.where(warm, 0.0, np.maximum(1.0 / (ln + 1.0), 1.0 / cfg.likelihood_memory))
-        delta = surprise - mean
-        mean_new = mean + a * delta
-        var[...] = (1.0 - a) * (var + a * delta * delta)
-        mean[...] = mean_new
-        short[...] = np.where(warm, 0.0, short_new)
-        ln += np.where(warm, 0.0, 1.0)
-        score = score_from_p(special.ndtr(-lz))
-        score = np.where(warm, 0.0, score)
+        first = seen == 0
+        fast = state["ew_fast"]
+        slow = state["ew_slow"]
+        fast[...] = np.where(first, x, fast + (x - fast) / cfg.fast_memory)
+        slow[...] = np.where(first, x, slow + (x - slow) / cfg.slow_memory)
+        values = (x, fast, slow, np.abs(z), np.abs(stat), np.log(ratio))
+        learning = seen >= self._learn_from
+        started = state["env_n"] > 0
+        parts = np.empty((len(FEATURES), len(x)))
+        for k, (name, v) in enumerate(zip(FEATURES, values)):
+            hi, lo = state[f"env_hi_{name}"], state[f"env_lo_{name}"]
+            before = (hi.copy(), lo.copy())
+            nov = envelope_step(hi, lo, started, v, cfg.memory)
+            hi[...] = np.where(learning, hi, before[0])
+            lo[...] = np.where(learning, lo, before[1])
+            if _ONE_SIDED[k]:
+                nov = np.maximum(nov, 0.0)
+            parts[k] = novelty_score(nov, cfg.half)
+        state["env_n"] += learning
+        weighted = parts * self._weights
+        which = np.argmax(weighted, axis=0)
+        combined = weighted[which, np.arange(len(x))]
+        combined = np.where(seen < self._warmup, 0.0, combined)
         peak = state["al_peak"]
-        decay = 0.0 if cfg.refractory <= 0 else np.exp(-1.0 / cfg.refractory)
-        prior = peak * decay
-        out = np.where(score > prior, score, 0.0)
-        peak[...] = np.maximum(prior, score)
-        return seen, z, stat, ratio, surprise, lz, score, out, which.astype(np.float64)
+        prior = peak * self._decay
+        out = np.where(combined > prior, combined, cfg.damping * combined)
+        peak[...] = np.maximum(prior, combined)
+        return (seen, *parts, combined, out, which.astype(np.float64))
 
     def _evaluate(self, stats: dict[str, np.ndarray], batch: ReadingBatch) -> DetectorOutput:
         score = stats["out"].copy()
         level = levels_from_score(score, self.cfg.warning, self.cfg.critical)
-        reason = np.where(level > LEVEL_OK, stats["which"].astype(np.int16) + 1, 0).astype(np.int16)
+        reason = np.where(level > LEVEL_OK, _REASON_OF_FEATURE[stats["which"].astype(np.intp)], 0).astype(np.int16)
         threshold = np.where(level == 2, self.cfg.critical, self.cfg.warning)
         warm = stats["seen"] < self._warmup
         score[warm] = np.nan
