@@ -333,3 +333,33 @@ def test_engine_writes_vn_wqi_from_lab_samples_and_probes(mosquitto, influxdb, d
     finally:
         device.close()
         engine.stop()
+
+
+def test_the_index_cli_agrees_with_the_live_stage(series, tmp_path, capsys):
+    """`citywatch index vn-wqi` over a CSV of the hourly means and lab values gives the live values."""
+    import argparse
+    import csv
+    import io
+
+    from citywatch import index_cli
+
+    lab = {"BOD5": 7.5, "COD": 22.0, "PO4": 0.25, "coliform": 6000, "Cu": 0.3}
+    probes = {"pH": [7.0, 8.7, 5.8, 6.4], "temperature": [24.0, 27.0, 30.0, 29.0],
+              "dissolvedOxygen": [7.5, 5.0, 3.2, 9.5], "NH4": [0.1, 0.3, 1.2, 0.6]}
+    stage = WaterQuality(series)
+    lines, _ = run(stage, lab_sample(series, "wq-1", (H0 - 3) * HOUR_NS, lab) + probe_hours(series, "wq-1", probes),
+                   flush_hour=H0 + 6)
+    live = final_by_hour(wqi_points(lines))
+    path = tmp_path / "samples.csv"
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["timestamp", *probes, *lab])
+        for h in range(4):
+            stamp = dt.datetime.fromtimestamp((H0 + h) * 3600, dt.timezone.utc).isoformat()
+            w.writerow([stamp, *(v[h] for v in probes.values()), *lab.values()])
+    parser = argparse.ArgumentParser()
+    index_cli.add_arguments(parser)
+    assert index_cli.run(parser.parse_args(["vn-wqi", "--input", str(path)])) == 0
+    out = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [(float(r["value"]), int(r["category"])) for r in out] == [live[H0 + h] for h in range(4)]
+    assert len({v for v, _ in live.values()}) == 4  # four different hours, four different values
