@@ -295,10 +295,12 @@ def read_results_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
                 ts.append(row[ti]); sc.append(float(row[si]) if row[si].strip() else np.nan)
             except (IndexError, ValueError) as exc:
                 raise NabError(f"{path}:{line_no}: {exc}") from None
+    from citywatch.replay import ReplayError, parse_timestamps
+
     try:
-        stamps = np.array(ts, dtype="datetime64[ns]")
-    except ValueError as exc:
-        raise NabError(f"{path}: unreadable timestamp ({exc})") from None
+        stamps = parse_timestamps(ts, str(path)).astype("datetime64[ns]")
+    except ReplayError as exc:
+        raise NabError(str(exc)) from None
     return stamps, np.asarray(sc, dtype=np.float64)
 
 

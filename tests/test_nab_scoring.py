@@ -179,3 +179,9 @@ def test_bad_inputs_are_named():
                                    [["2016-01-01", "2016-01-02"]])
     with pytest.raises(NabError, match="non-overlapping"):
         FileLabels.from_rows("x.csv", 10, [(2, 5), (4, 6)])
+
+
+def test_module_doctest():
+    import doctest
+
+    assert doctest.testmod(nab).failed == 0

@@ -204,3 +204,11 @@ def test_cli_replay_nab_output(nab_dir, tmp_path, capsys):
     one = next(r for r in direct if r.table.name == "realA/one.csv")
     assert [float(r[2]) for r in rows[1:]] == pytest.approx(one.score["value"].tolist(), abs=1e-6)
     assert not math.isnan(float(rows[1][1]))
+
+
+def test_cli_help(capsys):
+    for command, option in (("replay", "--nab-output"), ("backtest", "--truth")):
+        with pytest.raises(SystemExit) as exc:
+            cli_main([command, "--help"])
+        assert exc.value.code == 0
+        assert option in capsys.readouterr().out
