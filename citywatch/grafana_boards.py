@@ -16,7 +16,8 @@ Queries are raw InfluxQL with Grafana's macros (``$timeFilter``, ``$__interval``
 variables ``area`` and ``sensor`` (``SHOW TAG VALUES``). Every board is built from ``Section``s;
 index panels are added as further sections with ``register_section``: the air-quality index sections
 (VN_AQI / US AQI on cw-air, the AQI map on cw-overview) are registered at the end of the boards part,
-then fire danger (cw-forest), level of service (cw-traffic) and their overview stats; WQI can follow.
+then fire danger (cw-forest), level of service (cw-traffic) and their overview stats, then the water
+quality index with QCVN 08:2023 (cw-water) and the overview VN_WQI map.
 
 The engine writes (see README "InfluxDB schema"): ``air``/``water``/``traffic``/``forest`` (tags
 sensor, area; one field per metric), ``scores`` (tags sensor, area, domain, metric; fields score,
@@ -25,7 +26,9 @@ score, reason, previous_level, level_code), ``indices`` (tags sensor, area, inde
 us_aqi or vn_aqi_daily; fields value, category 1..6, label_vi, label_en, dominant; time = start of the
 hour or of the local day; index = fire_danger: value = Nesterov P, category = level 1..5, time = local
 midnight; index = traffic_los: value = speed ratio %, category = LOS 1..6, tti, flow_veh_h, pcu_h, time =
-start of the hour) and ``citywatch`` (tag client_id; cumulative counters).
+start of the hour; index = vn_wqi: value 0..100, category = class 1..6, dominant = the lowest sub-index),
+``exceedances`` (tags sensor, area, pollutant, averaging, and class for water; fields mean, limit,
+exceeded, year_count) and ``citywatch`` (tag client_id; cumulative counters).
 """
 
 from __future__ import annotations
