@@ -35,6 +35,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+import numpy as np
 from pydantic import Field
 
 from citywatch.config import Duration, StrictModel
@@ -79,6 +80,13 @@ class SensorDirectory:
 
     def __init__(self, sensors: dict[str, tuple[str, str, float | None, float | None]] | None = None) -> None:
         self.sensors = dict(sensors or {})
+        self._ids = list(self.sensors)
+        self._lat = np.array([np.nan if v[2] is None else v[2] for v in self.sensors.values()], float)
+        self._lon = np.array([np.nan if v[3] is None else v[3] for v in self.sensors.values()], float)
+        self._area_size: dict[str, int] = {}
+        for _, area, _, _ in self.sensors.values():
+            self._area_size[area] = self._area_size.get(area, 0) + 1
+        self._near: dict[tuple[str, float], frozenset[str]] = {}
 
     @classmethod
     def from_registry(cls, registry: Any) -> "SensorDirectory":
@@ -86,13 +94,30 @@ class SensorDirectory:
                            None if s.auto_registered else s.lon) for s in registry.sensors.values()})
 
     def area_size(self, area: str) -> int:
-        return sum(1 for _, a, _, _ in self.sensors.values() if a == area)
+        return self._area_size.get(area, 0)
 
     def distance_km(self, a: str | None, b: str | None) -> float:
         sa, sb = self.sensors.get(a or ""), self.sensors.get(b or "")
         if sa is None or sb is None or sa[2] is None or sb[2] is None:
             return math.inf
         return _haversine_km(sa[2], sa[3], sb[2], sb[3])
+
+    def near(self, sensor: str | None, radius_km: float) -> frozenset[str]:
+        """The sensors within radius_km of `sensor` (itself included), computed once per sensor."""
+        key = (sensor or "", radius_km)
+        found = self._near.get(key)
+        if found is None:
+            me = self.sensors.get(sensor or "")
+            if me is None or me[2] is None:
+                found = frozenset([sensor]) if sensor else frozenset()
+            else:
+                p1, p2 = math.radians(me[2]), np.radians(self._lat)
+                a = (np.sin((p2 - p1) / 2) ** 2
+                     + math.cos(p1) * np.cos(p2) * np.sin(np.radians(self._lon - me[3]) / 2) ** 2)
+                d = 2 * 6371.0088 * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
+                found = frozenset(self._ids[i] for i in np.flatnonzero(d <= radius_km)) | {sensor}
+            self._near[key] = found
+        return found
 
 
 @dataclass
@@ -138,7 +163,7 @@ class Grouper:
         if alert.area in buf.areas:
             return True
         radius = self.config.radius_km
-        return radius is not None and any(self.directory.distance_km(alert.sensor, s) <= radius for s in buf.sensors)
+        return radius is not None and not self.directory.near(alert.sensor, radius).isdisjoint(buf.sensors)
 
     def add(self, kind: str, alert: Alert, event_ns: int, wall_ns: int) -> None:
         for buf in self.buffers:

@@ -55,7 +55,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 from urllib.parse import urlencode
@@ -240,7 +240,7 @@ class _Track:
 
 
 def _snapshot(alert: Alert) -> Alert:
-    return copy.deepcopy(alert)
+    return replace(alert, sensors=list(alert.sensors))
 
 
 class AlertManager:
@@ -267,6 +267,7 @@ class AlertManager:
         self._transitions: list[Transition] = []
         self._outbox: list[Notification] = []
         self._last_forget_ns = NEVER
+        self._root_keys: set[str] = set()  # keys whose open alert may explain others
         self.event_now_ns: int = NEVER
         self.counters: dict[str, int] = {"events": 0, "events_replayed": 0, "events_bad": 0, "notifications": 0,
                                          "duplicates_suppressed": 0, "held_for_digest": 0, "muted": 0}
@@ -417,6 +418,8 @@ class AlertManager:
                     rule=ev.detector, severity=severity, state="pending", value=float(ev.value),
                     threshold=ev.threshold, reason=ev.reason, started_ns=ts, last_ns=ts, flapping=t.flapping)
                 a.panel_url = self.links.url(a)
+                if a.rule in self.config.inhibition.source_rules:
+                    self._root_keys.add(key)
                 t.notified, t.told, t.tier, t.repeats = False, [], 0, 0
                 t.first_notified_wall_ns = t.last_notified_wall_ns = None
                 self._transitions.append(Transition(_snapshot(a), "pending", ts))
@@ -566,6 +569,7 @@ class AlertManager:
                                 value=float(len(members)), threshold=None, reason="offline", started_ns=started,
                                 sensors=[m.sensor for m in members if m.sensor])
                 t.alert.panel_url = self.links.url(t.alert)
+                self._root_keys.add(key)
                 t.level, t.notified, t.told, t.tier, t.repeats = "critical", False, [], 0, 0
                 t.first_notified_wall_ns = t.last_notified_wall_ns = None
                 self._transitions.append(Transition(_snapshot(t.alert), "pending", started))
@@ -616,7 +620,14 @@ class AlertManager:
     def _roots(self) -> list[Alert]:
         """Open alerts that may explain others (offline sensors and areas)."""
         rules = self.config.inhibition.source_rules
-        return [a for a in (t.alert for t in self._tracks.values()) if a is not None and a.rule in rules]
+        roots = []
+        for key in list(self._root_keys):
+            t = self._tracks.get(key)
+            if t is None or t.alert is None or t.alert.rule not in rules:
+                self._root_keys.discard(key)
+            else:
+                roots.append(t.alert)
+        return roots
 
     def _refresh_mutes(self, a: Alert, wall: int, roots: list[Alert] | None = None) -> None:
         a.silenced_by = next((s.id for s in self._silences.values()
@@ -772,6 +783,7 @@ class AlertManager:
                 raise ValueError(f"alert state: unknown version {state.get('version')!r}")
             self.event_now_ns = int(state["event_now_ns"])
             self._tracks = {d["key"]: _Track.from_dict(d) for d in state["tracks"]}
+            self._root_keys = {k for k, t in self._tracks.items() if t.alert is not None}  # pruned by _roots()
             self._resolved = {d["key"]: Alert.from_dict(d) for d in state["resolved"]}
             self._silences = {d["id"]: Silence.from_dict(d) for d in state["silences"]}
             self._audit = [AuditRecord.from_dict(d) for d in state["audit"]]
