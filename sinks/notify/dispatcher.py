@@ -50,8 +50,9 @@ import os
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -130,34 +131,43 @@ def build_channels(cfg: NotifyConfig, renderer: Renderer, mqtt_client: paho.Clie
     return channels
 
 
-@dataclass(order=True)
+@dataclass
 class _Job:
     due: float
     seq: int
-    notification: Notification = field(compare=False)
-    attempts: int = field(default=0, compare=False)
-    last_error: str = field(default="", compare=False)
+    notification: Notification
+    attempts: int = 0
+    last_error: str = ""
 
 
 class _Worker:
-    """One channel's queue (a heap by due time) and its thread."""
+    """One channel's queue and its thread. Each recipient's notifications go out in the order they
+    came (a "resolved" never overtakes the "firing" that is waiting for a retry); recipients do not
+    wait for each other. The heap holds the head of every recipient's queue, by due time."""
 
     def __init__(self, dispatcher: "Dispatcher", channel: Channel) -> None:
         self.dispatcher = dispatcher
         self.channel = channel
-        self.heap: list[_Job] = []
+        self.queues: dict[str, deque[_Job]] = {}
+        self.heap: list[tuple[float, int, str]] = []
+        self.size = 0
         self.cond = threading.Condition()
-        self.busy = False
         self.thread = threading.Thread(target=self._run, name=f"citywatch-notify-{channel.name}", daemon=True)
 
     def put(self, job: _Job) -> None:
+        key = job.notification.recipient.name
         with self.cond:
-            heapq.heappush(self.heap, job)
+            self.size += 1
+            queue = self.queues.get(key)
+            if queue:
+                queue.append(job)
+                return
+            self.queues[key] = deque([job])
+            heapq.heappush(self.heap, (job.due, job.seq, key))
             self.cond.notify()
 
     def __len__(self) -> int:
-        with self.cond:
-            return len(self.heap) + (1 if self.busy else 0)
+        return self.size
 
     def _run(self) -> None:
         d = self.dispatcher
@@ -165,18 +175,29 @@ class _Worker:
             with self.cond:
                 while not d._stopping.is_set():
                     now = d.clock()
-                    if self.heap and self.heap[0].due <= now:
+                    if self.heap and self.heap[0][0] <= now:
                         break
-                    self.cond.wait(None if not self.heap else self.heap[0].due - now)
+                    self.cond.wait(None if not self.heap else self.heap[0][0] - now)
                 if d._stopping.is_set():
                     return
-                job = heapq.heappop(self.heap)
-                self.busy = True
+                _, _, key = heapq.heappop(self.heap)
+                job = self.queues[key][0]
+            retry_at: float | None = None
             try:
-                d._attempt(self, job)
+                retry_at = d._attempt(self, job)
             finally:
                 with self.cond:
-                    self.busy = False
+                    queue = self.queues[key]
+                    if retry_at is not None:
+                        job.due = retry_at
+                        heapq.heappush(self.heap, (retry_at, next(d._seq), key))
+                    else:
+                        queue.popleft()
+                        self.size -= 1
+                        if queue:
+                            heapq.heappush(self.heap, (max(queue[0].due, d.clock()), queue[0].seq, key))
+                        else:
+                            del self.queues[key]
                     self.cond.notify_all()
 
 
@@ -276,7 +297,7 @@ class Dispatcher:
                 if worker is None:
                     self._dead_letter_locked(n, 0, f"unknown channel {n.recipient.channel!r}")
                     continue
-                if len(worker.heap) >= self.cfg.max_queued:
+                if len(worker) >= self.cfg.max_queued:
                     self._dead_letter_locked(n, 0, f"queue of channel {worker.channel.name!r} full")
                     continue
                 self._queued[n.id] = n
@@ -294,18 +315,17 @@ class Dispatcher:
             worker.put(job)
 
     # -- one attempt -------------------------------------------------------------------------------
-    def _attempt(self, worker: _Worker, job: _Job) -> None:
+    def _attempt(self, worker: _Worker, job: _Job) -> float | None:
+        """Send once. Returns when to try again, or None when the job is done (delivered or dead)."""
         n = job.notification
         job.attempts += 1
         try:
             worker.channel.send(n)
         except DeliveryError as exc:
-            self._failed(worker, job, str(exc), exc.retryable, exc.retry_after)
-            return
+            return self._failed(worker, job, str(exc), exc.retryable, exc.retry_after)
         except Exception as exc:  # a bug in a template or a channel: keep the notification, don't retry
             self.log.exception("notification channel error", channel=worker.channel.name, notification=n.id)
-            self._failed(worker, job, f"{type(exc).__name__}: {exc}", False, None)
-            return
+            return self._failed(worker, job, f"{type(exc).__name__}: {exc}", False, None)
         with self._lock:
             self._queued.pop(n.id, None)
             self._delivered[n.id] = None
@@ -319,24 +339,25 @@ class Dispatcher:
         self.stats.inc(f"notify_delivered.{worker.channel.name}")
         self.log.info("notification delivered", channel=worker.channel.name, recipient=n.recipient.name,
                       kind=n.kind, notification=n.id, attempts=job.attempts)
+        return None
 
-    def _failed(self, worker: _Worker, job: _Job, error: str, retryable: bool, retry_after: float | None) -> None:
+    def _failed(self, worker: _Worker, job: _Job, error: str, retryable: bool,
+                retry_after: float | None) -> float | None:
         n = job.notification
         self.stats.inc(f"notify_failures.{worker.channel.name}")
         job.last_error = error
-        if retryable and job.attempts < self.cfg.retry.attempts and not self._stopping.is_set():
+        if retryable and self._stopping.is_set():
+            return None  # stays in the outbox: sent again after the restart
+        if retryable and job.attempts < self.cfg.retry.attempts:
             wait = self.cfg.retry.delay(job.attempts, retry_after, self._rng)
-            job.due = self.clock() + wait
             self.stats.inc("notify_retries")
             self.log.warning("notification failed, will retry", channel=worker.channel.name, notification=n.id,
                              attempt=job.attempts, retry_in=round(wait, 3), error=error)
-            worker.put(job)
-            return
-        if retryable and self._stopping.is_set():
-            return  # stays in the outbox: sent again after the restart
+            return self.clock() + wait
         with self._lock:
             self._queued.pop(n.id, None)
             self._dead_letter_locked(n, job.attempts, error)
+        return None
 
     def _dead_letter_locked(self, n: Notification, attempts: int, error: str) -> None:
         self._dead.add(n.id)
