@@ -129,10 +129,12 @@ def read_scored(path: str | Path) -> list[ScoredSeries]:
 # --------------------------------------------------------------------------------------------------
 # Simulator ground truth
 
-def export_simulation(simulator, t0: float, t1: float, out_dir: str | Path) -> tuple[list[Path], Path]:
+def export_simulation(simulator, t0: float, t1: float, out_dir: str | Path,
+                      truth_path: str | Path | None = None) -> tuple[list[Path], Path]:
     """Write a simulated span [t0, t1) (epoch s) as `citywatch replay` input, one wide
-    `<sensor>.csv` per sensor (timestamps in ISO 8601, UTC), and its faults as ground-truth lines
-    (`ground-truth.jsonl`, the simulator's format). Returns (CSV files, truth file)."""
+    `<sensor>.csv` per sensor (timestamps in ISO 8601, UTC), and its faults as ground-truth lines in
+    the simulator's format (default: `ground-truth.jsonl` beside `out_dir`). Returns (CSV files,
+    truth file)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = []
@@ -148,7 +150,7 @@ def export_simulation(simulator, t0: float, t1: float, out_dir: str | Path) -> t
             for i, stamp in enumerate(stamps):
                 w.writerow([f"{stamp}Z", *(c[i] for c in cols)])
         files.append(path)
-    truth = out_dir.parent / "ground-truth.jsonl" if out_dir.parent != out_dir else out_dir / "ground-truth.jsonl"
+    truth = Path(truth_path) if truth_path is not None else out_dir.parent / "ground-truth.jsonl"
     with open(truth, "w", encoding="utf-8") as fh:
         for fault in simulator.faults(t0, t1):
             if fault.overlaps(t0, t1):
