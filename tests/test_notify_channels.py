@@ -740,3 +740,32 @@ def test_a_recipients_notifications_keep_their_order_across_retries(tmp_path, we
     order = [(r["body"]["recipient"], r["body"]["kind"]) for r in webhook.requests]
     # minh does not wait for lan's retry; lan's "resolved" never overtakes lan's "firing"
     assert order == [("lan", "firing"), ("minh", "firing"), ("lan", "firing"), ("lan", "resolved")]
+
+
+@pytest.mark.integration
+def test_a_command_sent_while_the_engine_is_down_is_carried_out_on_restart(mosquitto):
+    manager = _manager()
+    manager.ingest([_event("critical", 0, 231.0)])
+    manager.ingest([_event("critical", 40, 240.0)])
+    key = "aq-005|threshold:no2"
+    cfg = CommandConfig(enabled=True, client_id="citywatch-commands-restart")
+    mqtt_cfg = MqttConfig(url=mosquitto.url)
+    first = CommandListener(manager, cfg, mqtt_cfg)
+    first.start()
+    assert first.ready.wait(5)
+    first.stop()  # the engine goes down; its session (and subscription) stays on the broker
+    console = Requester(mosquitto.port, client_id="duty-console-restart")
+    try:
+        console.client.publish("city/commands/alerts", orjson.dumps({"action": "ack", "key": key, "by": "lan"}),
+                               qos=1).wait_for_publish(5)
+        assert manager.get(key).acked_by is None
+        second = CommandListener(manager, cfg, mqtt_cfg)
+        second.start()
+        try:
+            wait_for(lambda: manager.get(key).acked_by == "lan", 5, "the queued command")
+            wait_for(lambda: console.replies, 5, "its reply")
+        finally:
+            second.stop()
+    finally:
+        console.close()
+    assert console.replies[-1][1]["ok"] and console.replies[-1][0] == "city/commands/alerts/replies"

@@ -37,6 +37,7 @@ Options (section `alerting.commands`)::
       topic: city/commands/alerts
       reply_topic: city/commands/alerts/replies
       client_id: citywatch-commands     # its own connection, with the mqtt: settings
+      persistent_session: true          # commands sent while the engine is down are carried out on restart
       token_env: null                   # e.g. CITYWATCH_COMMAND_TOKEN
       max_silence: 7d
 """
@@ -80,6 +81,8 @@ class CommandConfig(StrictModel):
     topic: str = "city/commands/alerts"
     reply_topic: str = "city/commands/alerts/replies"
     client_id: str = "citywatch-commands"
+    # keep the subscription while the engine is down, so a command sent then is carried out on restart
+    persistent_session: bool = True
     token_env: str | None = None
     max_silence: Duration = 7 * 86400.0
 
@@ -194,8 +197,10 @@ class CommandListener:
             if self.token is None:
                 raise ValueError(f"commands.token_env: environment variable {cfg.token_env} is not set")
         self._v5 = mqtt.protocol == "5"
+        extra = {} if self._v5 else {"clean_session": not cfg.persistent_session}
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=cfg.client_id,
-                                  protocol=MQTTProtocolVersion.MQTTv5 if self._v5 else MQTTProtocolVersion.MQTTv311)
+                                  protocol=MQTTProtocolVersion.MQTTv5 if self._v5 else MQTTProtocolVersion.MQTTv311,
+                                  **extra)
         configure_client(self.client, mqtt)
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = self._on_subscribe
@@ -203,7 +208,13 @@ class CommandListener:
         self.ready = threading.Event()
 
     def start(self) -> None:
-        self.client.connect_async(self.mqtt.host, self.mqtt.port, keepalive=self.mqtt.keepalive)
+        kwargs: dict[str, Any] = {}
+        if self._v5:
+            kwargs["clean_start"] = not self.cfg.persistent_session
+            if self.cfg.persistent_session:
+                kwargs["properties"] = Properties(PacketTypes.CONNECT)
+                kwargs["properties"].SessionExpiryInterval = int(self.mqtt.session_expiry)
+        self.client.connect_async(self.mqtt.host, self.mqtt.port, keepalive=self.mqtt.keepalive, **kwargs)
         self.client.loop_start()
 
     def stop(self) -> None:
