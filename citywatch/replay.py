@@ -145,7 +145,7 @@ def read_table(path: str | Path, name: str | None = None) -> SeriesTable:
             raise ReplayError(f"{path}: value columns need distinct, non-empty names")
         stamps: list[str] = []
         cols: list[list[float]] = [[] for _ in value_cols]
-        bad = 0
+        bad: dict[str, list] = {}  # column -> [count, first line, first text]
         for line_no, row in enumerate(reader, start=2):
             if not row or all(not c.strip() for c in row):
                 continue
@@ -155,12 +155,15 @@ def read_table(path: str | Path, name: str | None = None) -> SeriesTable:
             for k, (j, h) in enumerate(value_cols):
                 v = _parse_value(row[j]) if j < len(row) else math.nan
                 if v is None:
-                    bad += 1
-                    log.warning("replay_bad_value", file=str(path), line=line_no, column=h, text=row[j])
+                    bad.setdefault(h, [0, line_no, row[j]])[0] += 1
                     v = math.nan
                 cols[k].append(v)
+    for column, (count, first_line, text) in bad.items():
+        log.warning("replay_unreadable_values", file=str(path), column=column, count=count,
+                    first_line=first_line, first_text=text, scored=0)
     ts = parse_timestamps(stamps, str(path))
-    return SeriesTable(name, stamps, ts, {h: np.asarray(c, dtype=np.float64) for (_, h), c in zip(value_cols, cols)}, bad)
+    return SeriesTable(name, stamps, ts, {h: np.asarray(c, dtype=np.float64) for (_, h), c in zip(value_cols, cols)},
+                       sum(b[0] for b in bad.values()))
 
 
 def read_path(path: str | Path) -> list[SeriesTable]:
@@ -349,6 +352,9 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     import sys
 
+    from citywatch.cli import setup_logging
+
+    setup_logging("warning")  # unreadable values are logged to stderr, one line per file and column
     try:
         tables = read_path(args.path)
         results = replay(tables, batch_size=args.batch_size, domain=args.domain)
