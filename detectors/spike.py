@@ -22,7 +22,9 @@ physically implausible change such as PM2.5 rising 600 ug/m3 in a minute) is a s
 the reading that jumps: CRITICAL, score 1, threshold = `max_rate`.
 
 A gap of more than `gap_factor` expected intervals restarts the pattern (the readings before the
-gap are not the level). Metrics in `exclude` are not judged (rain gauges tip in bursts).
+gap are not the level). Metrics in `exclude` are not judged (rain gauges tip in bursts). An
+excursion into the metric's `idle` range (occupancy ~0 in a minute without vehicles) is not a spike.
+Exact repeats do not teach the typical rate (a saturated or clipped stretch would shrink it).
 Not evaluated (level -1, score NaN) and leaving the state untouched: LATE or DUPLICATE readings,
 rows in `skip`, NaN values; also not evaluated, but learning: the first `min_history` readings.
 
@@ -42,6 +44,7 @@ from citywatch.config import Duration, StrictModel
 from citywatch.detectors.base import LEVEL_CRITICAL, LEVEL_NOT_EVALUATED, LEVEL_OK, LEVEL_WARNING, Detector, DetectorOutput
 from citywatch.detectors.stuck import (
     DEFAULT_INTERVAL_S,
+    ConstantRange,
     count_in_run,
     grow_param,
     previous_in_run,
@@ -59,7 +62,7 @@ detectors:
     jump_factor: 6                # a jump: 6 x the series' typical change per interval
     max_readings: 3               # a spike lasts at most this many readings before coming back
     return_fraction: 0.5          # "back": within half of the excursion from the level
-    scale_window: 2h              # the typical rate of change follows the last ~2 hours ...
+    scale_window: 30m             # the typical rate of change follows the last ~30 minutes ...
     scale_min_readings: 30        # ... or 30 readings, whichever is longer
     floor_fraction: 0.25          # never below a quarter of the long-run typical rate
     learn_readings: 2000          # horizon of the long-run typical rate
@@ -67,6 +70,9 @@ detectors:
     min_history: 30               # readings learned before spikes are judged
     gap_factor: 3                 # a gap longer than 3 intervals restarts the pattern
     exclude: [precipitation]      # metrics not judged
+    idle:                         # excursions into these ranges are real (an empty road), per metric
+      intensity: {min: 0, max: 0}
+      occupancy: {min: 0, max: 0.02}
     max_rate:                     # physically implausible changes, per second (registry units)
       pm25: 10                    # 600 ug/m3 in a minute
       pm10: 20
@@ -77,6 +83,12 @@ detectors:
 REASON_OK = 0
 REASON_SPIKE = 1
 MAX_READINGS_LIMIT = 6
+
+# Values a series legitimately drops to for a reading or two (an empty road): no spike.
+DEFAULT_IDLE: dict[str, ConstantRange] = {
+    "intensity": ConstantRange(min=0.0, max=0.0),
+    "occupancy": ConstantRange(min=0.0, max=0.02),
+}
 
 DEFAULT_MAX_RATE: dict[str, float] = {
     "pm25": 10.0,
@@ -93,7 +105,7 @@ class SpikeConfig(StrictModel):
     jump_factor: float = Field(default=6.0, gt=0)
     max_readings: int = Field(default=3, ge=1, le=MAX_READINGS_LIMIT)
     return_fraction: float = Field(default=0.5, gt=0, lt=1)
-    scale_window: Duration = 7200.0
+    scale_window: Duration = 1800.0
     scale_min_readings: float = Field(default=30.0, ge=1)
     floor_fraction: float = Field(default=0.25, ge=0, le=1)
     learn_readings: float = Field(default=2000.0, ge=10)
@@ -102,6 +114,7 @@ class SpikeConfig(StrictModel):
     gap_factor: float = Field(default=3.0, gt=1)
     exclude: list[str] = Field(default_factory=lambda: ["precipitation"])
     max_rate: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_MAX_RATE))
+    idle: dict[str, ConstantRange] = Field(default_factory=lambda: dict(DEFAULT_IDLE))
 
 
 def _history_fields(depth: int) -> dict[str, tuple[type, object]]:
@@ -151,6 +164,8 @@ class SpikeDetector(Detector):
         self._interval = np.zeros(0)
         self._max_rate = np.zeros(0)
         self._judged = np.zeros(0, bool)
+        self._idle_lo = np.zeros(0)
+        self._idle_hi = np.zeros(0)
         super().__init__(series)
 
     def _on_new_series(self, start: int, stop: int) -> None:
@@ -158,11 +173,16 @@ class SpikeDetector(Detector):
         self._interval = grow_param(self._interval, cap, DEFAULT_INTERVAL_S)
         self._max_rate = grow_param(self._max_rate, cap, np.inf)
         self._judged = grow_param(self._judged, cap, False)
+        self._idle_lo = grow_param(self._idle_lo, cap, np.inf)
+        self._idle_hi = grow_param(self._idle_hi, cap, -np.inf)
         self._interval[start:stop] = series_intervals(self.series, start, stop)
         for sid in range(start, stop):
             metric = self.series.metrics[sid]
             self._max_rate[sid] = self.config.max_rate.get(metric, np.inf)
             self._judged[sid] = metric not in self.config.exclude
+            idle = self.config.idle.get(metric)
+            if idle is not None:
+                self._idle_lo[sid], self._idle_hi[sid] = idle.min, idle.max
 
     def _process(self, batch: ReadingBatch) -> DetectorOutput:
         n = len(batch)
@@ -205,7 +225,9 @@ class SpikeDetector(Detector):
         prev_x = V[:, 1]
         change = np.abs(x - prev_x)
         rate_obs = np.where(has_prev & ~gap & np.isfinite(change), change / np.where(dt > 0, dt, 1.0), np.nan)
-        learn = np.isfinite(rate_obs)
+        # Exact repeats say nothing about how fast the series moves (a clipped, saturated or quantised
+        # stretch): only changes teach the typical rate.
+        learn = np.isfinite(rate_obs) & (change > 0)
         rate0, long0, n0 = st["rate"][sid], st["rate_long"][sid], st["n"][sid]
         n_i = n0 + count_in_run(learn, first)
         tau = np.maximum(cfg.scale_window, cfg.scale_min_readings * interval)
@@ -242,7 +264,9 @@ class SpikeDetector(Detector):
             # The level must be a level: not itself an excursion from the reading before it.
             before = V[:, length + 2]
             steady = ~(np.abs(level - before) >= cfg.return_fraction * smallest)
-            hit = one_side & (smallest >= jump) & back & steady & ~spike
+            # Excursions into the metric's idle range (no vehicles: occupancy ~0) are real.
+            idle = np.all((V[:, 1 : length + 1] >= self._idle_lo[sid, None]) & (V[:, 1 : length + 1] <= self._idle_hi[sid, None]), axis=1)
+            hit = one_side & (smallest >= jump) & back & steady & ~idle & ~spike
             excursion = np.where(hit, smallest, excursion)
             spike |= hit
         spike &= ready

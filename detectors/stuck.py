@@ -11,6 +11,8 @@ Two checks per series (sensor x metric), in event time:
   ``eps = interval / (false_alarm_days x 1 day)``, a run is stuck once it holds
   ``k = ceil(log(eps) / log(p))`` repeats (clipped to [`min_repeats`, `max_repeats`]). So the count
   depends on the metric's resolution (through ``p``) and on the sensor's interval (through ``eps``).
+  ``p`` is the larger of the long-run estimate and one over the last `recent_window`, because some
+  series repeat more at times (a count of 1 vehicle a minute at night).
   WARNING from the k-th repeat, CRITICAL once the run has lasted `critical_after`.
   Score: ``repeats / k`` (1.0 at the alarm point), clipped to [0, 1].
 * **flatline** - variation collapsed relative to the series' own history: the mean absolute change
@@ -21,7 +23,10 @@ Two checks per series (sensor x metric), in event time:
 Legitimately constant values are exempt (`exempt`: per metric, an inclusive [min, max] range of
 values): rain 0 mm, no vehicles counted at night, relative humidity at saturation. A reading whose
 value is in its metric's exempt range is never flagged, and teaches neither the repeat probability
-nor the variation levels. The defaults (`DEFAULT_EXEMPT`) cover the registry's metrics.
+nor the variation levels. The defaults (`DEFAULT_EXEMPT`) cover the registry's metrics. So is a
+value at the series' own floor or ceiling - its lowest or highest value so far, where at least
+`saturation_visits` earlier runs began: a speed floor in a jam, a probe saturating, a
+concentration clipped at 0.
 
 Readings that are stuck or flat-lined do not teach the learned levels either, so a long fault does
 not become "normal". Not evaluated (level -1, score NaN) and leaving the state untouched: LATE or
@@ -30,7 +35,7 @@ DUPLICATE readings, rows in `skip`, NaN values.
 Reasons: ``ok``, ``stuck``, ``flatline``; output `threshold`: the number of repeats ``k`` that makes
 a run stuck (for stuck and ok readings), the collapsed-variation limit for flatline.
 
-State per series: 9 numbers (72 bytes).
+State per series: 14 numbers (112 bytes).
 
 Sample configuration: see `SAMPLE_CONFIG`.
 """
@@ -60,10 +65,12 @@ detectors:
     prior_repeat_probability: 0.05  # assumed until the series has taught its own
     prior_weight: 50              # readings' worth of trust in the prior
     learn_readings: 2000          # horizon of the learned repeat probability and variation level
+    recent_window: 2h             # also learned over this window; the larger of the two decides
     critical_after: 30m           # a stuck run lasting this long is critical
     flatline_ratio: 0.05          # flat-lined: recent variation below this fraction of the usual one
     flatline_window: 10           # recent variation over this many expected intervals
     flatline_min_history: 500     # readings to learn before flatline is judged
+    saturation_visits: 3          # a series' lowest/highest value it came back to 3 times is a floor/ceiling: exempt (0: off)
     exempt:                       # values that are legitimately constant, per metric: [min, max]
       precipitation: {min: 0, max: 0}        # no rain
       intensity: {min: 0, max: 0}            # no vehicles (night)
@@ -112,11 +119,13 @@ class StuckConfig(StrictModel):
     prior_repeat_probability: float = Field(default=0.05, gt=0, lt=1)
     prior_weight: float = Field(default=50.0, ge=1)
     learn_readings: float = Field(default=2000.0, ge=10)
+    recent_window: Duration = 7200.0
     critical_after: Duration = 1800.0
     flatline_ratio: float = Field(default=0.05, gt=0, lt=1)
     flatline_window: float = Field(default=10.0, gt=0)
     flatline_min_history: int = Field(default=500, ge=1)
     exempt: dict[str, ConstantRange] = Field(default_factory=lambda: dict(DEFAULT_EXEMPT))
+    saturation_visits: int = Field(default=3, ge=0)
 
     @model_validator(mode="after")
     def _repeats(self) -> "StuckConfig":
@@ -219,11 +228,16 @@ class StuckDetector(Detector):
         "run_start": (np.int64, 0),  # event time (ns) of the first reading of the current run
         "run_count": (np.int64, 0),  # readings in the current run
         "p_repeat": (np.float64, np.nan),  # learned repeat probability (NaN: the prior)
-        "n_learned": (np.int64, 0),  # readings the repeat probability learned from
+        "p_recent": (np.float64, np.nan),  # the same over the last `recent_window` (quiet nights repeat more)
+        "n_learned": (np.float64, 0.0),  # readings the repeat probability learned from
         "diff_short": (np.float64, 0.0),  # recent mean |change| (time EWMA)
         "diff_long": (np.float64, 0.0),  # long-run mean |change| (count EWMA)
         "n_diff": (np.int64, 0),  # readings the long-run level learned from
         "last_ts": (np.int64, 0),
+        "lowest": (np.float64, np.inf),  # the lowest value seen ...
+        "lowest_visits": (np.int64, 0),  # ... and how many runs began at it
+        "highest": (np.float64, -np.inf),
+        "highest_visits": (np.int64, 0),
     }
 
     def __init__(self, series: SeriesIndex, config: StuckConfig | None = None) -> None:
@@ -275,6 +289,12 @@ class StuckDetector(Detector):
         has_prev = ~first | seen_before
         same = has_prev & (x == prev_x)
         exempt = (x >= self._exempt_lo[sid]) & (x <= self._exempt_hi[sid])
+        if cfg.saturation_visits > 0:
+            # A value the series has come back to again and again at its floor or ceiling is where the
+            # device saturates or the quantity bottoms out (a speed floor in a jam, humidity at 100 %).
+            lo0, hi0 = st["lowest"][sid], st["highest"][sid]
+            exempt |= (x == lo0) & (st["lowest_visits"][sid] >= cfg.saturation_visits)
+            exempt |= (x == hi0) & (st["highest_visits"][sid] >= cfg.saturation_visits)
 
         # Runs of identical values: count and start time, carried across batches.
         restart = ~same
@@ -285,7 +305,8 @@ class StuckDetector(Detector):
 
         # The repeat probability as it stood at the start of the batch decides the alarm point.
         p0 = np.where(np.isnan(st["p_repeat"][sid]), cfg.prior_repeat_probability, st["p_repeat"][sid])
-        k = self.required_repeats(p0, sid)
+        q0 = np.where(np.isnan(st["p_recent"][sid]), p0, st["p_recent"][sid])
+        k = self.required_repeats(np.maximum(p0, q0), sid)
         stuck = (repeats >= k) & ~exempt
 
         # Variation: |change| between consecutive readings, recent (time EWMA) vs long-run (count EWMA).
@@ -303,10 +324,20 @@ class StuckDetector(Detector):
         flat = history & usable & (short < limit)
 
         # Learning (readings that are neither exempt nor flagged).
-        learn_p = has_prev & ~exempt & ~stuck
-        n_p = st["n_learned"][sid] + count_in_run(learn_p, first)
-        alpha_p = np.where(learn_p, 1.0 / np.minimum(cfg.prior_weight + n_p, cfg.learn_readings), 0.0)
-        p = segmented_linear_scan(1.0 - alpha_p, alpha_p * same, first, p0)
+        # The repeat probability learns from runs once they have ended, and only from runs that did not
+        # raise the alarm: a stuck sensor must not teach that repeats are normal. A run of L readings
+        # is L - 1 repeats and one change, weighted as L readings.
+        ended = restart & has_prev
+        run_len = np.maximum(previous_in_run(count, first, st["run_count"][sid]), 1).astype(np.float64)
+        prev_exempt = (prev_x >= self._exempt_lo[sid]) & (prev_x <= self._exempt_hi[sid])
+        learn_p = ended & ~prev_exempt & (run_len - 1 < k)
+        weight = np.where(learn_p, run_len, 0.0)
+        n_p = st["n_learned"][sid] + count_in_run(weight, first)
+        keep_p = np.where(learn_p, (1.0 - 1.0 / np.minimum(cfg.prior_weight + n_p, cfg.learn_readings)) ** run_len, 1.0)
+        share = np.where(learn_p, (run_len - 1.0) / run_len, 0.0)
+        p = segmented_linear_scan(keep_p, (1.0 - keep_p) * share, first, p0)
+        keep_q = np.where(learn_p, np.minimum(np.exp(-run_len * self._interval[sid] / cfg.recent_window), keep_p), 1.0)
+        q = segmented_linear_scan(keep_q, (1.0 - keep_q) * share, first, q0)
         learn_d = usable & ~flat
         n_d = n_diff0 + count_in_run(learn_d, first)
         alpha_d = np.where(learn_d, 1.0 / np.clip(n_d, 1, cfg.learn_readings), 0.0)
@@ -314,11 +345,21 @@ class StuckDetector(Detector):
                                      long0)
 
         ls = sid[last]
+        starts = np.flatnonzero(first)
+        run_begins = restart.astype(np.int64)
+        for end, better in (("lowest", np.minimum), ("highest", np.maximum)):
+            old = st[end][ls]
+            new = better(old, better.reduceat(x, starts))
+            at_new = (x == np.repeat(new, np.diff(np.append(starts, m)))) & (run_begins > 0)
+            visits = np.add.reduceat(at_new.astype(np.int64), starts)
+            st[f"{end}_visits"][ls] = np.where(new == old, st[f"{end}_visits"][ls], 0) + visits
+            st[end][ls] = new
         st["last_value"][ls] = x[last]
         st["last_ts"][ls] = ts[last]
         st["run_count"][ls] = count[last]
         st["run_start"][ls] = run_start[last]
         st["p_repeat"][ls] = p[last]
+        st["p_recent"][ls] = q[last]
         st["n_learned"][ls] = n_p[last]
         st["diff_short"][ls] = short[last]
         st["diff_long"][ls] = long[last]
@@ -341,8 +382,9 @@ class StuckDetector(Detector):
 
 
 def count_in_run(mask: np.ndarray, first: np.ndarray) -> np.ndarray:
-    """For each row, how many rows of its series run up to and including it have `mask`."""
-    c = np.cumsum(mask, dtype=np.int64)
+    """For each row, how many rows of its series run up to and including it have `mask` (or the sum of
+    a float `mask`, a weight per row)."""
+    c = np.cumsum(mask, dtype=np.result_type(mask.dtype, np.int64))
     starts = np.flatnonzero(first)
     before = np.repeat(c[starts] - mask[starts], np.diff(np.append(starts, len(mask))))
     return c - before
