@@ -222,9 +222,10 @@ def replay(tables: Sequence[SeriesTable], detector_factory: DetectorFactory | No
     used: set[str] = set()
     parts_series, parts_ts, parts_value, owners = [], [], [], []
     for t_idx, table in enumerate(tables):
-        sid = sensor_id_for(table.name)
-        while sid in used:
-            sid = sid[:60] + f"-{len(used)}"
+        base = sid = sensor_id_for(table.name)
+        suffix = 1
+        while sid in used:  # names that differ only in characters an id cannot hold
+            sid, suffix = f"{base[:58]}-{suffix}", suffix + 1
         used.add(sid)
         sensor = registry.auto_register(sid, domain)
         for col, values in table.columns.items():
@@ -245,7 +246,6 @@ def replay(tables: Sequence[SeriesTable], detector_factory: DetectorFactory | No
 
     detector = (detector_factory or default_detector)(series)
     newest = np.full(len(series), np.iinfo(np.int64).min, np.int64)
-    # One event-time ordered stream over all series; ties keep each file's row order.
     # Each series in timestamp order (ties keep the file's row order). A batch holds the next
     # `per_series` rows of every series, like a live micro-batch that carries a few readings of each
     # sensor: the detectors are vectorised across series, so this keeps replays fast. Series are
@@ -258,14 +258,14 @@ def replay(tables: Sequence[SeriesTable], detector_factory: DetectorFactory | No
     by_batch = np.argsort(batch_of, kind="stable")  # keeps (series, time) order inside each batch
     bounds = np.searchsorted(batch_of[by_batch], np.arange(int(batch_of.max()) + 2))
     for b in range(len(bounds) - 1):
-        rows = stream[by_batch[bounds[b]: bounds[b + 1]]]
-        if len(rows) == 0:
-            continue
-        batch = ReadingBatch.from_columns(s_all[rows], ts_all[rows], v_all[rows])
-        _flag_late_and_duplicates(batch, newest)
-        out = detector.process(batch, skip=np.isnan(batch.value))
-        score_all[rows] = np.clip(np.nan_to_num(out.score, nan=0.0), 0.0, 1.0)
-        level_all[rows] = out.level
+        # More series than `batch_size`: one row per series, cut into pieces of `batch_size`.
+        for lo in range(bounds[b], bounds[b + 1], batch_size):
+            rows = stream[by_batch[lo: min(lo + batch_size, bounds[b + 1])]]
+            batch = ReadingBatch.from_columns(s_all[rows], ts_all[rows], v_all[rows])
+            _flag_late_and_duplicates(batch, newest)
+            out = detector.process(batch, skip=np.isnan(batch.value))
+            score_all[rows] = np.clip(np.nan_to_num(out.score, nan=0.0), 0.0, 1.0)
+            level_all[rows] = out.level
 
     offset = 0
     for (t_idx, col), part in zip(owners, parts_series):

@@ -212,3 +212,35 @@ def test_cli_help(capsys):
             cli_main([command, "--help"])
         assert exc.value.code == 0
         assert option in capsys.readouterr().out
+
+
+def test_more_series_than_the_batch_size(tmp_path):
+    folder = tmp_path / "many"
+    for k in range(12):
+        write_csv(folder / f"s{k:02d}.csv", ["timestamp", "value"], nab_like_series(40, 10 + k))
+    tables = replay.read_path(folder)
+    seen: list[int] = []
+
+    def recording(series):
+        det = RunningDeviation(series)
+        original = det.process
+
+        def process(batch, skip=None):
+            seen.append(len(batch))
+            return original(batch, skip)
+
+        det.process = process
+        return det
+
+    small = replay.replay(tables, recording, batch_size=5)
+    assert max(seen) <= 5 and sum(seen) == 12 * 40
+    big = replay.replay(tables, RunningDeviation, batch_size=10_000)
+    for a, b in zip(small, big):
+        np.testing.assert_array_equal(a.score["value"], b.score["value"])
+    # Files whose names map to the same sensor id still get distinct series.
+    write_csv(tmp_path / "pair" / "a b.csv", ["timestamp", "value"], nab_like_series(30, 1))
+    write_csv(tmp_path / "pair" / "a_b.csv", ["timestamp", "value"], nab_like_series(30, 2))
+    pair = replay.replay(replay.read_path(tmp_path / "pair"), RunningDeviation)
+    for res in pair:
+        alone = scores_of(tmp_path / "pair" / res.table.name)["value"]
+        np.testing.assert_array_equal(res.score["value"], alone)
