@@ -139,3 +139,12 @@ def test_yearly_count_restarts_at_local_new_year_not_utc():
     # the last two local hours of 2026 count 1, 2; the first hours of 2027 (still 2026 in UTC) restart
     assert exceedance_lines(lines, "no2", "1h") == [
         (new_year - 2, "true", "1i"), (new_year - 1, "true", "2i"), (new_year, "true", "1i"), (new_year + 1, "true", "2i")]
+
+
+def test_shared_yearly_exceedance_counter_doctest():
+    import doctest
+
+    from citywatch import exceedances
+
+    result = doctest.testmod(exceedances)
+    assert result.attempted > 0 and result.failed == 0
