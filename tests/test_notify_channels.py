@@ -34,7 +34,7 @@ from citywatch.alerting.commands import CommandConfig, CommandListener
 from citywatch.alerting.lifecycle import AlertingConfig, AlertManager
 from citywatch.alerting.model import Alert, Notification, Recipient, alert_key, notification_id
 from citywatch.alerts import AlertEvent
-from citywatch.config import MqttConfig
+from citywatch.config import ConfigError, MqttConfig
 from citywatch.services import free_port
 from citywatch.sinks.notify.base import parse_retry_after
 from citywatch.sinks.notify.dispatcher import Dispatcher, NotifyConfig, RetryConfig, build_dispatcher
@@ -453,12 +453,18 @@ def test_email_starttls_and_auth_from_environment_secrets(tmp_path):
                             authenticator=authenticator, auth_required=True)
     controller.start()
     try:
-        def channel(password: str) -> EmailChannel:
+        def channel(password: str, from_file: bool = False) -> EmailChannel:
             cfg = EmailChannelConfig(host="127.0.0.1", port=controller.port, security="starttls", tls_ca_file=str(cert),
                                      username_env="SMTP_USER", password_env="SMTP_PASS")
-            return EmailChannel("email", cfg, renderer(), env={"SMTP_USER": "canhbao", "SMTP_PASS": password})
+            env = {"SMTP_USER": "canhbao", "SMTP_PASS": password}
+            if from_file:  # a Docker / systemd credential file instead of the variable
+                secret_file = tmp_path / "smtp-password"
+                secret_file.write_text(password + "\n")
+                secret_file.chmod(0o600)
+                env = {"SMTP_USER": "canhbao", "SMTP_PASS_FILE": str(secret_file)}
+            return EmailChannel("email", cfg, renderer(), env=env)
 
-        d = dispatcher_for(tmp_path, {"email": channel("mat-khau-rat-dai")})
+        d = dispatcher_for(tmp_path, {"email": channel("mat-khau-rat-dai", from_file=True)})
         n = make_notification("email", "trucban@example.org", language="en")
         d.deliver([n])
         assert d.wait_idle(10)
@@ -479,6 +485,10 @@ def test_email_starttls_and_auth_from_environment_secrets(tmp_path):
 
     with pytest.raises(ValueError, match="SMTP_USER"):
         EmailChannel("email", EmailChannelConfig(username_env="SMTP_USER", password_env="SMTP_PASS"), renderer(), env={})
+    (tmp_path / "smtp-password").chmod(0o644)
+    with pytest.raises(ConfigError, match="chmod 600"):  # a secret others can read is refused
+        EmailChannel("email", EmailChannelConfig(username_env="SMTP_USER", password_env="SMTP_PASS"), renderer(),
+                     env={"SMTP_USER": "canhbao", "SMTP_PASS_FILE": str(tmp_path / "smtp-password")})
 
 
 def test_email_server_down_is_retried_then_dead_lettered(tmp_path):

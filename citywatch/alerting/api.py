@@ -56,7 +56,7 @@ from starlette.routing import Route
 
 from citywatch.alerting.commands import SilenceRequest
 from citywatch.alerting.model import AlertControl, AlertNotFound, SilenceNotFound, iso_time
-from citywatch.config import Duration, StrictModel
+from citywatch.config import Duration, StrictModel, read_secret_file
 
 SAMPLE_CONFIG = """
 api:
@@ -104,8 +104,9 @@ def parse_tokens(text: str, source: str) -> dict[str, str]:
 def load_tokens(cfg: ApiConfig, env: Mapping[str, str] | None = None) -> dict[str, str]:
     env = os.environ if env is None else env
     tokens: dict[str, str] = {}
-    if env.get(cfg.tokens_env):
-        tokens.update(parse_tokens(env[cfg.tokens_env], f"environment variable {cfg.tokens_env}"))
+    from_env = read_secret_file(cfg.tokens_env, dict(env)) or env.get(cfg.tokens_env)
+    if from_env:
+        tokens.update(parse_tokens(from_env, f"environment variable {cfg.tokens_env}"))
     if cfg.tokens_file:
         tokens.update(parse_tokens(Path(cfg.tokens_file).read_text(), cfg.tokens_file))
     if not tokens and not cfg.allow_unauthenticated:

@@ -61,7 +61,7 @@ from paho.mqtt.properties import Properties
 from pydantic import Field, ValidationError, model_validator
 
 from citywatch.alerting.model import AlertControl, AlertNotFound, SilenceNotFound
-from citywatch.config import Duration, MqttConfig, StrictModel
+from citywatch.config import Duration, MqttConfig, StrictModel, read_secret_file
 from citywatch.ingest.mqtt import configure_client
 from citywatch.stats import RateLimitedLog, Stats
 
@@ -193,7 +193,7 @@ class CommandListener:
         self._bad_log = RateLimitedLog(self.log, 10.0)
         self.token: str | None = None
         if cfg.token_env:
-            self.token = env.get(cfg.token_env) or None
+            self.token = read_secret_file(cfg.token_env, dict(env)) or env.get(cfg.token_env) or None
             if self.token is None:
                 raise ValueError(f"commands.token_env: environment variable {cfg.token_env} is not set")
         self._v5 = mqtt.protocol == "5"

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from email.utils import parsedate_to_datetime
 from datetime import datetime, timezone
+from collections.abc import Mapping
 from typing import Literal, Protocol, runtime_checkable
 
 from citywatch.alerting.model import Notification
-from citywatch.config import StrictModel
+from citywatch.config import StrictModel, read_secret_file
 
 Language = Literal["vi", "en"]
 
@@ -54,3 +55,10 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     if when.tzinfo is None:
         when = when.replace(tzinfo=timezone.utc)
     return max(0.0, (when - (now or datetime.now(timezone.utc))).total_seconds())
+
+
+def secret(var: str | None, env: Mapping[str, str]) -> str | None:
+    """A secret from the environment variable `var`, or from the file that `<var>_FILE` names."""
+    if not var:
+        return None
+    return read_secret_file(var, dict(env)) or env.get(var) or None

@@ -2,7 +2,8 @@
 
 The recipient's address is one address or several separated by commas. `security` is `starttls`
 (upgrade a plain connection, the submission port 587), `tls` (implicit TLS, port 465) or `none` (a relay
-on a trusted network). Credentials come only from the environment (`username_env`, `password_env`).
+on a trusted network). Credentials come only from the environment (`username_env`, `password_env`; or
+`<NAME>_FILE` naming a file of mode 0600).
 The Message-ID is derived from the notification id, so a duplicate that slips through (at-least-once
 delivery) can be recognised by the mail system.
 
@@ -39,7 +40,7 @@ import structlog
 
 from citywatch.alerting.model import Notification
 from citywatch.config import Duration
-from citywatch.sinks.notify.base import ChannelOptions, DeliveryError
+from citywatch.sinks.notify.base import ChannelOptions, DeliveryError, secret
 from citywatch.sinks.notify.render import Renderer
 
 SAMPLE_CONFIG = """
@@ -75,8 +76,8 @@ class EmailChannel:
         self.name = name
         self.cfg = cfg
         self.renderer = renderer
-        self._username = env.get(cfg.username_env) if cfg.username_env else None
-        self._password = env.get(cfg.password_env) if cfg.password_env else None
+        self._username = secret(cfg.username_env, env)
+        self._password = secret(cfg.password_env, env)
         if cfg.username_env and not self._username:
             raise ValueError(f"channel {name!r}: environment variable {cfg.username_env} is not set")
         if self._username and not self._password:

@@ -9,7 +9,8 @@
 Secrets stay out of the config file: the URL can come from an environment variable (`url_env`: a Slack
 webhook URL is itself a secret) and `token_env` names the variable holding a token, substituted for
 `{token}` in the URL (Telegram: `https://api.telegram.org/bot{token}/sendMessage`) or otherwise sent as
-`Authorization: Bearer <token>`.
+`Authorization: Bearer <token>`. Each variable can instead be `<NAME>_FILE`, the path of a file (mode 0600)
+holding the secret, as Docker and systemd credentials provide them.
 
 Failures: connection errors, timeouts, 408, 429 and 5xx are retried by the dispatcher with bounded
 backoff; a 429's `Retry-After` (seconds or HTTP date, or Telegram's `parameters.retry_after`) sets the
@@ -47,7 +48,7 @@ from pydantic import Field, model_validator
 
 from citywatch.alerting.model import Notification
 from citywatch.config import Duration
-from citywatch.sinks.notify.base import ChannelOptions, DeliveryError, parse_retry_after
+from citywatch.sinks.notify.base import ChannelOptions, DeliveryError, parse_retry_after, secret
 from citywatch.sinks.notify.render import Renderer
 
 SAMPLE_CONFIG = """
@@ -88,10 +89,10 @@ class WebhookChannel:
         self.name = name
         self.cfg = cfg
         self.renderer = renderer
-        url = cfg.url if cfg.url is not None else env.get(cfg.url_env or "")
+        url = cfg.url if cfg.url is not None else secret(cfg.url_env, env)
         if not url:
             raise ValueError(f"channel {name!r}: environment variable {cfg.url_env} (the webhook URL) is not set")
-        token = env.get(cfg.token_env) if cfg.token_env else None
+        token = secret(cfg.token_env, env)
         if cfg.token_env and not token:
             raise ValueError(f"channel {name!r}: environment variable {cfg.token_env} (the token) is not set")
         headers = {"Content-Type": "application/json", "User-Agent": "citywatch", **cfg.headers}
