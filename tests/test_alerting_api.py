@@ -78,6 +78,11 @@ def test_list_and_acknowledge_are_recorded_with_who_and_when(api, manager):
         assert c.post("/alerts/nope|threshold:no2/ack").status_code == 404
         assert c.post(f"/alerts/{KEY}/ack", content=b"{not json").status_code == 400
         assert c.post(f"/alerts/{KEY}/ack", json={"note": "x", "extra": 1}).status_code == 422
+        assert [a["key"] for a in c.get("/alerts", params={"acknowledged": "true"}).json()["alerts"]] == [KEY]
+        assert KEY not in {a["key"] for a in c.get("/alerts", params={"acknowledged": "false"}).json()["alerts"]}
+        assert {a["sensor"] for a in c.get("/alerts", params={"sensor": "aq-006"}).json()["alerts"]} == {"aq-006"}
+        assert c.get("/alerts", params={"domain": "water"}).json() == {"alerts": [], "count": 0}
+        assert c.get("/alerts", params={"colour": "red"}).status_code == 422
     with client(api, MINH) as c:
         assert c.post("/alerts/aq-006|threshold:no2/ack").status_code == 200  # no body: no note
         audit = c.get("/audit").json()["audit"]

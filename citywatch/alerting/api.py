@@ -11,7 +11,7 @@ recorded as `anonymous`).
 
 | method | path | what |
 |---|---|---|
-| GET | /alerts | open alerts (pending and firing) |
+| GET | /alerts | open alerts (pending and firing); filters `?domain=&area=&sensor=&metric=&rule=&severity=&state=&acknowledged=true` or `false` |
 | POST | /alerts/{key}/ack | acknowledge; body `{"note": "..."}` optional |
 | GET | /silences | silences |
 | POST | /silences | add one: `{"sensor" / "area" / "domain" / "rule" / "metric": ..., "duration": "2h"` or `"end": "<RFC 3339>"`, `"start"`, `"comment"}` |
@@ -67,6 +67,7 @@ api:
 """
 
 MIN_TOKEN_LENGTH = 16
+ALERT_FILTERS = ("domain", "area", "sensor", "metric", "rule", "severity", "state")
 ANONYMOUS = "anonymous"
 
 
@@ -188,7 +189,17 @@ def create_app(control: AlertControl, tokens: Mapping[str, str], max_silence: fl
         return wrapped
 
     async def list_alerts(request: Request, who: str) -> Response:
-        alerts = sorted(control.open_alerts(), key=lambda a: a.started_ns)
+        q = request.query_params
+        unknown = set(q) - {*ALERT_FILTERS, "acknowledged"}
+        if unknown:
+            raise ValueError(f"unknown filter(s) {sorted(unknown)}; use {', '.join(ALERT_FILTERS)}, acknowledged")
+        acked = q.get("acknowledged")
+        if acked not in (None, "true", "false"):
+            raise ValueError("acknowledged is true or false")
+        alerts = [a for a in control.open_alerts()
+                  if all(getattr(a, f) == q[f] for f in ALERT_FILTERS if f in q)
+                  and (acked is None or (a.acked_by is not None) == (acked == "true"))]
+        alerts.sort(key=lambda a: a.started_ns)
         return _json({"alerts": [_alert_json(a) for a in alerts], "count": len(alerts)})
 
     async def acknowledge(request: Request, who: str) -> Response:
