@@ -185,3 +185,34 @@ def test_module_doctest():
     import doctest
 
     assert doctest.testmod(nab).failed == 0
+
+
+def test_nab_benchmark_script_on_a_small_corpus(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    data = tmp_path / "nab" / "data" / "cat"
+    data.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    windows = {}
+    for k in range(2):
+        values = 10 + rng.normal(0, 1, 800)
+        values[600:605] += 30
+        stamps = [str(np.datetime64("2015-01-01T00:00") + np.timedelta64(5 * i, "m")).replace("T", " ") + ":00"
+                  for i in range(800)]
+        (data / f"f{k}.csv").write_text("timestamp,value\n" + "".join(f"{t},{v:.3f}\n" for t, v in zip(stamps, values)))
+        windows[f"cat/f{k}.csv"] = [[stamps[590] + ".000000", stamps[640] + ".000000"]]
+    (tmp_path / "nab" / "labels").mkdir()
+    (tmp_path / "nab" / "labels" / "windows.json").write_text(json.dumps(windows))
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "nab_bench.py"
+    spec = importlib.util.spec_from_file_location("nab_bench", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main([str(tmp_path / "nab"), "--out", str(tmp_path / "results")]) == 0
+    out = capsys.readouterr().out
+    direct = nab.score_results(tmp_path / "results", tmp_path / "nab" / "labels" / "windows.json")
+    for name, res in direct.results.items():
+        assert f"{name:<20} {res.normalised:7.2f}" in out
+    assert "cat/f0.csv" in out and "2 files, 1600 rows, 2 windows" in out
+    assert module.main([str(tmp_path / "missing")]) == 2
