@@ -165,6 +165,12 @@ def test_templates_carry_every_fact_in_vietnamese_and_english():
     resolved = make_notification("email", "a@example.org", kind="resolved",
                                  alerts=[make_alert(state="resolved", resolved_ns=READING_NS + 600 * 10**9)])
     assert "ĐÃ KẾT THÚC" in r.email(resolved).subject and "Kết thúc lúc" in r.email(resolved).text
+    escalation = make_notification("email", "a@example.org", kind="escalation")
+    escalation.tier = 1
+    assert "CHUYỂN CẤP" in r.email(escalation).subject
+    for text in (r.email(escalation).text, r.email(escalation).html, r.telegram(escalation, 1)["text"],
+                 r.slack(escalation)["blocks"][1]["text"]["text"], r.generic(escalation)["text"]):
+        assert "Chưa được xác nhận: chuyển lên cấp 2." in text
 
 
 def test_values_are_escaped_for_html_telegram_and_slack_but_not_plain_text():

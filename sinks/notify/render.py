@@ -51,6 +51,10 @@ UNIT_DISPLAY_EN = {**UNIT_DISPLAY, "veh": "veh"}
 
 LABELS: dict[str, dict[str, dict[str, str]]] = {
     "vi": {
+        "intro": {"repeat": "Nhắc lại: cảnh báo vẫn còn và chưa được xác nhận.",
+                  "escalation": "Chưa được xác nhận: chuyển lên cấp {tier}.",
+                  "digest": "Tổng hợp các cảnh báo được gộp lại để tránh gửi quá nhiều tin.",
+                  "flapping": "Cảnh báo bật/tắt liên tục: tạm dừng thông báo từng lần thay đổi cho đến khi ổn định."},
         "kind": {"firing": "CẢNH BÁO", "resolved": "ĐÃ KẾT THÚC", "repeat": "NHẮC LẠI", "escalation": "CHUYỂN CẤP",
                  "digest": "TỔNG HỢP", "flapping": "DAO ĐỘNG"},
         "severity": {"warning": "Cảnh báo", "critical": "Nghiêm trọng", "info": "Thông tin", "ok": "Bình thường"},
@@ -86,6 +90,10 @@ LABELS: dict[str, dict[str, dict[str, str]]] = {
                    "no_neighbours": "không có trạm lân cận để so sánh"},
     },
     "en": {
+        "intro": {"repeat": "Reminder: the alert is still open and not acknowledged.",
+                  "escalation": "Not acknowledged: escalated to tier {tier}.",
+                  "digest": "Alerts gathered into one message to avoid a flood of messages.",
+                  "flapping": "The alert keeps switching on and off: per-change messages pause until it settles."},
         "kind": {"firing": "ALERT", "resolved": "RESOLVED", "repeat": "REMINDER", "escalation": "ESCALATION",
                  "digest": "DIGEST", "flapping": "FLAPPING"},
         "severity": {"warning": "Warning", "critical": "Critical", "info": "Info", "ok": "OK"},
@@ -253,6 +261,7 @@ class Renderer:
             "count": len(alerts),
             "more": max(0, len(alerts) - max_listed),
             "created": format_times(getattr(notification, "created_ns", None), lang),
+            "intro": labels["intro"].get(kind, "").format(tier=int(getattr(notification, "tier", 0) or 0) + 1),
         }
 
     # -- formats -----------------------------------------------------------------------------------
