@@ -14,7 +14,7 @@ from citywatch.detectors._streaming import StreamingDetector, levels_from_score
 from citywatch.detectors.base import LEVEL_NOT_EVALUATED, LEVEL_OK, DetectorOutput
 from citywatch.detectors.ewma_cusum import CUSUM_FIELDS, CusumConfig, cusum_step
 from citywatch.detectors.robust_zscore import ROBUST_FIELDS, RobustZConfig, robust_step
-from citywatch.detectors.range_novelty import envelope_step, novelty_score
+from citywatch.detectors.range_novelty import envelope_step
 from citywatch.detectors.variance_shift import VARIANCE_FIELDS, VarianceConfig, variance_step
 from citywatch.registry import SeriesIndex
 
@@ -37,12 +37,11 @@ class AnomalyConfig(StrictModel):
     memory: float = Field(default=5000.0, ge=2.0)
     warmup: int = Field(default=100, ge=2)
     half: float = Field(default=0.05, gt=0.0)
-    weight_value: float = Field(default=1.0, ge=0.0, le=1.0)
-    weight_statistics: float = Field(default=0.7, ge=0.0, le=1.0)
+    statistics_scale: float = Field(default=3.0, gt=0.0)
     refractory: float = Field(default=50.0, ge=0.0)
     damping: float = Field(default=0.5, ge=0.0, le=1.0)
-    warning: float = Field(default=0.6, gt=0.0, le=1.0)
-    critical: float = Field(default=0.8, gt=0.0, le=1.0)
+    warning: float = Field(default=0.8, gt=0.0, le=1.0)
+    critical: float = Field(default=0.9, gt=0.0, le=1.0)
 
 
 # The statistics whose per-series envelopes calibrate the score, and the reason each one reports.
@@ -55,7 +54,6 @@ FEATURE_FIELDS: dict[str, tuple[type, float]] = {
     "ew_slow": (np.float64, 0.0),
     **{f"env_hi_{f}": (np.float64, 0.0) for f in FEATURES},
     **{f"env_lo_{f}": (np.float64, 0.0) for f in FEATURES},
-    "env_n": (np.float64, 0.0),
     "al_peak": (np.float64, 0.0),
 }
 
@@ -69,10 +67,8 @@ class AnomalyScore(StreamingDetector):
     def __init__(self, series: SeriesIndex, cfg: AnomalyConfig | None = None) -> None:
         self.cfg = cfg or AnomalyConfig()
         c = self.cfg
-        self._learn_from = max(c.robust.warmup, c.cusum.warmup, c.variance.warmup)
-        self._warmup = self._learn_from + c.warmup
-        w = np.where(np.arange(len(FEATURES)) < 3, c.weight_value, c.weight_statistics)
-        self._weights = w[:, None]
+        self._warmup = max(c.warmup, c.robust.warmup, c.cusum.warmup, c.variance.warmup)
+        self._half = np.where(np.arange(len(FEATURES)) < 3, c.half, c.half * c.statistics_scale)[:, None]
         self._decay = 0.0 if c.refractory <= 0 else float(np.exp(-1.0 / c.refractory))
         super().__init__(series)
 
@@ -88,22 +84,16 @@ class AnomalyScore(StreamingDetector):
         fast[...] = np.where(first, x, fast + (x - fast) / cfg.fast_memory)
         slow[...] = np.where(first, x, slow + (x - slow) / cfg.slow_memory)
         values = (x, fast, slow, np.abs(z), np.abs(stat), np.log(ratio))
-        learning = seen >= self._learn_from
-        started = state["env_n"] > 0
+        started = state["rz_n"] > 1.0  # the envelopes start at each series' first reading
         parts = np.empty((len(FEATURES), len(x)))
         for k, (name, v) in enumerate(zip(FEATURES, values)):
-            hi, lo = state[f"env_hi_{name}"], state[f"env_lo_{name}"]
-            before = (hi.copy(), lo.copy())
-            nov = envelope_step(hi, lo, started, v, cfg.memory)
-            hi[...] = np.where(learning, hi, before[0])
-            lo[...] = np.where(learning, lo, before[1])
+            nov = envelope_step(state[f"env_hi_{name}"], state[f"env_lo_{name}"], started, v, cfg.memory)
             if _ONE_SIDED[k]:
                 nov = np.maximum(nov, 0.0)
-            parts[k] = novelty_score(nov, cfg.half)
-        state["env_n"] += learning
-        weighted = parts * self._weights
-        which = np.argmax(weighted, axis=0)
-        combined = weighted[which, np.arange(len(x))]
+            parts[k] = np.abs(nov)
+        parts /= parts + self._half
+        which = np.argmax(parts, axis=0)
+        combined = parts[which, np.arange(len(x))]
         combined = np.where(seen < self._warmup, 0.0, combined)
         peak = state["al_peak"]
         prior = peak * self._decay

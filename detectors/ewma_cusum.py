@@ -91,17 +91,20 @@ CUSUM_FIELDS: dict[str, tuple[type, float]] = {
 
 def cusum_step(s: dict[str, np.ndarray], x: np.ndarray, sigma: np.ndarray, cfg: CusumConfig) -> np.ndarray:
     """One reading per active series: the signed statistic (S+ if S+ >= S-, else -S-); updates `s`."""
-    n, mu = s["cu_n"], s["cu_mu"]
-    base = np.where(n > 0, mu, x)
-    e = np.clip((x - base) / sigma, -cfg.clip, cfg.clip)
+    n, mu, pos, neg = s["cu_n"], s["cu_mu"], s["cu_pos"], s["cu_neg"]
     warm = n < cfg.warmup
-    pos = np.where(warm, 0.0, np.maximum(0.0, s["cu_pos"] + e - cfg.k))
-    neg = np.where(warm, 0.0, np.maximum(0.0, s["cu_neg"] - e - cfg.k))
-    # In warm-up the baseline is the running mean; then the EWMA of the clipped residuals.
-    step = np.where(warm, 1.0 / (n + 1.0), 1.0 / cfg.memory)
-    mu[...] = base + step * np.where(warm, x - base, sigma * e)
-    s["cu_pos"][...] = pos
-    s["cu_neg"][...] = neg
+    if warm.any():
+        base = np.where(n > 0, mu, x)
+        e = np.clip((x - base) / sigma, -cfg.clip, cfg.clip)
+        pos[...] = np.where(warm, 0.0, np.maximum(0.0, pos + e - cfg.k))
+        neg[...] = np.where(warm, 0.0, np.maximum(0.0, neg - e - cfg.k))
+        # In warm-up the baseline is the running mean; then the EWMA of the clipped residuals.
+        mu[...] = np.where(warm, base + (x - base) / (n + 1.0), base + sigma * e / cfg.memory)
+    else:
+        e = np.clip((x - mu) / sigma, -cfg.clip, cfg.clip)
+        pos[...] = np.maximum(0.0, pos + e - cfg.k)
+        neg[...] = np.maximum(0.0, neg - e - cfg.k)
+        mu += sigma * e / cfg.memory
     n += 1.0
     return np.where(pos >= neg, pos, -neg)
 

@@ -107,25 +107,25 @@ def robust_step(s: dict[str, np.ndarray], x: np.ndarray, cfg: RobustZConfig) -> 
     """One reading per active series: (z, sigma, median) from the state before x; updates `s` in place."""
     n, med, mad, ad = s["rz_n"], s["rz_med"], s["rz_mad"], s["rz_ad"]
     sigma = robust_sigma(med, mad, ad)
+    prior_med = med.copy()
     dev = x - med
-    z = np.where(n > 0, dev / sigma, 0.0)
     absdev = np.abs(dev)
     eta = 1.0 / cfg.memory
     warm = n < cfg.warmup
-    ad_new = np.where(
-        warm,
-        np.where(n > 0, ad + (absdev - ad) / np.maximum(n, 1.0), 0.0),
-        ad + eta * (np.minimum(absdev, cfg.clip * sigma) - ad),
-    )
-    med_new = np.where(warm, med + dev / (n + 1.0), med + eta * sigma * np.sign(dev))
-    mad_new = np.where(
-        warm | (mad <= 0.0),
-        _MAD_PER_MEANAD * ad_new,
-        mad * np.exp(eta * np.sign(absdev - mad)),
-    )
-    prior_med = med.copy()
-    med[...] = med_new
-    mad[...] = mad_new
+    if warm.any():
+        z = np.where(n > 0, dev / sigma, 0.0)
+        ad_new = np.where(
+            warm,
+            np.where(n > 0, ad + (absdev - ad) / np.maximum(n, 1.0), 0.0),
+            ad + eta * (np.minimum(absdev, cfg.clip * sigma) - ad),
+        )
+        med[...] = np.where(warm, med + dev / (n + 1.0), med + eta * sigma * np.sign(dev))
+        mad[...] = np.where(warm | (mad <= 0.0), _MAD_PER_MEANAD * ad_new, mad * np.exp(eta * np.sign(absdev - mad)))
+    else:  # the steady state, without the warm-up branch
+        z = dev / sigma
+        ad_new = ad + eta * (np.minimum(absdev, cfg.clip * sigma) - ad)
+        med += eta * sigma * np.sign(dev)
+        mad[...] = np.where(mad <= 0.0, _MAD_PER_MEANAD * ad_new, mad * np.exp(eta * np.sign(absdev - mad)))
     ad[...] = ad_new
     n += 1.0
     return z, sigma, prior_med

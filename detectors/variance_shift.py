@@ -85,19 +85,24 @@ VARIANCE_FIELDS: dict[str, tuple[type, float]] = {
 def variance_step(s: dict[str, np.ndarray], x: np.ndarray, cfg: VarianceConfig) -> np.ndarray:
     """One reading per active series: the ratio short / long after x; updates `s` in place."""
     n, prev, short, long_ = s["vs_n"], s["vs_prev"], s["vs_short"], s["vs_long"]
-    d2 = np.where(n > 0, (x - prev) ** 2, 0.0)
     warm = n < cfg.warmup
-    # During warm-up both are the running mean of the n differences seen so far.
-    running = np.where(n > 0, long_ + (d2 - long_) / np.maximum(n, 1.0), 0.0)
-    clipped = np.minimum(d2, cfg.clip * long_)
-    short_new = np.where(warm, running, short + (clipped - short) / cfg.short_memory)
-    long_new = np.where(warm, running, long_ + (clipped - long_) / cfg.long_memory)
     tiny = 1e-18 * (1.0 + x * x)
-    ratio = (short_new + tiny) / (long_ + tiny)
-    ratio = np.where(warm, 1.0, ratio)
+    if warm.any():
+        d2 = np.where(n > 0, (x - prev) ** 2, 0.0)
+        # During warm-up both are the running mean of the n differences seen so far.
+        running = np.where(n > 0, long_ + (d2 - long_) / np.maximum(n, 1.0), 0.0)
+        clipped = np.minimum(d2, cfg.clip * long_)
+        short_new = np.where(warm, running, short + (clipped - short) / cfg.short_memory)
+        ratio = np.where(warm, 1.0, (short_new + tiny) / (long_ + tiny))
+        long_[...] = np.where(warm, running, long_ + (clipped - long_) / cfg.long_memory)
+        short[...] = short_new
+    else:
+        d = x - prev
+        clipped = np.minimum(d * d, cfg.clip * long_)
+        short += (clipped - short) / cfg.short_memory
+        ratio = (short + tiny) / (long_ + tiny)
+        long_ += (clipped - long_) / cfg.long_memory
     prev[...] = x
-    short[...] = short_new
-    long_[...] = long_new
     n += 1.0
     return ratio
 
