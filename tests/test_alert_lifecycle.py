@@ -420,3 +420,42 @@ def test_quiet_keys_and_old_silences_are_forgotten():
     assert m.silences() == []
     assert set(m.state_dict()["tracks"][i]["key"] for i in range(len(m.state_dict()["tracks"]))) == {
         "aq-002|threshold:no2"}
+
+
+def test_routes_by_day_and_continue_add_recipients():
+    cfg = {
+        "grouping": {"group_wait": "0s"},
+        "routing": {
+            "recipients": {"duty": {"address": "city/notifications/duty"}, "log": {"channel": "webhook", "address": "x"},
+                           "weekend": {"address": "city/notifications/weekend"}},
+            "routes": [
+                {"match": {"severities": ["critical"]}, "tiers": [{"recipients": ["log"]}], "continue": True},
+                {"match": {"days": ["sat", "sun"]}, "tiers": [{"recipients": ["weekend"]}]},
+                {"tiers": [{"recipients": ["duty"]}]},
+            ],
+        },
+    }
+    thursday = Clock(T0 + 3600 * S)  # 2025-11-27 is a Thursday
+    m, sink, _ = manager(cfg, clock=thursday)
+    m.ingest([ev("aq-001", "critical", 0), ev("aq-009", "warning", 0)])
+    assert sorted(sink.summary()) == [("firing", "duty", ["aq-001|threshold:no2"]),
+                                      ("firing", "duty", ["aq-009|threshold:no2"]),
+                                      ("firing", "log", ["aq-001|threshold:no2"])]
+    saturday = Clock(T0 + 2 * 86400 * S + 3600 * S)
+    m, sink, _ = manager(cfg, clock=saturday)
+    m.ingest([ev("aq-009", "warning", 0)])
+    assert sink.summary() == [("firing", "weekend", ["aq-009|threshold:no2"])]
+
+
+def test_neighbours_in_different_areas_group_by_distance():
+    # aq-004 (tan-phong) and aq-009 (long-binh) are 9 km apart; with a 10 km radius they are neighbours
+    m, sink, _ = manager({"grouping": {"radius_km": 10}})
+    m.ingest([ev("aq-004", "critical", 0), ev("aq-009", "critical", 5)], event_now_ns=at(30))
+    assert sink.summary() == [("firing", "duty-officer", ["aq-004|threshold:no2", "aq-009|threshold:no2"])]
+    m2, sink2, _ = manager({"grouping": {"radius_km": None}})
+    m2.ingest([ev("aq-004", "critical", 0), ev("aq-009", "critical", 5)], event_now_ns=at(35))
+    assert len(sink2.sent) == 2
+    # another metric or rule is another event: never merged
+    m3, sink3, _ = manager()
+    m3.ingest([ev("aq-001", "critical", 0), ev("aq-002", "critical", 0, metric="pm25")], event_now_ns=at(30))
+    assert len(sink3.sent) == 2

@@ -680,7 +680,8 @@ class AlertManager:
             for r, members in by_recipient.values():
                 gk = members[0].key if len(members) == 1 else group_key
                 # the sequence: when it started, at which severity (a rise to critical is news)
-                seq = f"{min(a.started_ns for a in members)}:{max(a.severity for a in members)}"
+                worst = "critical" if any(a.severity == "critical" for a in members) else "warning"
+                seq = f"{min(a.started_ns for a in members)}:{worst}"
                 n = self._make("firing", r, members, gk, seq, wall)
                 if n is not None:
                     out.append(n)
