@@ -5,23 +5,26 @@ Each reading is first compared with its own series' recent baseline, then with w
 
 * *own deviation*: a robust z-score ``z = (x - mean) / scale`` against an exponentially weighted
   mean and variance of the series, in event time with half-life ``half_life``. Deviations are
-  clipped at ``winsor_z`` scales before they are learned, and while a reading deviates
+  clipped at ``winsor_z`` scales before they are learned (from the second reading on: a fault
+  during the warm-up must not inflate the scale for hours), and while a reading deviates
   (``|z| >= z_warn``) it is learned ``alarm_learning`` times more slowly, so an event does not
   become the baseline while it lasts. The scale is at least ``min_scale_fraction`` of the metric's
   physical range (or the metric's entry in ``min_scale``) and ``min_scale_level_fraction`` of the
-  baseline level (a saturated series, e.g. humidity pinned at 99 %, has almost no variance). Count metrics (``count_metrics``) are
-  first put through the Anscombe transform ``2 * sqrt(x + 3/8)`` (about unit variance for Poisson
+  baseline level (a saturated series, e.g. humidity pinned at 99 %, has almost no variance).
+  Count metrics (``count_metrics``) are first put through the Anscombe transform ``2 * sqrt(x + 3/8)`` (about unit variance for Poisson
   counts; their scale is at least 1). A series is evaluated once it has learned ``warmup``
   readings;
 * *the neighbours' deviations*: for every neighbour, its latest z at or before the reading's event
   time (from the same batch or from the state carried over), ignored if older than ``max_age``
   (event time) or if the neighbour is not warmed up. A neighbour *supports* the reading when its z
-  has the same sign and ``|z| >= support_z``.
+  has the same sign and ``|z| >= max(support_z, support_ratio * |z of the reading|)``: neighbours
+  moving a little do not explain a huge jump.
 
 A reading with ``|z| >= z_warn`` (WARNING; CRITICAL from ``z_crit``) is then:
 
-* ``area_event`` when at least ``max(min_support, ceil(support_fraction * available))`` of its
-  available neighbours support it: something real is happening around the sensor. The sensors
+* ``area_event`` when at least ``max(min(min_support, available), ceil(support_fraction *
+  available))`` of its available neighbours support it (a sensor at the rim of an event has
+  neighbours outside it, hence a fraction well below one half): something real is happening around the sensor. The sensors
   involved are given by `event_sensors(row)` (the sensor and its supporting neighbours) and the
   registry area of the sensor by `series.areas`;
 * ``sensor_suspect`` when it has available neighbours but too few support it: the sensor alone
@@ -107,15 +110,16 @@ detectors:
     warmup: 30                    # readings before a series is evaluated
     z_warn: 6.0                   # |robust z| for a warning (real noise has heavier tails than Gaussian)
     z_crit: 12.0                  # ... and for critical
-    support_z: 2.0                # a neighbour deviating the same way by this much supports an area event
-    min_support: 2                # area event: at least this many supporting neighbours
-    support_fraction: 0.5         # ... and at least this fraction of the available neighbours
+    support_z: 2.0                # a neighbour deviating the same way by this much supports an area event,
+    support_ratio: 0.2            # ... and by at least this fraction of the reading's own |z|
+    min_support: 2                # area event: at least this many supporting neighbours (or all there are)
+    support_fraction: 0.3         # ... and at least this fraction of the available neighbours
     max_age: 10m                  # a neighbour's latest reading older than this is not used
     winsor_z: 3.0                 # deviations are clipped at this many scales before being learned
     alarm_learning: 0.1           # learning rate factor while a reading deviates
     count_metrics: [intensity]    # Anscombe-transformed counts
     min_scale_fraction: 0.002     # smallest scale, as a fraction of the physical range ...
-    min_scale_level_fraction: 0.02   # ... and of the baseline level (saturated, nearly constant series)
+    min_scale_level_fraction: 0.01   # ... and of the baseline level (saturated, nearly constant series)
     min_scale: {}                 # per-metric smallest scale in the metric's unit, e.g. {pm25: 2.0}
 """
 
@@ -125,6 +129,7 @@ REASON_AREA_EVENT = 2
 REASON_NO_NEIGHBOURS = 3
 
 _LN2 = math.log(2.0)
+_CLIP_FROM = 2  # readings learned before deviations are clipped
 
 
 class SpatialConfig(StrictModel):
@@ -136,14 +141,15 @@ class SpatialConfig(StrictModel):
     z_warn: float = Field(default=6.0, gt=0)
     z_crit: float = Field(default=12.0, gt=0)
     support_z: float = Field(default=2.0, gt=0)
+    support_ratio: float = Field(default=0.2, ge=0, le=1)
     min_support: int = Field(default=2, ge=1)
-    support_fraction: float = Field(default=0.5, gt=0, le=1)
+    support_fraction: float = Field(default=0.3, gt=0, le=1)
     max_age: Duration = 600.0
     winsor_z: float = Field(default=3.0, gt=0)
     alarm_learning: float = Field(default=0.1, ge=0, le=1)
     count_metrics: list[str] = Field(default_factory=lambda: ["intensity"])
     min_scale_fraction: float = Field(default=0.002, ge=0)
-    min_scale_level_fraction: float = Field(default=0.02, ge=0)
+    min_scale_level_fraction: float = Field(default=0.01, ge=0)
     min_scale: dict[str, float] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -262,7 +268,9 @@ class SpatialDetector(Detector):
             slow = np.where(evaluated & (np.abs(zr) >= cfg.z_warn), cfg.alarm_learning, 1.0)
             a_m = np.maximum(-np.expm1(-decay_m * dt), first) * slow
             a_v = np.maximum(-np.expm1(-decay_v * dt), first) * slow
-            d = np.where(evaluated, np.clip(dev, -cfg.winsor_z * scale, cfg.winsor_z * scale), dev)
+            # Clipped once a few readings give a first scale (a fault during the warm-up must not
+            # inflate the scale for hours).
+            d = np.where(cnt >= _CLIP_FROM, np.clip(dev, -cfg.winsor_z * scale, cfg.winsor_z * scale), dev)
             st["mean"][s] = np.where(cnt == 0, y[r], m + a_m * d)
             st["var"][s] = np.where(cnt == 0, 0.0, (1 - a_v) * (v + a_v * d * d))
             st["n"][s] = np.minimum(cnt + 1, np.iinfo(np.int32).max)
@@ -318,7 +326,10 @@ class SpatialDetector(Detector):
         zr = z[rows]
         az = np.abs(zr)
         available = np.isfinite(zn).sum(axis=1)
-        support_mask = np.isfinite(zn) & (np.sign(zn) == np.sign(zr)[:, None]) & (np.abs(zn) >= cfg.support_z)
+        # A neighbour supports when it deviates the same way, by at least support_z and by a
+        # comparable amount (a huge spike is not explained by neighbours moving a little).
+        bar = np.maximum(cfg.support_z, cfg.support_ratio * az)[:, None]
+        support_mask = np.isfinite(zn) & (np.sign(zn) == np.sign(zr)[:, None]) & (np.abs(zn) >= bar)
         support = support_mask.sum(axis=1)
         needed = np.maximum(np.minimum(cfg.min_support, available), np.ceil(cfg.support_fraction * available))
         deviating = az >= cfg.z_warn
