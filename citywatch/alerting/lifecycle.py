@@ -22,7 +22,8 @@ metric) the manager keeps at most one open alert and moves it through
 * **Repeats.** An open, unacknowledged, unmuted alert is re-sent every `repeat_interval` (wall clock).
 * **Acknowledge** stops repeats and escalation; the resolution is still sent.
 * **Silences / maintenance windows** mute the alerts whose labels they match (sensor, area, domain,
-  rule, metric) when the alert's reading time, or the current time, falls in the window.
+  rule, metric) when the alert's reading time, or the current time, falls in the window. When the
+  window is over (in wall-clock and in event time), an alert it muted that is still open is reported.
 * **Grouping, inhibition** (`grouping.py`), **routing, escalation, storm control** (`routing.py`).
 * **Persistence**: `save()` writes the whole state atomically to a JSON file and records the ids of
   the notifications already sent; after a restart, replayed readings change nothing and nothing is
@@ -630,8 +631,11 @@ class AlertManager:
         return roots
 
     def _refresh_mutes(self, a: Alert, wall: int, roots: list[Alert] | None = None) -> None:
-        a.silenced_by = next((s.id for s in self._silences.values()
-                              if s.matches_labels(a) and (s.covers(a.last_ns) or s.covers(wall))), None)
+        # In force now (wall clock), or covering the alert's reading time and not yet over (in wall
+        # clock and in event time): once a window is over, an alert still open is reported.
+        ended_before = min(wall, self.event_now_ns)
+        a.silenced_by = next((s.id for s in self._silences.values() if s.matches_labels(a) and (
+            s.covers(wall) or (s.covers(a.last_ns) and s.end_ns > ended_before))), None)
         a.inhibited_by = None
         if self.config.inhibition.enabled:
             rules = self.config.inhibition.source_rules
