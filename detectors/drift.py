@@ -19,7 +19,7 @@ before the level turns WARNING (reason ``pending`` meanwhile); CRITICAL at ``cri
 ``|z| / critical_z`` clipped to [0, 1] (the larger of the two comparisons). A short episode - a
 burst that comes and goes within `persist`, or one the neighbours share - is not a drift. While a
 series is drifting (``|z|`` above `freeze_z`) its baselines do not learn, so a drift does not become
-the new normal. Before `min_history` readings nothing is judged (level -1).
+the new normal. Before `min_history` of data (readings x interval) nothing is judged (level -1).
 
 Output `threshold`: the warning limit of the comparison that decided (`neighbour_z` or `own_z`).
 Not evaluated and leaving the state untouched: LATE or DUPLICATE readings, rows in `skip`, NaN values.
@@ -58,9 +58,13 @@ detectors:
     level_window: 10m             # a series' current level (what its neighbours compare with)
     window: 1h                    # the recent offset
     baseline_window: 2d           # the long baseline and spread
-    min_history: 500              # readings before anything is judged
+    min_history: 12h              # data (readings x interval) before drift_neighbours is judged
     neighbour_z: 6                # drift_neighbours: recent residual this many spreads off its baseline
-    own_z: 8                      # drift_baseline: recent level this many spreads off the own baseline
+    own_z: 6                      # drift_baseline: daily level this many spreads off the own baseline
+    own_window: 1d                # drift_baseline: the daily level ...
+    own_baseline_window: 14d      # ... against the long baseline
+    own_min_history: 3d           # drift_baseline is judged after this much data
+    ratio_offset: 0.2             # non-negative metrics compare as log((x + c) / (median + c)), c = 0.2 x own mean
     critical_z: 12                # critical (either comparison)
     persist: 20m                  # must hold this long in event time
     freeze_z: 3                   # baselines stop learning beyond this
@@ -69,6 +73,7 @@ detectors:
     min_neighbours: 3             # fewer usable neighbours: only the own baseline is judged
     max_staleness: 30m            # a neighbour level older than this is not used
     exclude: [precipitation]      # metrics not judged
+    neighbour_exclude: [averageVehicleSpeed]  # metrics not compared with neighbours (speed depends on the road)
 """
 
 REASON_OK = 0
@@ -82,9 +87,13 @@ class DriftConfig(StrictModel):
     level_window: Duration = 600.0
     window: Duration = 3600.0
     baseline_window: Duration = 2 * 86400.0
-    min_history: int = Field(default=500, ge=1)
+    min_history: Duration = 12 * 3600.0
     neighbour_z: float = Field(default=6.0, gt=0)
-    own_z: float = Field(default=8.0, gt=0)
+    own_z: float = Field(default=6.0, gt=0)
+    own_window: Duration = 86400.0
+    own_baseline_window: Duration = 14 * 86400.0
+    own_min_history: Duration = 3 * 86400.0
+    ratio_offset: float = Field(default=0.2, ge=0)
     critical_z: float = Field(default=12.0, gt=0)
     persist: Duration = 1200.0
     freeze_z: float = Field(default=3.0, gt=0)
@@ -93,6 +102,7 @@ class DriftConfig(StrictModel):
     min_neighbours: int = Field(default=3, ge=1)
     max_staleness: Duration = 1800.0
     exclude: list[str] = Field(default_factory=lambda: ["precipitation"])
+    neighbour_exclude: list[str] = Field(default_factory=lambda: ["averageVehicleSpeed"])
 
 
 def _alpha(dt_s: np.ndarray, tau_s: float | np.ndarray, n: np.ndarray, use: np.ndarray) -> np.ndarray:
@@ -117,7 +127,7 @@ class DriftDetector(Detector):
     ...                   interval=600, metrics=temp) for i in range(4)]
     >>> series = SeriesIndex(Registry({s.id: s for s in sensors}))
     >>> series.add_registry()
-    >>> detector = DriftDetector(series, DriftConfig(min_history=100))
+    >>> detector = DriftDetector(series, DriftConfig(min_history="16h"))
     >>> t = np.arange(0, 3 * 86400, 600)
     >>> values = 29 + 3.5 * np.sin(2 * np.pi * t / 86400) + np.random.default_rng(1).normal(0, 0.1, (4, len(t)))
     >>> values[0] += np.clip((t - 2 * 86400) / 3600, 0, None) * 0.5        # the drift, from hour 48
@@ -157,31 +167,68 @@ class DriftDetector(Detector):
                                                                      k=self.config.neighbours))
         self._interval = np.zeros(0)
         self._judged = np.zeros(0, bool)
+        self._ratio = np.zeros(0, bool)
+        k = self.graph.k
+        self.state_fields = {**type(self).state_fields,
+                             **{f"pair{j}": (np.float64, np.nan) for j in range(k)}}
+        self._graph_rows = self.graph.index.copy()
         super().__init__(series)
 
     def _on_new_series(self, start: int, stop: int) -> None:
         cap = self._capacity
         self._interval = grow_param(self._interval, cap, DEFAULT_INTERVAL_S)
         self._judged = grow_param(self._judged, cap, False)
+        self._ratio = grow_param(self._ratio, cap, False)
+        self._ratio[start:stop] = self.series.physical_min[start:stop] >= 0
+        self._compare_nb = grow_param(getattr(self, "_compare_nb", np.zeros(0, bool)), cap, False)
+        for sid in range(start, stop):
+            self._compare_nb[sid] = self.series.metrics[sid] not in self.config.neighbour_exclude
         self._interval[start:stop] = series_intervals(self.series, start, stop)
         for sid in range(start, stop):
             self._judged[sid] = self.series.metrics[sid] not in self.config.exclude
-        self.graph.update()
+        if self.graph.update():
+            # Pair baselines belong to (series, neighbour): forget those whose neighbour changed.
+            old, new = self._graph_rows, self.graph.index
+            rows = min(len(old), len(new))
+            changed = old[:rows] != new[:rows]
+            for j in range(self.graph.k):
+                self.state[f"pair{j}"][:rows][changed[:, j]] = np.nan
+            self._graph_rows = new.copy()
 
-    def neighbour_median(self, sid: np.ndarray, ts: np.ndarray) -> np.ndarray:
-        """Median of the current levels of each row's neighbours (NaN with fewer than min_neighbours)."""
+    def neighbour_residual(self, sid: np.ndarray, ts: np.ndarray, level: np.ndarray, offset: np.ndarray,
+                           dt: np.ndarray, n: np.ndarray, first: np.ndarray, frozen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's residual against its neighbours: the median over fresh neighbours j of
+        ``d_j - baseline_j``, where ``d_j`` compares this series' level with neighbour j's (log ratio or
+        difference) and ``baseline_j`` is that pair's long EWMA. Pair baselines make the residual
+        indifferent to which neighbours happen to be reporting. Returns (residual, new pair baselines);
+        NaN residual with fewer than `min_neighbours` fresh neighbours."""
         cfg = self.config
+        st = self.state
+        k = self.graph.k
         nb = self.graph.index[sid]
         valid = nb >= 0
         nbc = np.where(valid, nb, 0)
-        lv = self.state["level"][nbc]
-        fresh = valid & np.isfinite(lv) & (ts[:, None] - self.state["last_ts"][nbc] <= int(cfg.max_staleness * 1e9))
-        lv = np.where(fresh, lv, np.nan)
-        enough = fresh.sum(axis=1) >= cfg.min_neighbours
+        lv = st["level"][nbc]
+        fresh = valid & np.isfinite(lv) & (ts[:, None] - st["last_ts"][nbc] <= int(cfg.max_staleness * 1e9))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ratio = self._ratio[sid][:, None]
+            d = np.where(ratio, np.log((level[:, None] + offset[:, None]) / (lv + offset[:, None])), level[:, None] - lv)
+        fresh &= np.isfinite(d)
+        base = np.empty_like(d)
+        for j in range(k):
+            b0 = st[f"pair{j}"][sid]
+            use = fresh[:, j] & ~frozen
+            a = _alpha(dt, cfg.baseline_window, n, use)
+            start = use & np.isnan(b0) & (count_in_run(use, first) == 1)
+            a = np.where(start, 1.0, a)
+            base[:, j] = segmented_linear_scan(1.0 - a, a * np.where(use, d[:, j], 0.0), first, np.nan_to_num(b0))
+            base[:, j] = np.where(np.isnan(b0) & (count_in_run(use, first) == 0), np.nan, base[:, j])
+        dev = np.where(fresh, d - base, np.nan)
+        enough = (np.isfinite(dev).sum(axis=1) >= cfg.min_neighbours) & self._compare_nb[sid]
         out = np.full(len(sid), np.nan)
         if enough.any():
-            out[enough] = np.nanmedian(lv[enough], axis=1)
-        return out
+            out[enough] = np.nanmedian(dev[enough], axis=1)
+        return out, base
 
     def _process(self, batch: ReadingBatch) -> DetectorOutput:
         n = len(batch)
@@ -203,23 +250,24 @@ class DriftDetector(Detector):
         dt = np.where(~first | seen, (ts - prev_ts) / 1e9, np.inf)
         n_i = st["n"][sid] + count_in_run(ones, first)
 
-        # The neighbours' median uses their levels before this batch: compute it before updating.
-        nb_median = self.neighbour_median(sid, ts)
-
         level0 = st["level"][sid]
         a_level = _alpha(dt, cfg.level_window, n_i, ones)
         level = segmented_linear_scan(1.0 - a_level, a_level * x, first, np.nan_to_num(level0))
 
-        # Own comparison.
-        own = self._compare(x, dt, n_i, first, sid, "own")
-        # Neighbour comparison (rows with enough neighbours only).
-        resid = level - nb_median
+        # Own comparison: the daily level against the long baseline (diurnal cycles cancel out).
+        interval = self._interval[sid]
+        ready_own = n_i * interval >= cfg.own_min_history
+        own = self._compare(x, dt, n_i, first, sid, "own", cfg.own_window, cfg.own_baseline_window, ready_own)
+        # Neighbour comparison (rows with enough neighbours only). Non-negative quantities compare as
+        # log ratios: stations differ by factors (a main road carries more traffic than a side street).
+        offset = cfg.ratio_offset * np.abs(own["base"]) + 1e-9
+        resid, pair_base = self.neighbour_residual(sid, ts, level, offset, dt, n_i, first, st["on"][sid])
         has_nb = np.isfinite(resid)
         n_r = st["n_resid"][sid] + count_in_run(has_nb, first)
-        nbr = self._compare(np.where(has_nb, resid, 0.0), dt, n_r, first, sid, "resid", use=has_nb)
+        ready_nb = has_nb & (n_r * interval >= cfg.min_history)
+        nbr = self._compare(np.where(has_nb, resid, 0.0), dt, n_r, first, sid, "resid", cfg.window,
+                            cfg.baseline_window, ready_nb, use=has_nb)
 
-        ready_own = n_i > cfg.min_history
-        ready_nb = has_nb & (n_r > cfg.min_history)
         z_own = np.where(ready_own, own["z"], 0.0)
         z_nb = np.where(ready_nb, nbr["z"], 0.0)
         hit_nb = np.abs(z_nb) >= cfg.neighbour_z
@@ -254,6 +302,8 @@ class DriftDetector(Detector):
         for prefix, res in (("own", own), ("resid", nbr)):
             for key in ("recent", "base", "spread"):
                 st[f"{prefix}_{key}"][ls] = res[key][last]
+        for j in range(self.graph.k):
+            st[f"pair{j}"][ls] = pair_base[last, j]
         st["on"][ls] = cond[last]
         st["since"][ls] = np.where(cond[last], since[last], 0)
 
@@ -263,25 +313,31 @@ class DriftDetector(Detector):
         out.threshold[keep] = threshold
         return out
 
-    def _compare(self, values: np.ndarray, dt: np.ndarray, n: np.ndarray, first: np.ndarray,
-                 sid: np.ndarray, prefix: str, use: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """Recent EWMA, long baseline and spread of `values`, and the z of recent vs baseline."""
+    def _compare(self, values: np.ndarray, dt: np.ndarray, n: np.ndarray, first: np.ndarray, sid: np.ndarray,
+                 prefix: str, window: float, baseline_window: float, ready: np.ndarray,
+                 use: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Recent EWMA, long baseline and spread (mean |value - baseline|) of `values`, and the z of recent
+        vs baseline."""
         cfg = self.config
         st = self.state
         use = np.ones(len(values), bool) if use is None else use
         recent0 = st[f"{prefix}_recent"][sid]
         base0 = st[f"{prefix}_base"][sid]
         spread0 = st[f"{prefix}_spread"][sid]
-        a_recent = _alpha(dt, cfg.window, n, use)
+        a_recent = _alpha(dt, window, n, use)
         recent = segmented_linear_scan(1.0 - a_recent, a_recent * values, first, np.nan_to_num(recent0))
         # Baselines learn only while the series is not drifting (judged with the baseline at batch start).
         with np.errstate(invalid="ignore", divide="ignore"):
             z0 = np.abs(recent - base0) / spread0
-        learn = use & ~((n > cfg.min_history) & (spread0 > 0) & (z0 > cfg.freeze_z))
-        a_base = _alpha(dt, cfg.baseline_window, n, learn)
+        learn = use & ~(ready & (spread0 > 0) & (z0 > cfg.freeze_z))
+        a_base = _alpha(dt, baseline_window, n, learn)
         base = segmented_linear_scan(1.0 - a_base, a_base * values, first, np.nan_to_num(base0))
+        # The spread always learns (a frozen spread could never recover from an early underestimate), but
+        # once judged, from deviations clipped at freeze_z spreads, so that a drift hardly widens it.
+        a_spread = _alpha(dt, baseline_window, n, use)
         dev = np.abs(values - base)
-        spread = segmented_linear_scan(1.0 - a_base, a_base * dev, first, np.nan_to_num(spread0))
+        dev = np.where(ready & (spread0 > 0), np.minimum(dev, cfg.freeze_z * np.nan_to_num(spread0)), dev)
+        spread = segmented_linear_scan(1.0 - a_spread, a_spread * dev, first, np.nan_to_num(spread0))
         with np.errstate(invalid="ignore", divide="ignore"):
             z = np.where(spread > 0, (recent - base) / spread, 0.0)
         return {"recent": recent, "base": base, "spread": spread, "z": z}
