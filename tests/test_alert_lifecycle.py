@@ -462,3 +462,15 @@ def test_neighbours_in_different_areas_group_by_distance():
     m3, sink3, _ = manager()
     m3.ingest([ev("aq-001", "critical", 0), ev("aq-002", "critical", 0, metric="pm25")], event_now_ns=at(30))
     assert len(sink3.sent) == 2
+
+
+@pytest.mark.parametrize("content", [b"{not json", b'{"version": 99}', b'{"version": 1, "tracks": [{"key": 1}]}'])
+def test_unusable_state_file_is_set_aside_and_the_manager_starts_empty(tmp_path, content):
+    state = tmp_path / "alerting-state.json"
+    state.write_bytes(content)
+    m, sink, _ = manager({"grouping": {"group_wait": "0s"}}, state_file=state)
+    assert m.load() is False
+    assert (tmp_path / "alerting-state.json.corrupt-1").read_bytes() == content
+    m.ingest([ev("aq-001", "critical", 0)])
+    assert sink.kinds() == ["firing"]
+    assert m.load() is True and [a.key for a in m.open_alerts()] == ["aq-001|threshold:no2"]

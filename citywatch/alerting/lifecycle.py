@@ -68,7 +68,7 @@ from citywatch.alerting.grouping import (OFFLINE_METRIC, OFFLINE_RULE, GroupBuff
                                          InhibitionConfig, SensorDirectory, area_offline_key, explains, offline_areas)
 from citywatch.alerting.model import (AREA_PREFIX, Alert, AlertNotFound, AuditRecord, Notification, NotificationSink,
                                       Recipient, Silence, SilenceNotFound, alert_key, notification_id)
-from citywatch.alerting.persistence import read_state, write_state_atomic
+from citywatch.alerting.persistence import read_state, set_aside, write_state_atomic
 from citywatch.alerting.routing import Router, RoutingConfig, StormConfig, StormControl
 
 if TYPE_CHECKING:
@@ -260,6 +260,14 @@ class AlertManager:
         self.grouper = Grouper(self.config.grouping, self.directory)
         self.links = PanelLinks(self.config.grafana)
         self._lock = threading.RLock()
+        self._empty()
+        self.counters: dict[str, int] = {"events": 0, "events_replayed": 0, "events_bad": 0, "notifications": 0,
+                                         "duplicates_suppressed": 0, "held_for_digest": 0, "muted": 0}
+        self._flap_slot_ns = int(self.config.flapping.slot * SECOND_NS)
+        self._flap_weights = [0.8 + 0.4 * i / (self.config.flapping.history - 1)
+                              for i in range(self.config.flapping.history)]
+
+    def _empty(self) -> None:
         self._tracks: dict[str, _Track] = {}
         self._resolved: dict[str, Alert] = {}  # resolved alerts whose resolution is still in a group buffer
         self._silences: dict[str, Silence] = {}
@@ -270,11 +278,8 @@ class AlertManager:
         self._last_forget_ns = NEVER
         self._root_keys: set[str] = set()  # keys whose open alert may explain others
         self.event_now_ns: int = NEVER
-        self.counters: dict[str, int] = {"events": 0, "events_replayed": 0, "events_bad": 0, "notifications": 0,
-                                         "duplicates_suppressed": 0, "held_for_digest": 0, "muted": 0}
-        self._flap_slot_ns = int(self.config.flapping.slot * SECOND_NS)
-        self._flap_weights = [0.8 + 0.4 * i / (self.config.flapping.history - 1)
-                              for i in range(self.config.flapping.history)]
+        self.grouper.restore([])
+        self.storm.restore({})
 
     # -- public: the engine ----------------------------------------------------------------------
     def ingest(self, events: Iterable["AlertEvent"], event_now_ns: int | None = None) -> list[Notification]:
@@ -811,5 +816,11 @@ class AlertManager:
         state = read_state(self.state_file)
         if state is None:
             return False
-        self.restore(state)
+        try:
+            self.restore(state)
+        except (KeyError, TypeError, ValueError) as exc:
+            set_aside(self.state_file, f"{type(exc).__name__}: {exc}")
+            with self._lock:
+                self._empty()
+            return False
         return True

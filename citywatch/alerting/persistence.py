@@ -50,10 +50,16 @@ def read_state(path: Path) -> dict[str, Any] | None:
             raise ValueError("the top level is not an object")
         return state
     except ValueError as exc:
-        n = 1
-        while path.with_name(f"{path.name}.corrupt-{n}").exists():
-            n += 1
-        aside = path.with_name(f"{path.name}.corrupt-{n}")
-        path.replace(aside)
-        log.error("alert state file unreadable (%s); moved to %s, starting empty", exc, aside)
+        set_aside(path, str(exc))
         return None
+
+
+def set_aside(path: Path, why: str) -> Path:
+    """Move an unusable state file to `<name>.corrupt-<n>` (kept for inspection) and say so."""
+    n = 1
+    while path.with_name(f"{path.name}.corrupt-{n}").exists():
+        n += 1
+    aside = path.with_name(f"{path.name}.corrupt-{n}")
+    path.replace(aside)
+    log.error("alert state file unusable (%s); moved to %s, starting empty", why, aside)
+    return aside
