@@ -1,31 +1,39 @@
-"""Calibration drift: a slowly growing, persistent offset of a series, against its own long baseline
-and against its neighbours.
+"""Calibration drift: a slowly growing, persistent offset of a series, against its neighbours and
+against its own long baseline.
 
 Per series (sensor x metric), in event time, two comparisons:
 
-* **drift_neighbours** - the series' *level* (an EWMA over `level_window`) minus the median level
-  of its spatial neighbours (same metric, same domain, from `NeighbourGraph`, at least
-  `min_neighbours` of them with a level no older than `max_staleness`) is the *residual*: what this
-  sensor says beyond what its area says. Weather, rush hours and the seasons cancel out. The
-  residual's recent value (an EWMA over `window`) is compared with its long baseline (an EWMA
-  over `baseline_window`, days) in units of its long-run mean absolute deviation:
-  ``z = (recent - baseline) / spread``.
-* **drift_baseline** - the same with the series' own values instead of the residual: its recent
-  level against its own long baseline and spread. Diurnal cycles make the own spread wide, so this
-  catches only large offsets (`own_z`); it is the check for sensors without neighbours.
+* **drift_neighbours** - what this sensor says beyond what its area says. Each series has a *level*
+  (an EWMA over `level_window`). For each spatial neighbour j (same metric, same domain, from
+  `NeighbourGraph`: the `neighbours` nearest within `neighbour_radius_km`) whose level is no older
+  than `max_staleness`, the pair difference ``d_j`` = level - level_j (for metrics that cannot be
+  negative, the log ratio ``log((level + c) / (level_j + c))`` with ``c = ratio_offset x`` the
+  series' mean: stations differ by factors, a main road carries more traffic than a side street)
+  is compared with that pair's long baseline (an EWMA over `baseline_window`, days). The *residual*
+  is the median of ``d_j - baseline_j`` over at least `min_neighbours` neighbours: weather, rush
+  hours and seasons cancel out, and it does not jump when a neighbour stops reporting. The
+  residual's recent value (an EWMA over `window`) against its long baseline, in units of its
+  long-run mean absolute deviation (the *spread*), is ``z``; ``|z| >= neighbour_z`` is a drift.
+* **drift_baseline** - the series' daily level (an EWMA over `own_window`, so the daily cycle
+  cancels out) against its own long baseline (`own_baseline_window`) and spread, judged after
+  `own_min_history`; ``|z| >= own_z`` is a drift. Slow (calibration drifts over days and weeks);
+  the check for sensors without neighbours.
 
 A drift is persistent: ``|z|`` must stay at or above its warning limit for `persist` in event time
 before the level turns WARNING (reason ``pending`` meanwhile); CRITICAL at ``critical_z``. Score:
-``|z| / critical_z`` clipped to [0, 1] (the larger of the two comparisons). A short episode - a
-burst that comes and goes within `persist`, or one the neighbours share - is not a drift. While a
-series is drifting (``|z|`` above `freeze_z`) its baselines do not learn, so a drift does not become
-the new normal. Before `min_history` of data (readings x interval) nothing is judged (level -1).
+``max(|z|) / critical_z`` clipped to [0, 1]. A short burst that comes and goes within `persist`, or
+an episode the neighbours share, is not a drift. While a series drifts (``|z|`` above `freeze_z`)
+its baselines do not learn, and its spread learns only from deviations clipped at `freeze_z`
+spreads, so a drift does not become the new normal. Nothing is judged before `min_history` of data
+(readings x interval; level -1). Metrics in `neighbour_exclude` (vehicle speed depends on the road)
+are compared with their own baseline only; metrics in `exclude` are not judged.
 
 Output `threshold`: the warning limit of the comparison that decided (`neighbour_z` or `own_z`).
 Not evaluated and leaving the state untouched: LATE or DUPLICATE readings, rows in `skip`, NaN values.
 
-State per series: 13 numbers (104 bytes). The neighbour median reads the other series' levels as
-they stood at the start of the batch (a batch is a fraction of a second of arrivals).
+State per series: 12 numbers plus one pair baseline per neighbour slot (with the default 6
+neighbours, 144 bytes). The pair differences read the neighbours' levels as they stood at the start
+of the batch (a batch is a fraction of a second of arrivals).
 
 Sample configuration: see `SAMPLE_CONFIG`.
 """
