@@ -474,3 +474,19 @@ def test_unusable_state_file_is_set_aside_and_the_manager_starts_empty(tmp_path,
     m.ingest([ev("aq-001", "critical", 0)])
     assert sink.kinds() == ["firing"]
     assert m.load() is True and [a.key for a in m.open_alerts()] == ["aq-001|threshold:no2"]
+
+
+@pytest.mark.parametrize("name", ["model", "lifecycle", "grouping", "routing", "persistence"])
+def test_module_examples_and_sample_configs(name):
+    import doctest
+    import importlib
+
+    import yaml
+
+    module = importlib.import_module(f"citywatch.alerting.{name}")
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0 and result.attempted > 0
+    sample = getattr(module, "SAMPLE_CONFIG", None)
+    if sample is not None:
+        cfg = AlertingConfig.model_validate(yaml.safe_load(sample)["alerting"])
+        assert cfg.model_dump() != AlertingConfig().model_dump()  # the sample sets something
