@@ -488,5 +488,6 @@ def test_module_examples_and_sample_configs(name):
     assert result.failed == 0 and result.attempted > 0
     sample = getattr(module, "SAMPLE_CONFIG", None)
     if sample is not None:
-        cfg = AlertingConfig.model_validate(yaml.safe_load(sample)["alerting"])
-        assert cfg.model_dump() != AlertingConfig().model_dump()  # the sample sets something
+        section = yaml.safe_load(sample)["alerting"]
+        assert section and set(section) <= set(AlertingConfig.model_fields)
+        AlertingConfig.model_validate(section)
