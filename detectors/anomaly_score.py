@@ -32,26 +32,24 @@ class AnomalyConfig(StrictModel):
     robust: RobustZConfig = Field(default_factory=RobustZConfig)
     cusum: CusumConfig = Field(default_factory=CusumConfig)
     variance: VarianceConfig = Field(default_factory=VarianceConfig)
-    fast_memory: float = Field(default=3.3, ge=1.0)
-    slow_memory: float = Field(default=33.0, ge=1.0)
+    level_memory: float = Field(default=33.0, ge=1.0)
     memory: float = Field(default=5000.0, ge=2.0)
     warmup: int = Field(default=100, ge=2)
     half: float = Field(default=0.05, gt=0.0)
     statistics_scale: float = Field(default=3.0, gt=0.0)
-    refractory: float = Field(default=50.0, ge=0.0)
+    refractory: float = Field(default=100.0, ge=0.0)
     damping: float = Field(default=0.5, ge=0.0, le=1.0)
     warning: float = Field(default=0.8, gt=0.0, le=1.0)
     critical: float = Field(default=0.9, gt=0.0, le=1.0)
 
 
 # The statistics whose per-series envelopes calibrate the score, and the reason each one reports.
-FEATURES = ("value", "fast_level", "slow_level", "robust_z", "cusum", "variance")
-_REASON_OF_FEATURE = np.array([1, 2, 2, 3, 2, 4], dtype=np.int16)
-_ONE_SIDED = np.array([False, False, False, True, True, False])
+FEATURES = ("value", "level", "robust_z", "cusum", "variance")
+_REASON_OF_FEATURE = np.array([1, 2, 3, 2, 4], dtype=np.int16)
+_ONE_SIDED = np.array([False, False, True, True, False])
 
 FEATURE_FIELDS: dict[str, tuple[type, float]] = {
-    "ew_fast": (np.float64, 0.0),
-    "ew_slow": (np.float64, 0.0),
+    "ew_level": (np.float64, 0.0),
     **{f"env_hi_{f}": (np.float64, 0.0) for f in FEATURES},
     **{f"env_lo_{f}": (np.float64, 0.0) for f in FEATURES},
     "al_peak": (np.float64, 0.0),
@@ -68,7 +66,7 @@ class AnomalyScore(StreamingDetector):
         self.cfg = cfg or AnomalyConfig()
         c = self.cfg
         self._warmup = max(c.warmup, c.robust.warmup, c.cusum.warmup, c.variance.warmup)
-        self._half = np.where(np.arange(len(FEATURES)) < 3, c.half, c.half * c.statistics_scale)[:, None]
+        self._half = np.where(np.arange(len(FEATURES)) < 2, c.half, c.half * c.statistics_scale)[:, None]
         self._decay = 0.0 if c.refractory <= 0 else float(np.exp(-1.0 / c.refractory))
         super().__init__(series)
 
@@ -79,11 +77,9 @@ class AnomalyScore(StreamingDetector):
         stat = cusum_step(state, x, sigma, cfg.cusum)
         ratio = variance_step(state, x, cfg.variance)
         first = seen == 0
-        fast = state["ew_fast"]
-        slow = state["ew_slow"]
-        fast[...] = np.where(first, x, fast + (x - fast) / cfg.fast_memory)
-        slow[...] = np.where(first, x, slow + (x - slow) / cfg.slow_memory)
-        values = (x, fast, slow, np.abs(z), np.abs(stat), np.log(ratio))
+        level = state["ew_level"]
+        level[...] = np.where(first, x, level + (x - level) / cfg.level_memory)
+        values = (x, level, np.abs(z), np.abs(stat), np.log(ratio))
         started = state["rz_n"] > 1.0  # the envelopes start at each series' first reading
         parts = np.empty((len(FEATURES), len(x)))
         for k, (name, v) in enumerate(zip(FEATURES, values)):
