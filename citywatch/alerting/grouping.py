@@ -132,13 +132,6 @@ class GroupBuffer:
     sensors: list[str | None] = field(default_factory=list)
     areas: list[str] = field(default_factory=list)
 
-    @property
-    def group_key(self) -> str:
-        """The alert's own key for a single alert; a stable name for a group."""
-        if len(self.keys) == 1:
-            return self.keys[0]
-        return f"group:{self.domain}:{self.rule}:{self.metric}|{self.keys[0]}"
-
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 

@@ -51,6 +51,7 @@ wall `clock` drives what is about people (repeats, escalation, storm windows, th
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import threading
 import time
@@ -238,6 +239,15 @@ class _Track:
         d = dict(d)
         d["alert"] = Alert.from_dict(d["alert"]) if d.get("alert") else None
         return cls(**d)
+
+
+def group_key(members: list[Alert]) -> str:
+    """The alert's own key for one alert; for several, a name derived from exactly who is in the group."""
+    if len(members) == 1:
+        return members[0].key
+    first = members[0]
+    digest = hashlib.blake2b("\x1f".join(sorted(a.key for a in members)).encode(), digest_size=6).hexdigest()
+    return f"group:{first.domain}:{first.rule}:{first.metric}:{digest}"
 
 
 def _snapshot(alert: Alert) -> Alert:
@@ -591,8 +601,7 @@ class AlertManager:
                 t.clear_since_ns = self.event_now_ns
                 self._close(t, self.event_now_ns, notify=True)
 
-    def _reminders(self, wall: int) -> list[Notification]:
-        out: list[Notification] = []
+    def _reminders(self, wall: int) -> None:
         repeat_ns = int(self.config.repeat_interval * SECOND_NS)
         roots = self._roots()
         for t in list(self._tracks.values()):
@@ -613,14 +622,13 @@ class AlertManager:
                 t.tier = nxt
                 recipients = self.router.for_alert(a, nxt, wall)
                 self._transitions.append(Transition(_snapshot(a), "escalated", wall, detail=f"tier {nxt}"))
-                out += self._send_each("escalation", recipients, [a], a.key, f"{a.started_ns}:{nxt}", t, wall)
+                self._send_each("escalation", recipients, [a], a.key, f"{a.started_ns}:{nxt}", t, wall)
                 continue
             if (repeat_ns > 0 and not t.flapping and t.last_notified_wall_ns is not None
                     and wall - t.last_notified_wall_ns >= repeat_ns):
                 t.repeats += 1
                 recipients = [r for r in (self.router.recipient(n) for n in t.told) if r is not None]
-                out += self._send_each("repeat", recipients, [a], a.key, f"{a.started_ns}:{t.repeats}", t, wall)
-        return out
+                self._send_each("repeat", recipients, [a], a.key, f"{a.started_ns}:{t.repeats}", t, wall)
 
     # -- muting ------------------------------------------------------------------------------------
     def _roots(self) -> list[Alert]:
@@ -666,7 +674,7 @@ class AlertManager:
                 out.append(r)
         return out
 
-    def _flush(self, buf: GroupBuffer, wall: int) -> list[Notification]:
+    def _flush(self, buf: GroupBuffer, wall: int) -> None:
         if buf.kind == "firing":
             alerts = []
             roots = self._roots()
@@ -683,24 +691,18 @@ class AlertManager:
             for a in alerts:
                 for r in self.router.for_alert(a, 0, wall):
                     by_recipient.setdefault(r.name, (r, []))[1].append(a)
-            out = []
-            group_key = buf.group_key if len(alerts) == len(buf.keys) else (
-                alerts[0].key if len(alerts) == 1 else f"{buf.group_key}#{len(alerts)}") if alerts else ""
             for r, members in by_recipient.values():
-                gk = members[0].key if len(members) == 1 else group_key
                 # the sequence: when it started, at which severity (a rise to critical is news)
                 worst = "critical" if any(a.severity == "critical" for a in members) else "warning"
-                seq = f"{min(a.started_ns for a in members)}:{worst}"
-                n = self._make("firing", r, members, gk, seq, wall)
-                if n is not None:
-                    out.append(n)
+                self._make("firing", r, members, group_key(members), f"{min(a.started_ns for a in members)}:{worst}",
+                           wall)
             for a in alerts:
                 t = self._tracks[a.key]
                 t.notified = True
                 t.first_notified_wall_ns = t.first_notified_wall_ns or wall
                 t.last_notified_wall_ns = wall
                 t.told = sorted(set(t.told) | {r.name for r, m in by_recipient.values() if a in m})
-            return out
+            return
         resolved = [self._resolved.pop(k) for k in buf.keys if k in self._resolved]
         by_recipient = {}
         for a in resolved:
@@ -709,32 +711,22 @@ class AlertManager:
                 r = self.router.recipient(name)
                 if r is not None:
                     by_recipient.setdefault(name, (r, []))[1].append(a)
-        out = []
         for r, members in by_recipient.values():
-            gk = members[0].key if len(members) == 1 else f"{buf.group_key}#resolved"
-            n = self._make("resolved", r, members, gk,
-                           members[0].started_ns if len(members) == 1 else min(a.started_ns for a in members), wall)
-            if n is not None:
-                out.append(n)
+            self._make("resolved", r, members, group_key(members), min(a.started_ns for a in members), wall)
         for a in resolved:
             t = self._tracks.get(a.key)
             if t is not None and t.alert is None:
                 t.told, t.notified = [], False
-        return out
 
     def _send_each(self, kind: str, recipients: list[Recipient], alerts: list[Alert], key: str, seq: Any,
-                   t: _Track, wall: int) -> list[Notification]:
-        out = []
+                   t: _Track, wall: int) -> None:
         for r in recipients:
-            n = self._make(kind, r, alerts, key, seq, wall, tier=t.tier)
-            if n is not None:
-                out.append(n)
+            self._make(kind, r, alerts, key, seq, wall, tier=t.tier)
             if r.name not in t.told:
                 t.told.append(r.name)
         t.last_notified_wall_ns = wall
         if t.first_notified_wall_ns is None:
             t.first_notified_wall_ns = wall
-        return out
 
     def _make(self, kind: str, r: Recipient, alerts: list[Alert], key: str, seq: Any, wall: int,
               tier: int = 0) -> Notification | None:
