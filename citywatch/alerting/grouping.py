@@ -142,51 +142,81 @@ class GroupBuffer:
 
 class Grouper:
     """Open group buffers; `add` puts an alert in a matching buffer (or opens one), `due` hands out
-    the buffers whose group_wait has passed in event time (or in wall time, when readings stop)."""
+    the buffers whose group_wait has passed in event time (or in wall time, when readings stop).
+
+    Lookups go through indexes by (kind, alert key), (kind, rule, metric, domain, area) and
+    (kind, rule, metric, domain, sensor), so an incident over thousands of sensors stays linear."""
 
     def __init__(self, config: GroupingConfig, directory: SensorDirectory | None = None) -> None:
         self.config = config
         self.directory = directory or SensorDirectory()
         self.wait_ns = int(config.group_wait * 1e9)
         self.buffers: list[GroupBuffer] = []
+        self._reindex()
 
-    def _joins(self, buf: GroupBuffer, alert: Alert) -> bool:
-        if (buf.rule, buf.metric, buf.domain) != (alert.rule, alert.metric, alert.domain):
-            return False
-        if alert.area in buf.areas:
-            return True
-        radius = self.config.radius_km
-        return radius is not None and not self.directory.near(alert.sensor, radius).isdisjoint(buf.sensors)
+    def _reindex(self) -> None:
+        self._by_key: dict[tuple[str, str], GroupBuffer] = {}
+        self._by_area: dict[tuple[str, ...], GroupBuffer] = {}
+        self._by_sensor: dict[tuple[str, ...], GroupBuffer] = {}
+        for buf in self.buffers:
+            for key, sensor, area in zip(buf.keys, buf.sensors, buf.areas):
+                self._index(buf, key, sensor, area)
+
+    def _index(self, buf: GroupBuffer, key: str, sensor: str | None, area: str) -> None:
+        self._by_key[(buf.kind, key)] = buf
+        base = (buf.kind, buf.rule, buf.metric, buf.domain)
+        self._by_area.setdefault((*base, area), buf)
+        if sensor:
+            self._by_sensor.setdefault((*base, sensor), buf)
+
+    def _matching(self, kind: str, alert: Alert) -> GroupBuffer | None:
+        base = (kind, alert.rule, alert.metric, alert.domain)
+        buf = self._by_area.get((*base, alert.area))
+        if buf is None and self.config.radius_km is not None and alert.sensor:
+            for other in self.directory.near(alert.sensor, self.config.radius_km):
+                buf = self._by_sensor.get((*base, other))
+                if buf is not None:
+                    break
+        return buf
 
     def add(self, kind: str, alert: Alert, event_ns: int, wall_ns: int) -> None:
-        for buf in self.buffers:
-            if buf.kind == kind and alert.key in buf.keys:
-                return
-        if self.config.enabled and alert.scope == "sensor":
-            for buf in self.buffers:
-                if buf.kind == kind and self._joins(buf, alert):
-                    buf.keys.append(alert.key)
-                    buf.sensors.append(alert.sensor)
-                    buf.areas.append(alert.area)
-                    return
-        self.buffers.append(GroupBuffer(kind, alert.rule, alert.metric, alert.domain, event_ns, wall_ns,
-                                        [alert.key], [alert.sensor], [alert.area]))
+        if (kind, alert.key) in self._by_key:
+            return
+        buf = self._matching(kind, alert) if self.config.enabled and alert.scope == "sensor" else None
+        if buf is None:
+            buf = GroupBuffer(kind, alert.rule, alert.metric, alert.domain, event_ns, wall_ns)
+            self.buffers.append(buf)
+        buf.keys.append(alert.key)
+        buf.sensors.append(alert.sensor)
+        buf.areas.append(alert.area)
+        self._index(buf, alert.key, alert.sensor, alert.area)
 
     def discard(self, key: str) -> None:
         """Take an alert out of every buffer (it resolved before its firing went out, or vice versa)."""
+        changed = False
         for buf in self.buffers:
             if key in buf.keys:
                 i = buf.keys.index(key)
                 del buf.keys[i], buf.sensors[i], buf.areas[i]
-        self.buffers = [b for b in self.buffers if b.keys]
+                changed = True
+        if changed:
+            self.buffers = [b for b in self.buffers if b.keys]
+            self._reindex()
 
     def pending(self, kind: str, key: str) -> bool:
-        return any(b.kind == kind and key in b.keys for b in self.buffers)
+        return (kind, key) in self._by_key
 
     def due(self, event_now_ns: int, wall_now_ns: int, everything: bool = False) -> list[GroupBuffer]:
-        ready = [b for b in self.buffers if everything or not self.config.enabled
-                 or event_now_ns - b.opened_event_ns >= self.wait_ns or wall_now_ns - b.opened_wall_ns >= self.wait_ns]
-        self.buffers = [b for b in self.buffers if b not in ready]
+        ready, waiting = [], []
+        for b in self.buffers:
+            if (everything or not self.config.enabled or event_now_ns - b.opened_event_ns >= self.wait_ns
+                    or wall_now_ns - b.opened_wall_ns >= self.wait_ns):
+                ready.append(b)
+            else:
+                waiting.append(b)
+        if ready:
+            self.buffers = waiting
+            self._reindex()
         return ready
 
     def to_list(self) -> list[dict[str, Any]]:
@@ -194,6 +224,7 @@ class Grouper:
 
     def restore(self, data: Iterable[dict[str, Any]]) -> None:
         self.buffers = [GroupBuffer.from_dict(d) for d in data]
+        self._reindex()
 
 
 def area_offline_key(area: str) -> str:
