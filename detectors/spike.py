@@ -1,8 +1,8 @@
 """Spikes: a series jumps away from its level and comes back within a few readings.
 
 Per series (sensor x metric), in event time. The *typical rate of change* of a series is learned as
-an EWMA of ``|change| / dt`` (per second) over `scale_window` (at least `scale_min_readings`
-readings), each change clipped at `clip` x the typical rate so that spikes barely move it, and
+the root mean square of ``change / dt`` (per second; an EWMA of its square) over `scale_window`
+(at least `scale_min_readings` readings), each change clipped at `clip` x the typical rate so that spikes barely move it, and
 floored at `floor_fraction` x the long-run typical rate (a count EWMA over `learn_readings`) so
 that a quiet night does not make every small change look large. A change per expected interval of
 ``k`` x that rate is a *jump* (``k`` = `jump_factor`, in the metric's unit: ``jump = k x rate x
@@ -59,12 +59,12 @@ SAMPLE_CONFIG = """\
 detectors:
   spike:
     enabled: true
-    jump_factor: 6                # a jump: 6 x the series' typical change per interval
+    jump_factor: 4.5              # a jump: 4.5 x the series' typical (RMS) change per interval
     max_readings: 3               # a spike lasts at most this many readings before coming back
     return_fraction: 0.5          # "back": within half of the excursion from the level
     scale_window: 30m             # the typical rate of change follows the last ~30 minutes ...
     scale_min_readings: 30        # ... or 30 readings, whichever is longer
-    floor_fraction: 0.25          # never below a quarter of the long-run typical rate
+    floor_fraction: 0.5           # never below half the long-run typical rate
     learn_readings: 2000          # horizon of the long-run typical rate
     clip: 4                       # a change counts at most 4 x the typical rate when learning
     min_history: 30               # readings learned before spikes are judged
@@ -102,12 +102,12 @@ DEFAULT_MAX_RATE: dict[str, float] = {
 
 class SpikeConfig(StrictModel):
     enabled: bool = True
-    jump_factor: float = Field(default=6.0, gt=0)
+    jump_factor: float = Field(default=4.5, gt=0)
     max_readings: int = Field(default=3, ge=1, le=MAX_READINGS_LIMIT)
     return_fraction: float = Field(default=0.5, gt=0, lt=1)
     scale_window: Duration = 1800.0
     scale_min_readings: float = Field(default=30.0, ge=1)
-    floor_fraction: float = Field(default=0.25, ge=0, le=1)
+    floor_fraction: float = Field(default=0.5, ge=0, le=1)
     learn_readings: float = Field(default=2000.0, ge=10)
     clip: float = Field(default=4.0, gt=1)
     min_history: int = Field(default=30, ge=2)
@@ -157,8 +157,8 @@ class SpikeDetector(Detector):
         self.state_fields = {
             **_history_fields(self.depth),  # h1 = the newest value, h2 the one before ... (NaN: none / before a gap)
             "last_ts": (np.int64, 0),
-            "rate": (np.float64, 0.0),  # recent typical |change| per second
-            "rate_long": (np.float64, 0.0),  # long-run typical |change| per second
+            "rate": (np.float64, 0.0),  # recent mean square of the change per second
+            "rate_long": (np.float64, 0.0),  # long-run mean square of the change per second
             "n": (np.int64, 0),  # changes learned
         }
         self._interval = np.zeros(0)
@@ -237,18 +237,19 @@ class SpikeDetector(Detector):
         observed = np.where(learn, rate_obs, 0.0)
         # Robust to the spikes themselves: clip each change at `clip` x the typical rate before it
         # (from a first, unclipped pass), once a few changes have been learned.
-        rough = segmented_linear_scan(1.0 - a_short, a_short * observed, first, rate0)
-        rough_long = segmented_linear_scan(1.0 - a_long, a_long * observed, first, long0)
-        ref = np.maximum(np.where(first, rate0, np.r_[0.0, rough[:-1]]),
-                         cfg.floor_fraction * np.where(first, long0, np.r_[0.0, rough_long[:-1]]))
+        # The typical rate is a root mean square: heavy-tailed series (bursty traffic) get a wider scale.
+        rough = segmented_linear_scan(1.0 - a_short, a_short * observed**2, first, rate0)
+        rough_long = segmented_linear_scan(1.0 - a_long, a_long * observed**2, first, long0)
+        ref = np.sqrt(np.maximum(np.where(first, rate0, np.r_[0.0, rough[:-1]]),
+                                 cfg.floor_fraction**2 * np.where(first, long0, np.r_[0.0, rough_long[:-1]])))
         capped = np.where(n_i > 10, np.minimum(observed, cfg.clip * ref), observed)
-        rate = segmented_linear_scan(1.0 - a_short, a_short * capped, first, rate0)
-        rate_long = segmented_linear_scan(1.0 - a_long, a_long * capped, first, long0)
+        rate = segmented_linear_scan(1.0 - a_short, a_short * capped**2, first, rate0)
+        rate_long = segmented_linear_scan(1.0 - a_long, a_long * capped**2, first, long0)
 
         # Judge with the rates as they stood before this reading.
         rate_before = np.where(first, rate0, np.r_[0.0, rate[:-1]])
         long_before = np.where(first, long0, np.r_[0.0, rate_long[:-1]])
-        typical = np.maximum(rate_before, cfg.floor_fraction * long_before)
+        typical = np.sqrt(np.maximum(rate_before, cfg.floor_fraction**2 * long_before))
         jump = cfg.jump_factor * typical * interval
         ready = (n_i - learn) >= cfg.min_history
         ready &= jump > 0

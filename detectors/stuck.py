@@ -59,7 +59,7 @@ SAMPLE_CONFIG = """\
 detectors:
   stuck:
     enabled: true
-    false_alarm_days: 30          # a run this unlikely happens by chance once per series in this many days
+    false_alarm_days: 90          # a run this unlikely happens by chance once per series in this many days
     min_repeats: 2                # never flag fewer repeats than this (2 = three identical readings)
     max_repeats: 30               # always flag this many repeats (outside the exempt values)
     prior_repeat_probability: 0.05  # assumed until the series has taught its own
@@ -113,7 +113,7 @@ DEFAULT_EXEMPT: dict[str, ConstantRange] = {
 
 class StuckConfig(StrictModel):
     enabled: bool = True
-    false_alarm_days: float = Field(default=30.0, gt=0)
+    false_alarm_days: float = Field(default=90.0, gt=0)
     min_repeats: int = Field(default=2, ge=1)
     max_repeats: int = Field(default=30, ge=1)
     prior_repeat_probability: float = Field(default=0.05, gt=0, lt=1)
@@ -195,9 +195,9 @@ class StuckDetector(Detector):
 
     Examples
     --------
-    A water-quality sonde reports every 5 minutes. Say exact repeats of its pH are rare (p = 1 %):
-    with one false alarm per 30 days allowed, ``ceil(log(300 / (30 x 86400)) / log(0.01)) = 2``
-    repeats would do; this configuration asks for at least 3 (`min_repeats`):
+    A water-quality sonde reports every 5 minutes. Say exact repeats of its pH are rare (p = 1 %,
+    given here as the prior): with one false alarm per 90 days allowed, a run is stuck at
+    ``ceil(log(300 / (90 x 86400)) / log(0.01)) = 3`` repeats:
 
     >>> from citywatch.batch import ReadingBatch
     >>> from citywatch.registry import MetricSpec, Registry, SeriesIndex, Sensor
@@ -205,7 +205,7 @@ class StuckDetector(Detector):
     ...                metrics={"pH": MetricSpec(unit="pH", min=0, max=14)})
     >>> series = SeriesIndex(Registry({sonde.id: sonde}))
     >>> series.add_registry()
-    >>> cfg = StuckConfig(prior_repeat_probability=0.01, min_repeats=3)
+    >>> cfg = StuckConfig(prior_repeat_probability=0.01)
     >>> detector = StuckDetector(series, cfg)
     >>> ph = [7.01, 7.03, 6.98, 7.02, 7.02, 7.02, 7.02, 7.02, 7.05]
     >>> batch = ReadingBatch.from_columns(series=[0] * len(ph), ts=[i * 300 * 10**9 for i in range(len(ph))],
