@@ -24,9 +24,9 @@ A reading with ``|z| >= z_warn`` (WARNING; CRITICAL from ``z_crit``) is then:
 
 * ``area_event`` when at least ``max(min(min_support, available), ceil(support_fraction *
   available))`` of its available neighbours support it (a sensor at the rim of an event has
-  neighbours outside it, hence a fraction well below one half): something real is happening around the sensor. The sensors
-  involved are given by `event_sensors(row)` (the sensor and its supporting neighbours) and the
-  registry area of the sensor by `series.areas`;
+  neighbours outside it, hence a fraction well below one half): something real is happening
+  around the sensor. `area_events()` lists, for the last batch, each such reading with the
+  sensors involved (the sensor and its supporting neighbours) and the sensor's registry area;
 * ``sensor_suspect`` when it has available neighbours but too few support it: the sensor alone
   sees it;
 * ``no_neighbours`` when no neighbour is available (none within the radius, or none recent).
@@ -40,7 +40,7 @@ is not in ``metrics`` (when given). Warm-up rows are learned but not evaluated.
 Vectorised: the readings of a batch are taken in rounds, the k-th reading of every series in round
 k (a live micro-batch has one or two per series), and the neighbour look-up is one
 ``searchsorted`` over the batch for the whole (readings x neighbours) matrix. State per series:
-five numbers (40 bytes).
+six numbers (44 bytes).
 
 Sample configuration: see `SAMPLE_CONFIG`.
 
@@ -74,8 +74,8 @@ Sensor 0 alone jumps by 40 µg/m³: a suspect sensor. Then all four rise by 40: 
 >>> out = det.process(batch([61], [40, 40, 40, 40]))
 >>> det.reason_names(out.reason).tolist()
 ['area_event', 'area_event', 'area_event', 'area_event']
->>> det.event_sensors(3)
-['aq-3', 'aq-2', 'aq-1', 'aq-0']
+>>> det.area_events()[3]["sensors"], det.area_events()[3]["area"]
+(['aq-3', 'aq-2', 'aq-1', 'aq-0'], 'Trung Dũng')
 
 Causality has a cost: a reading is compared with what its neighbours had reported *by its event
 time*. When an area changes suddenly, the sensors that report first still see their neighbours'
@@ -190,10 +190,10 @@ class SpatialDetector(Detector):
         self._applies = np.zeros(0, bool)
         self._is_count = np.zeros(0, bool)
         self._floor = np.zeros(0)
-        self._last_rows = np.zeros(0, np.int64)
-        self._last_series = np.zeros(0, np.int32)
-        self._last_nb = np.zeros((0, self.graph.k), np.int64)
-        self._last_support = np.zeros((0, self.graph.k), bool)
+        self._last_area_sid = np.zeros(0, np.int64)
+        self._last_area_ts = np.zeros(0, np.int64)
+        self._last_area_nb = np.zeros((0, self.graph.k), np.int64)
+        self._last_area_support = np.zeros((0, self.graph.k), bool)
         super().__init__(series)
 
     def _on_new_series(self, start: int, stop: int) -> None:
@@ -220,15 +220,17 @@ class SpatialDetector(Detector):
             rng = hi - lo if np.isfinite(lo) and np.isfinite(hi) else 0.0
             self._floor[sid] = max(cfg.min_scale.get(metric, cfg.min_scale_fraction * rng), 1e-9)
 
-    def event_sensors(self, row: int) -> list[str]:
-        """For a row of the last batch processed: its sensor and the neighbours that supported it."""
-        at = np.searchsorted(self._last_rows, row)
-        if at >= len(self._last_rows) or self._last_rows[at] != row:
-            return []
-        own = self._last_series[row]
-        nb = self._last_nb[at][self._last_support[at]]
-        ids = self.series.sensor_ids
-        return [ids[own]] + [ids[j] for j in nb.tolist()]
+    def area_events(self) -> list[dict]:
+        """The area events of the last batch processed, one per reading reported as ``area_event``:
+        its sensor, metric, event time (ns), registry area, and the sensors involved (the sensor
+        first, then its supporting neighbours, nearest first)."""
+        ids, areas = self.series.sensor_ids, self.series.areas
+        out = []
+        for sid, ts, nb, sup in zip(self._last_area_sid.tolist(), self._last_area_ts.tolist(),
+                                    self._last_area_nb, self._last_area_support):
+            out.append({"sensor": ids[sid], "metric": self.series.metrics[sid], "ts": ts, "area": areas[sid],
+                        "sensors": [ids[sid]] + [ids[j] for j in nb[sup].tolist()]})
+        return out
 
     def _deviations(self, batch: ReadingBatch, active: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Each active row's z against its series' baseline before it, learning row by row in order.
@@ -344,8 +346,9 @@ class SpatialDetector(Detector):
                                    0.5 + 0.5 * np.clip((az - cfg.z_warn) / (cfg.z_crit - cfg.z_warn), 0.0, 1.0))
         out.threshold[rows] = expected[rows]
 
-        self._last_rows, self._last_series = rows, sid.copy()
-        self._last_nb, self._last_support = self.graph.index[sid[rows]], support_mask
+        is_area = reason == REASON_AREA_EVENT
+        self._last_area_sid, self._last_area_ts = sid[rows][is_area].astype(np.int64), batch.ts[rows][is_area]
+        self._last_area_nb, self._last_area_support = self.graph.index[sid[rows][is_area]], support_mask[is_area]
         # Carry each series' latest evaluated deviation to the next batch.
         last = batch.is_last
         at = last_index_where(np.isfinite(z), batch.group_start)[last]

@@ -473,3 +473,20 @@ def test_count_tails_are_calibrated_on_simulated_traffic_where_a_gaussian_is_not
     assert warn < 3e-4 and crit < 2e-5
     g_warn, g_crit, _ = rates["gaussian"]
     assert g_warn > 4 * warn and g_crit > 10 * max(crit, 1.0 / n)
+
+
+def test_traffic_zero_late_and_duplicate_rows_change_nothing():
+    series = _two_cameras(("main", "side"))
+    det = _warm_zero_detector(series)
+    t = MONDAY_NS + 2 * DAY + 3 * HOUR + np.arange(3) * MINUTE
+    det.process(ReadingBatch.from_columns([0, 0, 0], t, [0, 0, 0]))  # a run of zeros is under way
+    before = {k: v.copy() for k, v in det.snapshot().items()}
+    late = ReadingBatch.from_columns([0, 0, 0], t[-1] + np.array([-MINUTE, 0, 0]), [0, 7, 0],
+                                     [FLAG_LATE, FLAG_DUPLICATE, FLAG_DUPLICATE])
+    out = det.process(late)
+    assert np.all(out.level == LEVEL_NOT_EVALUATED)
+    after = det.snapshot()
+    assert set(after) == set(before) and any(k.startswith("baseline.") for k in after)
+    for k, v in before.items():
+        np.testing.assert_array_equal(after[k], v)
+    assert after["run_len"][0] == 3

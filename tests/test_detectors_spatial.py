@@ -135,7 +135,7 @@ def test_lone_offset_is_sensor_suspect_and_neighbours_stay_ok():
     assert reasons == ["ok", "ok", "sensor_suspect", "ok", "ok", "ok"]
     assert out.level[2] == LEVEL_CRITICAL and out.score[2] == 1.0
     assert np.all(out.level[[0, 1, 3, 4, 5]] == LEVEL_OK)
-    assert det.event_sensors(2) == ["s2"]
+    assert det.area_events() == []
 
 
 @pytest.mark.parametrize("sign", [1, -1])
@@ -150,8 +150,11 @@ def test_same_offset_on_most_neighbours_is_area_event_for_each(sign):
     assert reasons[5] == "ok"
     assert "sensor_suspect" not in reasons
     assert np.all(out.level[:5] >= LEVEL_WARNING)
-    members = det.event_sensors(0)
+    events = det.area_events()
+    assert [e["sensor"] for e in events] == ["s0", "s1", "s2", "s3", "s4"]
+    members = events[0]["sensors"]
     assert members[0] == "s0" and set(members[1:]) == {"s1", "s2", "s3", "s4"}
+    assert events[0]["area"] == "Tân Phong" and events[0]["metric"] == "pm25" and events[0]["ts"] == 120 * MINUTE
     # The threshold output is the baseline the reading was compared with.
     assert np.all(np.abs(out.threshold[:5] - 30.0) < 1.5)
 
