@@ -341,6 +341,10 @@ class AlertManager:
                     out.append(_snapshot(t.alert))
             return sorted(out, key=lambda a: (a.started_ns, a.key))
 
+    def open_count(self) -> int:
+        with self._lock:
+            return sum(1 for t in self._tracks.values() if t.alert is not None)
+
     def get(self, key: str) -> Alert | None:
         with self._lock:
             t = self._tracks.get(key)

@@ -106,13 +106,21 @@ class AlertingStage:
 
     def after_stored(self, events: list, event_now_ns: int | None) -> list[str]:
         """Level changes of a stored batch -> notifications (to the sink) and transition points."""
-        notes = self.manager.ingest(events, event_now_ns)
-        self.stats.inc("notifications", len(notes))
-        return self._lines()
+        return self._run(self.manager.ingest, events, event_now_ns)
 
     def tick(self, event_now_ns: int | None = None) -> list[str]:
-        notes = self.manager.tick(event_now_ns)
+        """Timers; without `event_now_ns` the manager's own event time (the newest stored reading)."""
+        return self._run(self.manager.tick, event_now_ns)
+
+    def _run(self, step, *args) -> list[str]:
+        try:
+            notes = step(*args)
+        except Exception:  # a bug in alerting must not stop the storage of readings
+            self.stats.inc("alerting_errors")
+            self.log.exception("alert manager failed")
+            return []
         self.stats.inc("notifications", len(notes))
+        self.stats.set("alerts_open", self.manager.open_count())
         return self._lines()
 
     def _lines(self) -> list[str]:
