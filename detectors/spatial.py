@@ -11,14 +11,15 @@ Each reading is first compared with its own series' recent baseline, then with w
   become the baseline while it lasts. The scale is at least ``min_scale_fraction`` of the metric's
   physical range (or the metric's entry in ``min_scale``) and ``min_scale_level_fraction`` of the
   baseline level (a saturated series, e.g. humidity pinned at 99 %, has almost no variance).
-  Count metrics (``count_metrics``) are first put through the Anscombe transform ``2 * sqrt(x + 3/8)`` (about unit variance for Poisson
-  counts; their scale is at least 1). A series is evaluated once it has learned ``warmup``
-  readings;
+  Count metrics (``count_metrics``) are first put through the Anscombe transform
+  ``2 * sqrt(x + 3/8)`` (about unit variance for Poisson counts; their scale is at least 1).
+  A series is evaluated once it has learned ``warmup`` readings;
 * *the neighbours' deviations*: for every neighbour, its latest z at or before the reading's event
-  time (from the same batch or from the state carried over), ignored if older than ``max_age``
-  (event time) or if the neighbour is not warmed up. A neighbour *supports* the reading when its z
-  has the same sign and ``|z| >= max(support_z, support_ratio * |z of the reading|)``: neighbours
-  moving a little do not explain a huge jump.
+  time (from the same batch or from the state carried over), ignored if older (in event time)
+  than ``max_age`` or two of the sensor's reporting intervals, whichever is longer, or if the
+  neighbour is not warmed up. A neighbour *supports* the reading when its z has the same sign
+  and ``|z| >= max(support_z, support_ratio * |z of the reading|)``: neighbours moving a little
+  do not explain a huge jump.
 
 A reading with ``|z| >= z_warn`` (WARNING; CRITICAL from ``z_crit``) is then:
 
@@ -114,7 +115,8 @@ detectors:
     support_ratio: 0.2            # ... and by at least this fraction of the reading's own |z|
     min_support: 2                # area event: at least this many supporting neighbours (or all there are)
     support_fraction: 0.3         # ... and at least this fraction of the available neighbours
-    max_age: 10m                  # a neighbour's latest reading older than this is not used
+    max_age: 10m                  # a neighbour's latest reading older than this (or than two of the
+                                  # sensor's reporting intervals, if longer) is not used
     winsor_z: 3.0                 # deviations are clipped at this many scales before being learned
     alarm_learning: 0.1           # learning rate factor while a reading deviates
     count_metrics: [intensity]    # Anscombe-transformed counts
@@ -190,6 +192,7 @@ class SpatialDetector(Detector):
         self._applies = np.zeros(0, bool)
         self._is_count = np.zeros(0, bool)
         self._floor = np.zeros(0)
+        self._max_age_ns = np.zeros(0, np.int64)
         self._last_area_sid = np.zeros(0, np.int64)
         self._last_area_ts = np.zeros(0, np.int64)
         self._last_area_nb = np.zeros((0, self.graph.k), np.int64)
@@ -206,12 +209,17 @@ class SpatialDetector(Detector):
             return out
 
         self._applies, self._is_count, self._floor = grown(self._applies), grown(self._is_count), grown(self._floor)
+        self._max_age_ns = grown(self._max_age_ns)
         cfg = self.config
         wanted = None if cfg.metrics is None else set(cfg.metrics)
         counts = set(cfg.count_metrics)
+        reg = self.series.registry
         for sid in range(start, stop):
             metric = self.series.metrics[sid]
             self._applies[sid] = wanted is None or metric in wanted
+            sensor = reg.get(self.series.sensor_ids[sid])
+            interval = float(sensor.interval) if sensor is not None and sensor.interval else 0.0
+            self._max_age_ns[sid] = int(round(max(cfg.max_age, 2 * interval) * 1e9))
             self._is_count[sid] = metric in counts
             if self._is_count[sid]:
                 self._floor[sid] = max(1.0, cfg.min_scale.get(metric, 0.0))
@@ -310,7 +318,7 @@ class SpatialDetector(Detector):
         use = carried & (st_t <= t[:, None])
         zn = np.where(use, st_z, zn)
         tn = np.where(use, st_t, tn)
-        fresh = (t[:, None] - tn) <= int(round(self.config.max_age * 1e9))
+        fresh = (t[:, None] - tn) <= self._max_age_ns[sid[rows]][:, None]
         return np.where((found | use) & fresh, zn, np.nan)
 
     def _process(self, batch: ReadingBatch) -> DetectorOutput:
