@@ -73,7 +73,7 @@ detectors:
     saturation_visits: 3          # a series' lowest/highest value it came back to 3 times is a floor/ceiling: exempt (0: off)
     exempt:                       # values that are legitimately constant, per metric: [min, max]
       precipitation: {min: 0, max: 0}        # no rain
-      intensity: {min: 0, max: 0}            # no vehicles (night)
+      intensity: {min: 0, max: 2}            # (almost) no vehicles: quiet nights repeat small counts
       occupancy: {min: 0, max: 0.02}         # empty road
       averageVehicleSpeed: {min: 0, max: 0}  # no vehicles to measure
       relativeHumidity: {min: 0.98, max: 1}  # saturated air
@@ -103,7 +103,7 @@ class ConstantRange(StrictModel):
 
 DEFAULT_EXEMPT: dict[str, ConstantRange] = {
     "precipitation": ConstantRange(min=0.0, max=0.0),
-    "intensity": ConstantRange(min=0.0, max=0.0),
+    "intensity": ConstantRange(min=0.0, max=2.0),
     "occupancy": ConstantRange(min=0.0, max=0.02),
     "averageVehicleSpeed": ConstantRange(min=0.0, max=0.0),
     "relativeHumidity": ConstantRange(min=0.98, max=1.0),
