@@ -491,3 +491,12 @@ def test_module_examples_and_sample_configs(name):
         section = yaml.safe_load(sample)["alerting"]
         assert section and set(section) <= set(AlertingConfig.model_fields)
         AlertingConfig.model_validate(section)
+
+
+def test_a_late_sensor_is_not_offline_and_mutes_nothing():
+    m, sink, _ = manager()
+    m.ingest([ev(s, "warning", 0, detector="no_data", metric="offline") for s in ("aq-001", "aq-002", "aq-003")]
+             + [ev("aq-004", "critical", 5)], event_now_ns=at(60))
+    assert sorted(k for n in sink.sent for k in (a.key for a in n.alerts)) == [
+        "aq-001|no_data:offline", "aq-002|no_data:offline", "aq-003|no_data:offline", "aq-004|threshold:no2"]
+    assert all(a.inhibited_by is None for a in m.open_alerts())

@@ -13,8 +13,9 @@ notified, like Alertmanager's inhibit rules or Kapacitor's `.inhibit()`:
   it is raised by the alert manager itself when at least `area_offline_fraction` of an area's
   sensors (and at least `area_offline_min_sensors`) have an open no-data alert: the gateway or the
   area's power or network is down, not each sensor;
-* a *sensor offline* alert (a rule in `source_rules`, e.g. `no_data`) explains that sensor's other
-  alerts (a dead device's flat-line or stale-value alerts).
+* a *sensor offline* alert (a rule in `source_rules`, e.g. `no_data`, at its critical `offline`
+  level: `late` does not count) explains that sensor's other alerts (a dead device's flat-line or
+  stale-value alerts).
 
 >>> from citywatch.alerting.model import Alert
 >>> d = SensorDirectory({"a1": ("air", "bh", 10.950, 106.82), "a2": ("air", "bh", 10.955, 106.82),
@@ -231,9 +232,14 @@ def area_offline_key(area: str) -> str:
     return f"{AREA_PREFIX}{area}|{OFFLINE_RULE}:{OFFLINE_METRIC}"
 
 
+def is_offline(alert: Alert) -> bool:
+    """A no-data alert at its offline level (the no-data detector's `late` is only a warning)."""
+    return alert.state == "firing" and (alert.severity == "critical" or alert.reason == "offline")
+
+
 def explains(root: Alert, target: Alert, source_rules: list[str]) -> bool:
     """True if the root alert (offline area or sensor) accounts for the target alert."""
-    if root.key == target.key or root.state != "firing" or root.rule not in source_rules:
+    if root.key == target.key or root.rule not in source_rules or not is_offline(root):
         return False
     if root.scope == "area":
         return target.scope == "sensor" and target.area == root.area
@@ -245,7 +251,7 @@ def offline_areas(open_alerts: Iterable[Alert], directory: SensorDirectory,
     """area -> the firing sensor no-data alerts that make it count as offline."""
     by_area: dict[str, dict[str, Alert]] = {}
     for a in open_alerts:
-        if a.scope == "sensor" and a.rule == OFFLINE_RULE and a.state == "firing" and a.sensor:
+        if a.scope == "sensor" and a.rule == OFFLINE_RULE and is_offline(a) and a.sensor:
             by_area.setdefault(a.area, {}).setdefault(a.sensor, a)
     out = {}
     for area, sensors in by_area.items():
