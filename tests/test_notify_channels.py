@@ -785,3 +785,56 @@ def test_a_command_sent_while_the_engine_is_down_is_carried_out_on_restart(mosqu
     finally:
         console.close()
     assert console.replies[-1][1]["ok"] and console.replies[-1][0] == "city/commands/alerts/replies"
+
+
+@pytest.mark.integration
+def test_alerting_stage_wires_channels_api_and_command_topic(tmp_path, mosquitto, webhook, monkeypatch):
+    """The engine's alerting stage built from one `alerting:` config: notifications on MQTT and a webhook,
+    the API and the command topic acting on the same alerts, and the audit trail of both."""
+    import httpx
+
+    from citywatch.alerting.stage import AlertingStage
+
+    monkeypatch.setenv("CITYWATCH_API_TOKENS", "lan:lan-token-0123456789abcdef")
+    alerting = AlertingConfig.model_validate({
+        "state_file": "alerting-state.json",
+        "grafana": {"base_url": None},
+        "routing": {"recipients": {"duty-officer": {"channel": "mqtt", "address": "city/notifications/duty-officer"},
+                                   "ops-log": {"channel": "webhook", "address": "", "language": "en"}},
+                    "routes": [{"tiers": [{"after": "0s", "recipients": ["duty-officer", "ops-log"]}]}]},
+        "notify": {"retry": {"attempts": 3, "initial": "50ms"},
+                   "channels": {"mqtt": {"type": "mqtt", "client_id": "stage-notify"},
+                                "webhook": {"type": "webhook", "url": webhook.url + "/hook"}}},
+        "api": {"enabled": True, "port": 0},
+        "commands": {"enabled": True, "client_id": "stage-commands"},
+    })
+    settings = type("S", (), {"alerting": alerting, "data_dir": str(tmp_path), "mqtt": MqttConfig(url=mosquitto.url),
+                              "data_path": staticmethod(lambda p: tmp_path / p)})()
+    listener = Listener(mosquitto.port, "city/notifications/#", "stage-listener")
+    stage = AlertingStage(settings, small_registry())
+    stage.start()
+    console = Requester(mosquitto.port, client_id="stage-console")
+    try:
+        assert stage.commands.ready.wait(5) and stage.dispatcher.channels["mqtt"].wait_connected(5)
+        lines = stage.after_stored([_event("critical", 0, 231.0, sensor="aq-001")], None)
+        lines += stage.after_stored([_event("critical", 40, 240.0, sensor="aq-001")], None)
+        assert any('state="firing"' in line for line in lines), lines
+        assert stage.dispatcher.wait_idle(10)
+        got = wait_for(lambda: listener.messages, 5, "the MQTT notification")
+        assert got[0][0] == "city/notifications/duty-officer" and got[0][1]["alerts"][0]["unit"] == "µg/m³"
+        assert webhook.requests[0]["body"]["recipient"] == "ops-log" and webhook.requests[0]["body"]["language"] == "en"
+
+        key = "aq-001|threshold:no2"
+        with httpx.Client(base_url=stage.api.url, headers={"Authorization": "Bearer lan-token-0123456789abcdef"}) as c:
+            assert [a["key"] for a in c.get("/alerts").json()["alerts"]] == [key]
+            assert c.post("/silences", json={"area": "tan-phong", "duration": "1h"}).status_code == 201
+        _, reply, _ = console.send({"action": "ack", "key": key, "by": "minh"})
+        assert reply["ok"]
+        lines = stage.tick()
+        assert any('state="acknowledged"' in line and 'who="minh"' in line for line in lines)
+    finally:
+        console.close()
+        listener.close()
+        stage.stop()
+    assert [(r.who, r.action) for r in stage.manager.audit()] == [("lan", "silence"), ("minh", "acknowledge")]
+    assert stage.dispatcher.counters()["notify_delivered"] == 2
