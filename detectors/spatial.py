@@ -172,7 +172,11 @@ def _inverse_anscombe(y: np.ndarray) -> np.ndarray:
 
 
 class SpatialDetector(Detector):
-    """Lone deviation (sensor suspect) vs coherent deviation (area event); see the module docstring."""
+    """Lone deviation (sensor suspect) vs coherent deviation (area event); see the module docstring.
+
+    `graph`: a `NeighbourGraph` over the same series index to share with other detectors; by
+    default one is built from ``config.neighbours``.
+    """
 
     name = "spatial"
     reasons = ("ok", "sensor_suspect", "area_event", "no_neighbours")
