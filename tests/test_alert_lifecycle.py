@@ -308,9 +308,8 @@ def test_restart_keeps_open_alerts_and_sends_nothing_twice(tmp_path):
     assert m2.counters["events_replayed"] == 2
     clock.advance(600)
     m2.tick()
-    assert sink2.kinds() == ["repeat", "repeat"]
-    # a third instance restored from the state before the repeats went out would re-create the same
-    # repeat notifications: their ids are recorded, so they are not sent again
+    assert sink2.summary() == [("repeat", "duty-officer", ["aq-001|threshold:no2", "aq-009|threshold:no2"])]
+    # another restart at the same moment: the repeat is not sent again
     m3, sink3, _ = manager(cfg, clock=clock, state_file=state)
     m3.load()
     m3.tick()
@@ -500,3 +499,28 @@ def test_a_late_sensor_is_not_offline_and_mutes_nothing():
     assert sorted(k for n in sink.sent for k in (a.key for a in n.alerts)) == [
         "aq-001|no_data:offline", "aq-002|no_data:offline", "aq-003|no_data:offline", "aq-004|threshold:no2"]
     assert all(a.inhibited_by is None for a in m.open_alerts())
+
+
+def test_an_unacknowledged_incident_escalates_as_one_message():
+    m, sink, clock = manager(ROTA)
+    m.ingest([ev(s, "critical", 0) for s in ("aq-001", "aq-002", "aq-009")], event_now_ns=at(30))
+    assert sorted(sink.summary()) == [
+        ("firing", "duty", ["aq-001|threshold:no2", "aq-002|threshold:no2"]), ("firing", "duty", ["aq-009|threshold:no2"])]
+    m.acknowledge("aq-002|threshold:no2", who="duty")
+    clock.advance(15 * 60)
+    m.tick()
+    assert sink.summary()[2:] == [("escalation", "lead", ["aq-001|threshold:no2", "aq-009|threshold:no2"])]
+    assert sink.sent[2].tier == 1
+
+
+def test_notification_ids_are_the_same_for_the_same_readings():
+    """What the dispatcher relies on to recognise a resend: ids depend on the data, not on the run."""
+    runs = []
+    for start in (T0, T0 + 999 * S):
+        m, sink, clock = manager({"repeat_interval": "10m"}, clock=Clock(start))
+        m.ingest([ev("aq-001", "critical", 0), ev("aq-002", "critical", 3), ev("aq-009", "warning", 4)],
+                 event_now_ns=at(40))
+        clock.advance(600)
+        m.tick()
+        runs.append([n.id for n in sink.sent])
+    assert runs[0] == runs[1] and len(set(runs[0])) == len(runs[0]) == 3

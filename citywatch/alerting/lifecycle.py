@@ -606,8 +606,11 @@ class AlertManager:
                 self._close(t, self.event_now_ns, notify=True)
 
     def _reminders(self, wall: int) -> None:
+        """Escalations and repeats that are due. Those due at the same pass for the same recipient go
+        out as one message listing the alerts (an unacknowledged incident escalates as one)."""
         repeat_ns = int(self.config.repeat_interval * SECOND_NS)
         roots = self._roots()
+        batches: dict[tuple[str, str], tuple[Recipient, list[tuple[Alert, str, int]]]] = {}
         for t in list(self._tracks.values()):
             a = t.alert
             if a is None or a.state != "firing":
@@ -624,15 +627,25 @@ class AlertManager:
                                            wall_ns=wall)
             if after is not None and wall - t.first_notified_wall_ns >= after * SECOND_NS:
                 t.tier = nxt
-                recipients = self.router.for_alert(a, nxt, wall)
                 self._transitions.append(Transition(_snapshot(a), "escalated", wall, detail=f"tier {nxt}"))
-                self._send_each("escalation", recipients, [a], a.key, f"{a.started_ns}:{nxt}", t, wall)
-                continue
-            if (repeat_ns > 0 and not t.flapping and t.last_notified_wall_ns is not None
+                kind, recipients, seq = "escalation", self.router.for_alert(a, nxt, wall), f"{a.started_ns}:{nxt}"
+            elif (repeat_ns > 0 and not t.flapping and t.last_notified_wall_ns is not None
                     and wall - t.last_notified_wall_ns >= repeat_ns):
                 t.repeats += 1
+                kind, seq = "repeat", f"{a.started_ns}:{t.repeats}"
                 recipients = [r for r in (self.router.recipient(n) for n in t.told) if r is not None]
-                self._send_each("repeat", recipients, [a], a.key, f"{a.started_ns}:{t.repeats}", t, wall)
+            else:
+                continue
+            for r in recipients:
+                batches.setdefault((kind, r.name), (r, []))[1].append((a, seq, t.tier))
+                if r.name not in t.told:
+                    t.told.append(r.name)
+            t.last_notified_wall_ns = wall
+        for (kind, _), (r, items) in batches.items():
+            members = [a for a, _, _ in items]
+            seq = items[0][1] if len(items) == 1 else hashlib.blake2b(
+                "\x1f".join(sorted(f"{a.key}={s}" for a, s, _ in items)).encode(), digest_size=6).hexdigest()
+            self._make(kind, r, members, group_key(members), seq, wall, tier=max(tier for _, _, tier in items))
 
     # -- muting ------------------------------------------------------------------------------------
     def _roots(self) -> list[Alert]:
