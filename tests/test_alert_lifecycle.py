@@ -524,3 +524,21 @@ def test_notification_ids_are_the_same_for_the_same_readings():
         m.tick()
         runs.append([n.id for n in sink.sent])
     assert runs[0] == runs[1] and len(set(runs[0])) == len(runs[0]) == 3
+
+
+def test_flapping_detected_on_a_rise_is_announced_once():
+    """Without a hold-down, the change that reveals flapping may be the one that reopens the alert."""
+    m, sink, _ = manager({"defaults": {"resolve_for": "0s"}, "grouping": {"group_wait": "0s"},
+                          "flapping": {"min_changes": 5}})
+    for i in range(40):
+        m.ingest([ev("aq-001", "critical" if i % 2 == 0 else "ok", 30 * i)])
+    # changes 1-4 go out one by one; the 5th (a rise) reveals the flapping: one notice, then quiet
+    assert sink.kinds() == ["firing", "resolved", "firing", "resolved", "flapping"]
+
+
+def test_pending_alert_that_flaps_never_notifies():
+    m, sink, _ = manager({"rules": {"stale": {"for": "5m"}}, "grouping": {"group_wait": "0s"}})
+    for i in range(40):
+        m.ingest([ev("aq-001", "warning" if i % 2 == 0 else "ok", 30 * i, detector="stale")])
+    m.tick(event_now_ns=at(3600))
+    assert sink.sent == []

@@ -458,18 +458,20 @@ class AlertManager:
         elif a is not None:
             a.value, a.last_ns = float(ev.value), ts
             if a.state == "pending":
-                self._close(t, ts, notify=False)
+                self._close(t, ts, notify=False, wall=wall)
             else:
                 t.clear_since_ns = ts
                 if self.config.rule(a.rule).resolve_for <= 0 and not t.flapping:
-                    self._close(t, ts, notify=True)
+                    self._close(t, ts, notify=True, wall=wall)
 
     def _fire(self, t: _Track, at_ns: int, wall: int) -> None:
         a = t.alert
         assert a is not None
         a.state = "firing"
         self._transitions.append(Transition(_snapshot(a), "firing", at_ns))
-        if not t.flapping:
+        if t.flapping:
+            self._announce_flapping(t, wall)
+        else:
             self._queue_firing(t, at_ns, wall)
 
     def _queue_firing(self, t: _Track, at_ns: int, wall: int) -> None:
@@ -481,7 +483,7 @@ class AlertManager:
             return
         self.grouper.add("firing", a, at_ns, wall)
 
-    def _close(self, t: _Track, at_ns: int, notify: bool) -> None:
+    def _close(self, t: _Track, at_ns: int, notify: bool, wall: int) -> None:
         a = t.alert
         assert a is not None
         a.state = "resolved"
@@ -492,7 +494,7 @@ class AlertManager:
             self.grouper.discard(a.key)  # nobody was told it fired: nobody needs to hear it ended
         if notify and t.notified and t.told:
             self._resolved[a.key] = a
-            self.grouper.add("resolved", a, a.resolved_ns, self.clock())
+            self.grouper.add("resolved", a, a.resolved_ns, wall)
 
     # -- flapping ------------------------------------------------------------------------------------
     def _flap_percent(self, t: _Track, now_ns: int) -> float:
@@ -522,12 +524,19 @@ class AlertManager:
             if a is not None:
                 a.flapping = True
                 self._transitions.append(Transition(_snapshot(a), "flapping", ts))
-                self._refresh_mutes(a, wall)
-                if not a.muted:
-                    recipients = self._recipients_for(a, t, wall)
-                    self.grouper.discard(a.key)
-                    self._send_each("flapping", recipients, [a], a.key, a.started_ns, t, wall)
-                    t.notified = True
+                if a.state == "firing":
+                    self._announce_flapping(t, wall)
+
+    def _announce_flapping(self, t: _Track, wall: int) -> None:
+        """One "flapping" notification per alert, instead of its per-change ones (damping)."""
+        a = t.alert
+        assert a is not None
+        self._refresh_mutes(a, wall)
+        if a.muted:
+            return
+        self.grouper.discard(a.key)
+        self._send_each("flapping", self._recipients_for(a, t, wall), [a], a.key, a.started_ns, t, wall)
+        t.notified = True
 
     def _flap_decay(self, t: _Track, now_ns: int) -> None:
         if t.flapping and self._flap_percent(t, now_ns) < self.config.flapping.low:
@@ -549,7 +558,7 @@ class AlertManager:
                 self._fire(t, a.started_ns + int(rule.for_ * SECOND_NS), wall)
             elif (a.state == "firing" and t.clear_since_ns is not None and not t.flapping
                   and now - t.clear_since_ns >= rule.resolve_for * SECOND_NS):
-                self._close(t, now, notify=True)
+                self._close(t, now, notify=True, wall=wall)
         self._derive_area_offline(wall)
         self._forget_old(wall)
         for buf in self.grouper.due(now, wall):
@@ -603,7 +612,7 @@ class AlertManager:
                     and a.area not in offline:
                 t.level = "ok"
                 t.clear_since_ns = self.event_now_ns
-                self._close(t, self.event_now_ns, notify=True)
+                self._close(t, self.event_now_ns, notify=True, wall=wall)
 
     def _reminders(self, wall: int) -> None:
         """Escalations and repeats that are due. Those due at the same pass for the same recipient go
