@@ -273,6 +273,7 @@ def test_area_offline_root_alert_mutes_the_alerts_it_explains():
     assert sink.summary() == [("firing", "duty-officer", [area_offline_key("tan-phong")])]
     root = sink.sent[0].alerts[0]
     assert root.scope == "area" and sorted(root.sensors) == ["aq-001", "aq-002", "aq-003"]
+    assert root.started_ns == at(0)
     muted = {a.key: a.inhibited_by for a in m.open_alerts() if a.scope == "sensor"}
     assert set(muted.values()) == {area_offline_key("tan-phong")} and len(muted) == 4
     # the area comes back: the root resolves, the others resolve on their own and were never sent
@@ -542,3 +543,15 @@ def test_pending_alert_that_flaps_never_notifies():
         m.ingest([ev("aq-001", "warning" if i % 2 == 0 else "ok", 30 * i, detector="stale")])
     m.tick(event_now_ns=at(3600))
     assert sink.sent == []
+
+
+def test_area_goes_offline_when_the_deciding_sensor_does():
+    m, sink, _ = manager({"grouping": {"group_wait": "0s"}})
+    offline = dict(detector="no_data", metric="offline", value=0.0)
+    m.ingest([ev("aq-001", "critical", 0, **offline)], event_now_ns=at(0))
+    m.ingest([ev("aq-002", "critical", 100, **offline)], event_now_ns=at(100))  # 2 of 4: half of tan-phong
+    assert [n.alerts[0].key for n in sink.sent] == ["aq-001|no_data:offline", area_offline_key("tan-phong")]
+    assert sink.sent[1].alerts[0].started_ns == at(100)
+    m.ingest([ev("aq-003", "critical", 200, **offline)], event_now_ns=at(200))  # explained: not sent
+    assert len(sink.sent) == 2 and sorted(m.get(area_offline_key("tan-phong")).sensors) == ["aq-001", "aq-002",
+                                                                                          "aq-003"]

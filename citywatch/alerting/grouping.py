@@ -246,6 +246,12 @@ def explains(root: Alert, target: Alert, source_rules: list[str]) -> bool:
     return (target.scope == "sensor" and target.sensor == root.sensor and target.rule not in source_rules)
 
 
+def offline_need(area: str, directory: SensorDirectory, config: InhibitionConfig, seen: int = 0) -> int:
+    """How many of an area's sensors must be offline for the area to count as offline."""
+    size = directory.area_size(area) or seen
+    return max(config.area_offline_min_sensors, math.ceil(config.area_offline_fraction * size))
+
+
 def offline_areas(open_alerts: Iterable[Alert], directory: SensorDirectory,
                   config: InhibitionConfig) -> dict[str, list[Alert]]:
     """area -> the firing sensor no-data alerts that make it count as offline."""
@@ -255,8 +261,6 @@ def offline_areas(open_alerts: Iterable[Alert], directory: SensorDirectory,
             by_area.setdefault(a.area, {}).setdefault(a.sensor, a)
     out = {}
     for area, sensors in by_area.items():
-        size = directory.area_size(area) or len(sensors)
-        need = max(config.area_offline_min_sensors, math.ceil(config.area_offline_fraction * size))
-        if len(sensors) >= need:
+        if len(sensors) >= offline_need(area, directory, config, len(sensors)):
             out[area] = sorted(sensors.values(), key=lambda a: (a.started_ns, a.key))
     return out

@@ -66,7 +66,8 @@ from pydantic import Field, model_validator
 
 from citywatch.config import Duration, StrictModel
 from citywatch.alerting.grouping import (OFFLINE_METRIC, OFFLINE_RULE, GroupBuffer, Grouper, GroupingConfig,
-                                         InhibitionConfig, SensorDirectory, area_offline_key, explains, offline_areas)
+                                         InhibitionConfig, SensorDirectory, area_offline_key, explains, offline_areas,
+                                         offline_need)
 from citywatch.alerting.model import (AREA_PREFIX, Alert, AlertNotFound, AuditRecord, Notification, NotificationSink,
                                       Recipient, Silence, SilenceNotFound, alert_key, notification_id)
 from citywatch.alerting.persistence import read_state, set_aside, write_state_atomic
@@ -591,8 +592,9 @@ class AlertManager:
             key = area_offline_key(area)
             t = self._tracks.setdefault(key, _Track(key))
             if t.alert is None:
-                need = len(members)
-                started = members[need - 1].started_ns if need else self.event_now_ns
+                # it went offline when the sensor that made the count went offline
+                need = offline_need(area, self.directory, self.config.inhibition, len(members))
+                started = members[min(need, len(members)) - 1].started_ns
                 t.alert = Alert(key=key, scope="area", sensor=None, area=area, domain=members[0].domain,
                                 metric=OFFLINE_METRIC, rule=OFFLINE_RULE, severity="critical", state="pending",
                                 value=float(len(members)), threshold=None, reason="offline", started_ns=started,
