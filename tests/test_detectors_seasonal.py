@@ -285,10 +285,15 @@ def test_snapshot_restore_and_remap(detector):
     np.testing.assert_allclose(out_a.score, out_b.score[back], equal_nan=True)
     assert (out_a.level >= 0).sum() > 1000
     # A snapshot taken with other bins is not restored (it starts afresh, it does not crash).
-    other = make(series) if detector == "traffic_zero" else SeasonalBaseline(series, SeasonalConfig(day_types="weekday_weekend"))
     if detector == "seasonal":
+        other = SeasonalBaseline(series, SeasonalConfig(day_types="weekday_weekend"))  # 48 bins, not 24
         other.restore(snap)
         assert np.all(other.state["n"] == 0)
+    else:
+        other = TrafficZeroDetector(series, TrafficZeroConfig(seasonal=SeasonalConfig(day_types="weekday_weekend")))
+        other.restore(snap)
+        assert np.all(other.baseline.state["n"] == 0)
+        np.testing.assert_array_equal(other.state["run_len"][:2], snap["run_len"])  # 1-D state still restored
 
 
 # ------------------------------------------------------------------------------------------------
