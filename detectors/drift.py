@@ -13,9 +13,11 @@ Per series (sensor x metric), in event time, two comparisons:
   is the median of ``d_j - baseline_j`` over at least `min_neighbours` neighbours: weather, rush
   hours and seasons cancel out, and it does not jump when a neighbour stops reporting. The
   residual's recent value (an EWMA over `window`) against its long baseline, in units of its
-  long-run mean absolute deviation (the *spread*), is ``z``; ``|z| >= neighbour_z`` is a drift.
+  long-run mean absolute deviation (the *spread*), is ``z``; ``|z| >= neighbour_z`` is a drift when
+  the current residual is at least half as far off on the same side (a burst that has passed, but
+  still lifts the recent average, is not).
 * **drift_baseline** - the series' daily level (an EWMA over `own_window`, so the daily cycle
-  cancels out) against its own long baseline (`own_baseline_window`) and spread, judged after
+  cancels out) against its own long baseline (`own_baseline_window`) and spread (of the daily level), judged after
   `own_min_history`; ``|z| >= own_z`` is a drift. Slow (calibration drifts over days and weeks);
   the check for sensors without neighbours.
 
@@ -265,7 +267,8 @@ class DriftDetector(Detector):
         # Own comparison: the daily level against the long baseline (diurnal cycles cancel out).
         interval = self._interval[sid]
         ready_own = n_i * interval >= cfg.own_min_history
-        own = self._compare(x, dt, n_i, first, sid, "own", cfg.own_window, cfg.own_baseline_window, ready_own)
+        own = self._compare(x, dt, n_i, first, sid, "own", cfg.own_window, cfg.own_baseline_window, ready_own,
+                            spread_of_recent=True)
         # Neighbour comparison (rows with enough neighbours only). Non-negative quantities compare as
         # log ratios: stations differ by factors (a main road carries more traffic than a side street).
         offset = cfg.ratio_offset * np.abs(own["base"]) + 1e-9
@@ -278,7 +281,9 @@ class DriftDetector(Detector):
 
         z_own = np.where(ready_own, own["z"], 0.0)
         z_nb = np.where(ready_nb, nbr["z"], 0.0)
-        hit_nb = np.abs(z_nb) >= cfg.neighbour_z
+        # A drift is there now, not only in the recent average: a burst that has passed does not count.
+        hit_nb = (np.abs(z_nb) >= cfg.neighbour_z) & (np.abs(nbr["z_now"]) >= cfg.neighbour_z / 2) \
+            & (np.sign(nbr["z_now"]) == np.sign(z_nb))
         hit_own = np.abs(z_own) >= cfg.own_z
         cond = hit_nb | hit_own
 
@@ -323,9 +328,9 @@ class DriftDetector(Detector):
 
     def _compare(self, values: np.ndarray, dt: np.ndarray, n: np.ndarray, first: np.ndarray, sid: np.ndarray,
                  prefix: str, window: float, baseline_window: float, ready: np.ndarray,
-                 use: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """Recent EWMA, long baseline and spread (mean |value - baseline|) of `values`, and the z of recent
-        vs baseline."""
+                 use: np.ndarray | None = None, spread_of_recent: bool = False) -> dict[str, np.ndarray]:
+        """Recent EWMA, long baseline and spread (mean |value - baseline|, or mean |recent - baseline|) of
+        `values`, and the z of recent (and of the value itself) vs baseline."""
         cfg = self.config
         st = self.state
         use = np.ones(len(values), bool) if use is None else use
@@ -343,9 +348,10 @@ class DriftDetector(Detector):
         # The spread always learns (a frozen spread could never recover from an early underestimate), but
         # once judged, from deviations clipped at freeze_z spreads, so that a drift hardly widens it.
         a_spread = _alpha(dt, baseline_window, n, use)
-        dev = np.abs(values - base)
+        dev = np.abs((recent if spread_of_recent else values) - base)
         dev = np.where(ready & (spread0 > 0), np.minimum(dev, cfg.freeze_z * np.nan_to_num(spread0)), dev)
         spread = segmented_linear_scan(1.0 - a_spread, a_spread * dev, first, np.nan_to_num(spread0))
         with np.errstate(invalid="ignore", divide="ignore"):
             z = np.where(spread > 0, (recent - base) / spread, 0.0)
-        return {"recent": recent, "base": base, "spread": spread, "z": z}
+            z_now = np.where(spread > 0, (values - base) / spread, 0.0)
+        return {"recent": recent, "base": base, "spread": spread, "z": z, "z_now": z_now}
