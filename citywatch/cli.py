@@ -173,6 +173,14 @@ def build_parser() -> argparse.ArgumentParser:
     grafana_boards.add_arguments(p)
     p.set_defaults(func=lambda args: grafana_boards.run(args))
 
+    p = sub.add_parser("serve", help="public open-data API and page (read-only, from InfluxDB)",
+                       description="Serve the public read-only API (JSON/CSV, OpenAPI at /openapi.json) and the "
+                                   "citizens' page, from the engine's InfluxDB. Listens on 127.0.0.1 unless --host.")
+    from citywatch.public import cli as public_cli
+
+    public_cli.add_arguments(p)
+    p.set_defaults(func=lambda args: public_cli.run(args))
+
     p = sub.add_parser("demo", help="live demo: local broker + InfluxDB + simulator + engine, with a status view",
                        description="Start private Mosquitto and InfluxDB instances on free loopback ports, run the "
                                    "simulator and the engine, and show live status until Ctrl-C.")
