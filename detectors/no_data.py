@@ -4,7 +4,8 @@ Per *device* (registry sensor), not per series: a sensor is heard from when any 
 arrives. Each sensor is expected every `Sensor.interval` (from its profile); a device that uploads
 its readings in batches (say five at a time) advances its newest event time in steps, so the
 detector also learns each sensor's *upload step* (an EWMA of how far its newest event time moves
-per upload, capped at `max_upload_factor` intervals) and expects a sensor every
+per upload; longer silences than `max_upload_factor` intervals are outages and do not count) and
+expects a sensor every
 ``max(interval, upload step)``.
 
 States, judged by `check(now_ns)` with the engine's event-time clock (the newest event time the
@@ -55,7 +56,7 @@ detectors:
     late_factor: 2.5              # late: silent for more than 2.5 expected intervals
     offline_factor: 10            # offline: silent for more than 10 expected intervals ...
     offline_min: 15m              # ... and at least this long
-    max_upload_factor: 6          # batch-uploading devices: expect them every upload step, up to 6 intervals
+    max_upload_factor: 6          # batch-uploading devices: expect them every upload step (steps over 6 intervals are outages)
     domains:                      # optional per-domain overrides of the three settings above
       forest: {late_factor: 2.0, offline_min: 1h}
 """
@@ -201,9 +202,10 @@ class NoDataDetector:
         st = self.state
         moved = newest > st["last_seen"]
         had = moved & (st["last_seen"] != NEVER)
-        step = (newest[had] - st["last_seen"][had]) / NS
-        cap = self.config.max_upload_factor * np.maximum(self._interval[had], 1e-9)
-        step = np.minimum(step, cap)
+        # Longer silences are outages, not an upload rhythm: they do not teach the upload step.
+        steps = (newest - np.where(had, st["last_seen"], newest)) / NS
+        had &= steps <= self.config.max_upload_factor * np.maximum(self._interval, 1e-9)
+        step = steps[had]
         old = st["upload_step"][had]
         rate = self.config.upload_learning_rate
         st["upload_step"][had] = np.where(np.isnan(old), step, old + rate * (step - old))

@@ -82,6 +82,7 @@ detectors:
 
 REASON_OK = 0
 REASON_SPIKE = 1
+NEVER = np.iinfo(np.int64).min
 MAX_READINGS_LIMIT = 6
 
 # Values a series legitimately drops to for a reading or two (an empty road): no spike.
@@ -156,7 +157,7 @@ class SpikeDetector(Detector):
         self.depth = self.config.max_readings + 2
         self.state_fields = {
             **_history_fields(self.depth),  # h1 = the newest value, h2 the one before ... (NaN: none / before a gap)
-            "last_ts": (np.int64, 0),
+            "last_ts": (np.int64, NEVER),
             "rate": (np.float64, 0.0),  # recent mean square of the change per second
             "rate_long": (np.float64, 0.0),  # long-run mean square of the change per second
             "n": (np.int64, 0),  # changes learned
@@ -203,7 +204,7 @@ class SpikeDetector(Detector):
 
         prev_ts = previous_in_run(ts, first, st["last_ts"][sid])
         dt = (ts - prev_ts) / 1e9
-        has_prev = (~first | (st["last_ts"][sid] > 0)) & (dt > 0)
+        has_prev = (~first | (st["last_ts"][sid] != NEVER)) & (dt > 0)
         gap = ~has_prev | (dt > cfg.gap_factor * interval)
 
         # The recent values of each row's series, newest first: V[:, 0] is the reading itself.

@@ -264,6 +264,7 @@ class StuckDetector(Detector):
 
     def required_repeats(self, p_repeat: np.ndarray, sid: np.ndarray) -> np.ndarray:
         """Repeats in a row that make a run stuck, for repeat probabilities `p_repeat` of series `sid`."""
+        self._grow()
         cfg = self.config
         k = np.ceil(self._log_eps[sid] / np.log(np.clip(p_repeat, 1e-9, 0.999)))
         return np.clip(k, cfg.min_repeats, cfg.max_repeats)
