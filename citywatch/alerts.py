@@ -1,8 +1,12 @@
 """Minimal alerts: a change of a detector's level for a series (ok -> warning -> critical -> ok).
 
-The previous level of every (detector, series) lives in one int8 array per detector, so finding the
-transitions of a whole micro-batch is a vectorised comparison; only the (rare) transitions become
-Python objects. A reading that keeps the level raises nothing: no repeats.
+The previous level of every (detector, series) lives in one small integer array per detector, so
+finding the transitions of a whole micro-batch is a vectorised comparison; only the (rare)
+transitions become Python objects. A reading that keeps the level raises nothing: no repeats.
+
+A detector whose reasons at the same level mean different things to the people on duty (the spatial
+detector: "sensor suspect" and "area event" are both warnings) sets `alert_on_reason_change`; its
+state is then (level, reason), and a change of reason at the same level is an alert too.
 
 The alert's time is the reading's event time, not the time it arrived.
 """
@@ -48,13 +52,24 @@ class AlertEvent:
         })
 
 
+_REASONS = 256  # (level, reason) packed as level * 256 + reason
+
+
 class AlertTracker(SeriesState):
     """The last level of every (detector, series): one int8 state array per detector."""
 
     def __init__(self, series: SeriesIndex, detectors: list[Detector]) -> None:
-        self.state_fields = {d.name: (np.int8, LEVEL_OK) for d in detectors}
+        self.state_fields = {d.name: (np.int16, LEVEL_OK) for d in detectors}
         super().__init__(series)
         self.detectors = detectors
+
+    @staticmethod
+    def _key(det: Detector, level: np.ndarray, reason: np.ndarray) -> np.ndarray:
+        """What must change for an alert: the level, or (level, reason) for detectors that ask for it."""
+        level = level.astype(np.int16)
+        if not det.alert_on_reason_change:
+            return level
+        return np.where(level > LEVEL_OK, level * _REASONS + reason.astype(np.int16), level * _REASONS)
 
     def update(self, batch: ReadingBatch, outputs: list[DetectorOutput]) -> list[AlertEvent]:
         """Transitions in a (series, ts)-sorted batch; the new levels become the carried state."""
@@ -65,17 +80,20 @@ class AlertTracker(SeriesState):
             if len(evaluated) == 0:
                 continue
             series = batch.series[evaluated]
-            level = out.level[evaluated]
+            key = self._key(det, out.level[evaluated], out.reason[evaluated])
             prev_state = self.state[det.name]
             first = np.ones(len(series), bool)
             first[1:] = series[1:] != series[:-1]
             last = np.ones(len(series), bool)
             last[:-1] = first[1:]
-            prev = np.empty_like(level)
-            prev[1:] = level[:-1]
-            prev[first] = prev_state[series[first]]
-            changed = np.flatnonzero(level != prev)
-            prev_state[series[last]] = level[last]
+            prev_key = np.empty_like(key)
+            prev_key[1:] = key[:-1]
+            prev_key[first] = prev_state[series[first]]
+            changed = np.flatnonzero(key != prev_key)
+            prev_state[series[last]] = key[last]
+            by_reason = det.alert_on_reason_change
+            level = key // _REASONS if by_reason else key
+            prev = prev_key // _REASONS if by_reason else prev_key
             for j in changed.tolist():
                 row = int(evaluated[j])
                 sid = int(series[j])

@@ -104,6 +104,8 @@ class Detector(SeriesState, ABC):
 
     name: ClassVar[str]
     reasons: ClassVar[tuple[str, ...]] = ("ok",)
+    # True when two reasons at the same level must reach people as different alerts (see citywatch.alerts).
+    alert_on_reason_change: ClassVar[bool] = False
 
     def process(self, batch: ReadingBatch, skip: np.ndarray | None = None) -> DetectorOutput:
         """Score a (series, ts)-sorted batch; the output is aligned with the batch's rows.

@@ -185,6 +185,7 @@ class SpatialDetector(Detector):
 
     name = "spatial"
     reasons = ("ok", "sensor_suspect", "area_event", "no_neighbours")
+    alert_on_reason_change = True  # "sensor suspect" and "area event" go to different people
     state_fields = {
         "mean": (np.float64, np.nan),
         "var": (np.float64, 0.0),
