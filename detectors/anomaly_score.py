@@ -1,6 +1,97 @@
-"""The default anomaly profile: one calibrated anomaly score in [0, 1] per reading, no tuning.
+"""The default anomaly profile: one anomaly score in [0, 1] per reading, with no per-sensor tuning.
 
-(Docstring: work in progress.)
+`AnomalyScore` (name ``anomaly``) runs, per series and in one vectorised pass, five statistics of
+the reading stream, calibrates each against *the series' own history of that statistic*, and
+reports the most surprising one:
+
+=============  ===========================================================  =================
+statistic      what it is                                                   reason
+=============  ===========================================================  =================
+value          the reading itself                                           ``new_extreme``
+level          an EWMA of the readings (``level_memory`` = 33 readings)     ``level_shift``
+robust z       ``|x - median| / sigma``, streaming median/MAD               ``spike``
+               (`robust_zscore`)
+CUSUM          Page's two-sided CUSUM of clipped residuals from an EWMA     ``level_shift``
+               baseline (`ewma_cusum`)
+variance       log of the short/long ratio of squared first differences     ``variance_shift``
+               (`variance_shift`), both directions (noisier, or stuck)
+=============  ===========================================================  =================
+
+**Calibration by range novelty.** Each statistic keeps a slowly forgetting envelope ``[lo, hi]``
+of its past values (`range_novelty`, ``memory`` = 5000 readings) and is scored by how far it lies
+outside that envelope, as a fraction of the envelope's width: ``novelty = max(v - hi, lo - v, 0) /
+(hi - lo)``. The statistic's own score is ``novelty / (novelty + half)``, with ``half`` = 0.05 for
+the value and the level and 3 times that (``statistics_scale``) for the three derived statistics,
+whose envelopes are built from fewer independent values. Why not the statistics' textbook tail
+probabilities (normal, chi-square, Siegmund)? They assume independent normal residuals, and
+sensor series are autocorrelated and heavy-tailed: on the NAB corpus 45 % of the readings have a
+CUSUM p-value below 1e-10, so such p-values rank nothing. The envelope is distribution-free and
+unit-free: a statistic that stays inside the range it has shown scores 0 however large it is,
+and for exchangeable data the chance that a reading exceeds the maximum of the n before it is
+1/(n + 1), so a non-zero score is rare by construction (the *calibration*: how rare a score is
+does not depend on the sensor's unit, scale or noise distribution). It was chosen over Numenta's
+anomaly likelihood (a Gaussian model of recent raw scores) and over per-series empirical tail
+ranks of each statistic, which both scored lower on NAB.
+
+**Combination.** The score of a reading is the largest of the five; the reason is the statistic
+that gave it. Means, second-largest or noisy-or combinations rank worse (a real event usually
+shows strongly in one statistic, not weakly in several).
+
+**One alarm per event.** NAB counts every false-positive row, and a duty officer wants one alert
+per event: the score is reported in full only when it exceeds the running peak of recent scores
+(decaying with a time constant of ``refractory`` = 100 readings); otherwise it is multiplied by
+``damping`` (0.5). An event that keeps getting worse still raises the score.
+
+**Warm-up, levels, output.** The first ``warmup`` (200) readings of a series only learn (level
+-1, score NaN); the envelopes are still young for a while after that, so false alarms are more
+frequent in the next few hundred readings (a new record is likelier in a short history). Levels: warning from a score of ``warning`` (0.8: the value 20 % of its range
+beyond it), critical from ``critical`` (0.9: 45 %). On simulated clean series (20,000 readings)
+the warning rate is about 2 per 10,000 readings for independent normal noise, 0 for an AR(1)
+random-walk-like series (phi 0.95) and 9 per 10,000 for Student-t(3) noise; critical: 0, 0 and
+3 per 10,000. Output threshold: the score threshold of the level reached (warning's when ok).
+
+**Sensitivity** (levels at their defaults, unit-variance noise): a spike beyond the series' range
+by 20 % of it is a warning at once; a step of 4 sigma or more is a warning at its first or second
+reading, a step of 3 sigma scores about 0.75 (visible, below warning); a spike of ~9 sigma that
+stays inside the range (e.g. a dip at the top of a daily swing) is a warning through the robust
+z-score. Limits: a slow drift that moves the range a little at a time, or a sensor that freezes
+(its variance falls gradually), raises each statistic's envelope step by step and scores low; the
+standalone `variance_shift` detector and stuck-value checks are the tools for those.
+
+**What it assumes.** Nothing per sensor: every quantity is relative to the series' own range or
+robust spread (scale-free), and every memory counts readings, so that one configuration suits
+1-minute air and 1-hour water sensors and irregular timestamps (event time only orders the
+readings; LATE and DUPLICATE readings and NaN values are not evaluated and do not move the state).
+It does not know about daily cycles: a reading normal for the time of day but unusual overall is
+judged against the whole range (a seasonal baseline is another detector's business).
+
+**NAB.** On the 39-file development subset of NAB (240,835 rows, 80 windows), this configuration
+(the defaults; one configuration for every file, labels unused) scores 63.4 (standard), 49.8
+(reward low FP) and 69.8 (reward low FN) with the NAB scoring rules, short of the 70 (standard)
+of Numenta HTM's published score on the full corpus. `benchmarks/nab_bench.py` reproduces them.
+
+State: 24 float64 per series (192 bytes). Sample configuration: see `SAMPLE_CONFIG`.
+
+Example: a river-level probe, noise around 2 m, that jumps by 0.8 m at reading 300:
+
+>>> import numpy as np
+>>> from citywatch.batch import ReadingBatch
+>>> from citywatch.registry import MetricSpec, Registry, SeriesIndex, Sensor
+>>> sensor = Sensor(id="wl-02", domain="water", area="a", lat=10.95, lon=106.82, interval=300,
+...                 metrics={"level": MetricSpec(unit="m")})
+>>> series = SeriesIndex(Registry({sensor.id: sensor}))
+>>> series.add_registry()
+>>> values = 2.0 + 0.1 * np.random.default_rng(8).normal(size=600)
+>>> values[300:] += 0.8
+>>> det = AnomalyScore(series)
+>>> out = det.process(ReadingBatch.from_columns([0] * 600, np.arange(600) * 300 * 10**9, values))
+>>> bool(np.isnan(out.score[:200]).all())
+True
+>>> alarms = np.flatnonzero(out.level > 0)
+>>> int(alarms[0]), det.reason_names(out.reason)[alarms[0]], int(out.level[alarms[0]])
+(300, 'new_extreme', 2)
+>>> len(alarms)  # one event, one alarm: the readings after it are damped
+1
 """
 
 from __future__ import annotations
@@ -22,19 +113,31 @@ __all__ = ["AnomalyConfig", "AnomalyScore", "SAMPLE_CONFIG"]
 
 SAMPLE_CONFIG = """\
 detectors:
-  anomaly: {}
+  anomaly:                  # the default profile; every key is optional (defaults shown)
+    memory: 5000            # readings after which an old extreme of a statistic is forgotten
+    warmup: 200             # readings learned before the first score
+    level_memory: 33        # readings in the EWMA level
+    half: 0.05              # novelty (fraction of the range beyond it) scoring 0.5
+    statistics_scale: 3.0   # robust z, CUSUM and variance need this many times more novelty
+    refractory: 100         # readings over which the peak of recent scores decays
+    damping: 0.5            # factor on scores that do not beat that peak
+    warning: 0.8            # score: the value 20 % of its range beyond it
+    critical: 0.9           # score: 45 %
+    robust: {memory: 32, warmup: 32}      # see robust_zscore
+    cusum: {memory: 50, k: 0.5, clip: 3}  # see ewma_cusum
+    variance: {short_memory: 10, long_memory: 200}  # see variance_shift
 """
-
-REASON_OK, REASON_SPIKE, REASON_LEVEL, REASON_VARIANCE = 0, 1, 2, 3
 
 
 class AnomalyConfig(StrictModel):
+    """Parameters of the default profile (see the module docstring for what each one does)."""
+
     robust: RobustZConfig = Field(default_factory=RobustZConfig)
     cusum: CusumConfig = Field(default_factory=CusumConfig)
     variance: VarianceConfig = Field(default_factory=VarianceConfig)
     level_memory: float = Field(default=33.0, ge=1.0)
     memory: float = Field(default=5000.0, ge=2.0)
-    warmup: int = Field(default=100, ge=2)
+    warmup: int = Field(default=200, ge=2)
     half: float = Field(default=0.05, gt=0.0)
     statistics_scale: float = Field(default=3.0, gt=0.0)
     refractory: float = Field(default=100.0, ge=0.0)
@@ -57,6 +160,16 @@ FEATURE_FIELDS: dict[str, tuple[type, float]] = {
 
 
 class AnomalyScore(StreamingDetector):
+    """The default anomaly profile; see the module docstring.
+
+    Parameters
+    ----------
+    series
+        The series index; state grows with it.
+    cfg
+        The profile's parameters (`AnomalyConfig`); the defaults are the tested profile.
+    """
+
     name = "anomaly"
     reasons = ("ok", "new_extreme", "level_shift", "spike", "variance_shift")
     state_fields = {**ROBUST_FIELDS, **CUSUM_FIELDS, **VARIANCE_FIELDS, **FEATURE_FIELDS}
@@ -66,7 +179,7 @@ class AnomalyScore(StreamingDetector):
         self.cfg = cfg or AnomalyConfig()
         c = self.cfg
         self._warmup = max(c.warmup, c.robust.warmup, c.cusum.warmup, c.variance.warmup)
-        self._half = np.where(np.arange(len(FEATURES)) < 2, c.half, c.half * c.statistics_scale)[:, None]
+        self._half = c.half * np.array([1.0, 1.0, c.statistics_scale, c.statistics_scale, c.statistics_scale])[:, None]
         self._decay = 0.0 if c.refractory <= 0 else float(np.exp(-1.0 / c.refractory))
         super().__init__(series)
 
@@ -79,7 +192,9 @@ class AnomalyScore(StreamingDetector):
         first = seen == 0
         level = state["ew_level"]
         level[...] = np.where(first, x, level + (x - level) / cfg.level_memory)
-        values = (x, level, np.abs(z), np.abs(stat), np.log(ratio))
+        # z is rough while the robust estimates warm up: 0 (no deviation) keeps it out of the envelope
+        z_seen = np.where(seen >= cfg.robust.warmup, np.abs(z), 0.0)
+        values = (x, level, z_seen, np.abs(stat), np.log(ratio))
         started = state["rz_n"] > 1.0  # the envelopes start at each series' first reading
         parts = np.empty((len(FEATURES), len(x)))
         for k, (name, v) in enumerate(zip(FEATURES, values)):
