@@ -108,6 +108,21 @@ def _category(c: Category) -> dict[str, Any]:
             "colour": hex_colour(c.rgb), "text_colour": text_colour(c.rgb)}
 
 
+#: How the page shows the registry's canonical units (citywatch/units.py).
+UNIT_DISPLAY = {"ug/m3": "µg/m³", "mg/m3": "mg/m³", "Cel": "°C", "1": "%", "uS/cm": "µS/cm"}
+
+
+def metric_names() -> dict[str, dict[str, str]]:
+    """Display names of the metrics (vi / en), from the staff boards' titles."""
+    from citywatch.grafana_boards import METRIC_TITLES
+
+    out = {}
+    for metric, title in METRIC_TITLES.items():
+        vi, _, en = title.partition(" / ")
+        out[metric] = {"vi": vi, "en": en or vi}
+    return out
+
+
 def scales() -> dict[str, Any]:
     """Every index scale the public data uses, with colours, labels and advice."""
     aqi = []
@@ -119,6 +134,8 @@ def scales() -> dict[str, Any]:
     wqi = [{**_category(c), "use_vi": WQI_USE[c.number]["vi"], "use_en": WQI_USE[c.number]["en"]}
            for c in vn_wqi.CATEGORIES]
     return {
+        "metrics": metric_names(),
+        "units": UNIT_DISPLAY,
         "vn_aqi": {"name_vi": "Chỉ số chất lượng không khí (VN_AQI)", "name_en": "Air quality index (VN_AQI)",
                    "source": SOURCE_AQI, "categories": aqi},
         "us_aqi": {"name_vi": "AQI Hoa Kỳ", "name_en": "US AQI", "source": "US EPA (2024)",

@@ -51,6 +51,17 @@ function categoryOf(layer, number) {
 function indexOf(st, layer) { return st.indices[LAYERS[layer].index] || null; }
 function fmt(v) { return v == null ? "–" : (Math.abs(v) >= 100 ? Math.round(v) : Math.round(v * 10) / 10).toLocaleString(state.lang === "vi" ? "vi-VN" : "en-GB"); }
 
+function metricName(m) { const n = state.scales.metrics[m]; return n ? n[state.lang] : m; }
+function reading(r) {
+  const unit = state.scales.units[r.unit] ?? r.unit;
+  return esc(`${fmt(r.unit === "1" ? r.value * 100 : r.value)} ${unit}`);
+}
+const INDEX_SCALE = { vn_aqi_hourly: "vn_aqi", vn_aqi_daily: "vn_aqi", vn_wqi: "vn_wqi", fire_danger: "fire_danger" };
+function indexName(name) {
+  const sc = state.scales[INDEX_SCALE[name]];
+  return sc ? sc["name_" + state.lang] : name;
+}
+
 function badge(cat, text, extra = "") {
   const c = cat || GREY;
   return `<span class="badge ${extra}" style="background:${c.colour};color:${c.text_colour}">${esc(text)}</span>`;
@@ -78,12 +89,13 @@ function renderTexts() {
 
 function renderMap() {
   const svg = $("map");
-  const all = state.current.stations;  // the frame covers every station, so layers share one map
+  const all = stationsOfLayer();
+  if (!all.length) { svg.innerHTML = ""; return; }
   const lats = all.map((s) => s.lat), lons = all.map((s) => s.lon);
   const [minLat, maxLat, minLon, maxLon] = [Math.min(...lats), Math.max(...lats), Math.min(...lons), Math.max(...lons)];
   const k = Math.cos(((minLat + maxLat) / 2) * Math.PI / 180);  // equirectangular, true shape near the city
   const w = Math.max((maxLon - minLon) * k, 1e-6), h = Math.max(maxLat - minLat, 1e-6);
-  const W = 1000, pad = 40, scale = (W - 2 * pad) / w, H = Math.round(h * scale + 2 * pad);
+  const W = 1000, pad = 60, R = 40, scale = (W - 2 * pad) / w, H = Math.round(h * scale + 2 * pad);
   svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
   svg.setAttribute("aria-label", t("map") + " · " + t(state.layer));
   const x = (lon) => pad + (lon - minLon) * k * scale, y = (lat) => pad + (maxLat - lat) * scale;
@@ -94,19 +106,48 @@ function renderMap() {
     const ax = ss.reduce((a, s) => a + x(s.lon), 0) / ss.length, ay = ss.reduce((a, s) => a + y(s.lat), 0) / ss.length;
     parts.push(`<text class="area" x="${ax.toFixed(1)}" y="${(ay + 38).toFixed(1)}" text-anchor="middle" aria-hidden="true">${esc(area)}</text>`);
   }
-  for (const s of stationsOfLayer()) {
+  const placed = spread(stationsOfLayer().map((s) => ({ s, x0: x(s.lon), y0: y(s.lat) })), R + 3, W, H);
+  for (const { s, x0, y0, px, py } of placed) {
     const ix = indexOf(s, state.layer), cat = ix ? categoryOf(state.layer, ix.category) : null, c = cat || GREY;
-    const cx = x(s.lon).toFixed(1), cy = y(s.lat).toFixed(1), value = ix ? fmt(ix.value) : "–";
+    const cx = px.toFixed(1), cy = py.toFixed(1), value = ix ? fmt(ix.value) : "–";
     const name = `${s.name} (${s.area}): ${ix ? value + " " + label(cat) : t("noData")}`;
+    if (Math.hypot(px - x0, py - y0) > 2) {  // moved apart from a neighbour: a leader to the true place
+      parts.push(`<line x1="${x0.toFixed(1)}" y1="${y0.toFixed(1)}" x2="${cx}" y2="${cy}" stroke="#555" stroke-width="2" aria-hidden="true"/>` +
+        `<circle cx="${x0.toFixed(1)}" cy="${y0.toFixed(1)}" r="4" fill="#333" aria-hidden="true"/>`);
+    }
     const shape = state.layer === "air"
-      ? `<circle class="shape" cx="${cx}" cy="${cy}" r="24" fill="${c.colour}" stroke="#222" stroke-width="2"/>`
-      : `<rect class="shape" x="${cx - 24}" y="${cy - 24}" width="48" height="48" rx="6" fill="${c.colour}" stroke="#222" stroke-width="2"/>`;
+      ? `<circle class="shape" cx="${cx}" cy="${cy}" r="${R}" fill="${c.colour}" stroke="#222" stroke-width="2"/>`
+      : `<rect class="shape" x="${(px - R).toFixed(1)}" y="${(py - R).toFixed(1)}" width="${2 * R}" height="${2 * R}" rx="8" fill="${c.colour}" stroke="#222" stroke-width="2"/>`;
     parts.push(`<g class="marker${state.selected === s.id ? " selected" : ""}" data-sensor="${esc(s.id)}" data-category="${ix ? ix.category : ""}" ` +
       `tabindex="0" role="button" aria-label="${esc(name)}"><title>${esc(name)}</title>${shape}` +
       `<text x="${cx}" y="${cy}" dy="0.35em" text-anchor="middle" fill="${c.text_colour}">${esc(value)}</text></g>`);
   }
   svg.innerHTML = parts.join("");
   $("updated").textContent = `${t("updated")}: ${new Date(state.current.generated_at).toLocaleString(state.lang === "vi" ? "vi-VN" : "en-GB")}`;
+}
+
+// Pushes overlapping markers apart (a few rounds of pairwise repulsion), inside the frame.
+function spread(items, radius, W, H) {
+  for (const it of items) { it.px = it.x0; it.py = it.y0; }
+  for (let round = 0; round < 80; round++) {
+    let moved = false;
+    for (let i = 0; i < items.length; i++) {
+      for (let j = i + 1; j < items.length; j++) {
+        const a = items[i], b = items[j];
+        let dx = b.px - a.px, dy = b.py - a.py, d = Math.hypot(dx, dy);
+        if (d >= 2 * radius) continue;
+        if (d < 1e-6) { dx = Math.cos(i + j); dy = Math.sin(i + j); d = 1; }
+        const push = (2 * radius - d) / 2 + 0.5;
+        a.px -= dx / d * push; a.py -= dy / d * push; b.px += dx / d * push; b.py += dy / d * push;
+        moved = true;
+      }
+    }
+    for (const it of items) {
+      it.px = Math.min(W - radius, Math.max(radius, it.px)); it.py = Math.min(H - radius, Math.max(radius, it.py));
+    }
+    if (!moved) break;
+  }
+  return items;
 }
 
 function renderList() {
@@ -142,7 +183,7 @@ function renderAdvisories() {
   box.innerHTML = `<h2>${esc(t("advisories"))}</h2><ul>` + list.map((a) => {
     const cur = a.current;
     const what = cur ? `${fmt(cur.value)} ${label(cur)}` : a.level;
-    return `<li data-advisory="${esc(a.sensor)}"><strong>${esc(a.name)}</strong> (${esc(a.area)}): ${esc(a.index)} ${esc(what)} · ` +
+    return `<li data-advisory="${esc(a.sensor)}"><strong>${esc(a.name)}</strong> (${esc(a.area)}): ${esc(indexName(a.index))} ${esc(what)} · ` +
       `${esc(t("since"))} ${esc(new Date(a.since).toLocaleString(state.lang === "vi" ? "vi-VN" : "en-GB"))}</li>`;
   }).join("") + "</ul>";
 }
@@ -169,7 +210,7 @@ async function renderStation(id, load = true) {
   } else if (cat) {
     advice = `<p><strong>${esc(t("use"))}:</strong> ${esc(cat["use_" + state.lang])}</p>`;
   }
-  const rows = Object.entries(s.readings).map(([m, r]) => `<tr><th scope="row">${esc(m)}</th><td>${fmt(r.value)} ${esc(r.unit === "1" ? "" : r.unit)}</td></tr>`).join("");
+  const rows = Object.entries(s.readings).map(([m, r]) => `<tr><th scope="row">${esc(metricName(m))}</th><td>${reading(r)}</td></tr>`).join("");
   box.innerHTML = `<button type="button" class="close" aria-label="${esc(t("close"))}">×</button>` +
     `<h2>${esc(s.name)}</h2><p class="muted">${esc(t("ward"))} ${esc(s.area)} · ${esc(s.id)}</p>` +
     `<div class="head">${badge(cat, ix ? fmt(ix.value) : "–", "big")}<strong id="station-label">${esc(ix ? label(cat) : t("noData"))}</strong>` +
@@ -206,7 +247,7 @@ function drawChart(hist, layer) {
   for (let v = 0; v <= vmax; v += vmax > 250 ? 100 : 50) parts.push(`<text x="${L - 4}" y="${y(v) + 4}" text-anchor="end">${v}</text>`);
   for (let h = 0; h <= 24; h += 6) {
     const ts = t1 - (24 - h) * 3600e3, d = new Date(ts);
-    parts.push(`<text x="${x(ts)}" y="${H - 6}" text-anchor="middle">${String(d.getHours()).padStart(2, "0")}:00</text>`);
+    parts.push(`<text x="${x(ts)}" y="${H - 6}" text-anchor="${h === 24 ? "end" : h === 0 ? "start" : "middle"}">${String(d.getHours()).padStart(2, "0")}:00</text>`);
   }
   if (pts.length) {
     parts.push(`<polyline fill="none" stroke="#222" stroke-width="2" points="${pts.map((p) => `${x(p.t + 1800e3).toFixed(1)},${y(p.v).toFixed(1)}`).join(" ")}"/>`);
@@ -218,7 +259,7 @@ function drawChart(hist, layer) {
   svg.innerHTML = parts.join("");
   const vals = pts.map((p) => p.v);
   const summary = vals.length
-    ? `${name}: ${t("max24")} ${fmt(Math.max(...vals))}, ${t("min24")} ${fmt(Math.min(...vals))} (${vals.length} h)`
+    ? `${indexName(name)}: ${t("max24")} ${fmt(Math.max(...vals))}, ${t("min24")} ${fmt(Math.min(...vals))} (${vals.length} h)`
     : t("noData");
   svg.setAttribute("aria-label", `${t("last24")}: ${summary}`);
   $("chart-summary").textContent = summary;
