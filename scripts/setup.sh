@@ -10,6 +10,7 @@ need=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
 command -v influxd >/dev/null 2>&1 || need+=(influxdb)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)  # the public page's browser test (tests/test_public_page.py)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; elif command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
     echo "missing Debian packages: ${need[*]}; install them as root: apt-get update && apt-get install -y ${need[*]}" >&2
