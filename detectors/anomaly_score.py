@@ -173,7 +173,7 @@ class AnomalyScore(StreamingDetector):
     name = "anomaly"
     reasons = ("ok", "new_extreme", "level_shift", "spike", "variance_shift")
     state_fields = {**ROBUST_FIELDS, **CUSUM_FIELDS, **VARIANCE_FIELDS, **FEATURE_FIELDS}
-    step_outputs = ("seen", *FEATURES, "combined", "out", "which")
+    step_outputs = ("seen", "score", "which")
 
     def __init__(self, series: SeriesIndex, cfg: AnomalyConfig | None = None) -> None:
         self.cfg = cfg or AnomalyConfig()
@@ -210,10 +210,10 @@ class AnomalyScore(StreamingDetector):
         prior = peak * self._decay
         out = np.where(combined > prior, combined, cfg.damping * combined)
         peak[...] = np.maximum(prior, combined)
-        return (seen, *parts, combined, out, which.astype(np.float64))
+        return seen, out, which.astype(np.float64)
 
     def _evaluate(self, stats: dict[str, np.ndarray], batch: ReadingBatch) -> DetectorOutput:
-        score = stats["out"].copy()
+        score = stats["score"]
         level = levels_from_score(score, self.cfg.warning, self.cfg.critical)
         reason = np.where(level > LEVEL_OK, _REASON_OF_FEATURE[stats["which"].astype(np.intp)], 0).astype(np.int16)
         threshold = np.where(level == 2, self.cfg.critical, self.cfg.warning)
