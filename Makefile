@@ -3,7 +3,7 @@
 VENV ?= .venv
 export VENV
 
-.PHONY: setup demo test bench bench-nab
+.PHONY: setup demo test bench bench-nab fuzz
 setup:
 	@scripts/setup.sh
 
@@ -25,3 +25,9 @@ bench: setup
 bench-nab: setup
 	@test -n "$(NAB_DIR)" || { echo "usage: make bench-nab NAB_DIR=path/to/nab" >&2; exit 2; }
 	$(VENV)/bin/python benchmarks/nab_bench.py "$(NAB_DIR)"
+
+# Coverage-guided fuzzing of the decoders, the validator and the line-protocol encoder (atheris);
+# FUZZ_ARGS e.g. "--runs 1000000 --harness payloads".
+fuzz: setup
+	$(VENV)/bin/pip install -q -e '.[fuzz]'
+	$(VENV)/bin/python fuzz/run.py $(FUZZ_ARGS)

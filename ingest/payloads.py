@@ -192,6 +192,8 @@ def _epoch_ns(x: int | float | Decimal) -> int:
         ns = _scaled(x, 1_000)
     else:
         ns = _scaled(x, 1)
+    if ns <= 0:  # a positive float too small for 1 ns (5e-324) rounds to the epoch itself
+        raise TimestampError(f"{_short(x)} is not after 1970-01-01")
     if ns > _INT64_MAX:
         raise TimestampError(f"{_short(x)} is beyond the year 2262")
     return ns
