@@ -384,3 +384,15 @@ def test_openapi_conformance(server):
             case.validate_response(response)
 
         check()
+
+
+def test_token_bucket_refills_at_the_rate():
+    from citywatch.public.ratelimit import TokenBuckets
+
+    b = TokenBuckets(rate=2.0, burst=3)
+    assert [b.take("a", now=100.0) for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert b.take("a", now=100.0) == pytest.approx(0.5)  # the next token in 1/rate s
+    assert b.take("b", now=100.0) == 0.0  # clients are independent
+    assert b.take("a", now=100.6) == 0.0  # refilled
+    assert b.take("a", now=100.6) > 0
+    assert [b.take("a", now=200.0) for _ in range(4)][-1] > 0  # never more than the burst after idling
