@@ -15,14 +15,17 @@ Per series (sensor x metric), in event time, two comparisons:
   residual's recent value (an EWMA over `window`) against its long baseline, in units of its
   long-run mean absolute deviation (the *spread*), is ``z``; ``|z| >= neighbour_z`` is a drift when
   the current residual is at least half as far off on the same side (a burst that has passed, but
-  still lifts the recent average, is not).
+  still lifts the recent average, is not), and the neighbours do not themselves stand out the other
+  way (the median of their own latest ``z`` at half the limit or more, opposite: a pollution episode
+  or a shower over the neighbours makes a sensor beside it look low, but the deviation is theirs).
 * **drift_baseline** - the series' daily level (an EWMA over `own_window`, so the daily cycle
   cancels out) against its own long baseline (`own_baseline_window`) and spread (of the daily level), judged after
   `own_min_history`; ``|z| >= own_z`` is a drift. Slow (calibration drifts over days and weeks);
   the check for sensors without neighbours.
 
 A drift is persistent: ``|z|`` must stay at or above its warning limit for `persist` in event time
-before the level turns WARNING (reason ``pending`` meanwhile); CRITICAL at ``critical_z``. Score:
+before the level turns WARNING (reason ``pending`` meanwhile); CRITICAL at ``critical_z``. Once on,
+it stays on until both ``|z|`` (or the current residual's) fall below half their limits (hysteresis). Score:
 ``max(|z|) / critical_z`` clipped to [0, 1]. A short burst that comes and goes within `persist`, or
 an episode the neighbours share, is not a drift. While a series drifts (``|z|`` above `freeze_z`)
 its baselines do not learn, and its spread learns only from deviations clipped at `freeze_z`
@@ -33,8 +36,8 @@ are compared with their own baseline only; metrics in `exclude` are not judged.
 Output `threshold`: the warning limit of the comparison that decided (`neighbour_z` or `own_z`).
 Not evaluated and leaving the state untouched: LATE or DUPLICATE readings, rows in `skip`, NaN values.
 
-State per series: 12 numbers plus one pair baseline per neighbour slot (with the default 6
-neighbours, 144 bytes). The pair differences read the neighbours' levels as they stood at the start
+State per series: 13 numbers plus one pair baseline per neighbour slot (with the default 6
+neighbours, 152 bytes). The pair differences read the neighbours' levels as they stood at the start
 of the batch (a batch is a fraction of a second of arrivals).
 
 Sample configuration: see `SAMPLE_CONFIG`.
@@ -168,6 +171,7 @@ class DriftDetector(Detector):
         "own_spread": (np.float64, np.nan),
         "on": (np.bool_, False),  # the drift condition holds ...
         "since": (np.int64, 0),  # ... since this event time
+        "z_nb": (np.float64, 0.0),  # the latest neighbour z (what the neighbours read of this series)
     }
 
     def __init__(self, series: SeriesIndex, config: DriftConfig | None = None,
@@ -284,8 +288,19 @@ class DriftDetector(Detector):
         # A drift is there now, not only in the recent average: a burst that has passed does not count.
         hit_nb = (np.abs(z_nb) >= cfg.neighbour_z) & (np.abs(nbr["z_now"]) >= cfg.neighbour_z / 2) \
             & (np.sign(nbr["z_now"]) == np.sign(z_nb))
+        # If the neighbours themselves stand out the other way (a pollution episode over them, a shower),
+        # the difference is theirs, not this sensor's.
+        hit_nb &= ~self._neighbours_deviate(sid, ts, -np.sign(z_nb))
         hit_own = np.abs(z_own) >= cfg.own_z
-        cond = hit_nb | hit_own
+        # Hysteresis: a drift that is on stays on until both z fall below half their limits, so a
+        # passing transient (a common step the neighbours' levels catch up with a reading later) does
+        # not restart it.
+        on_evt = hit_nb | hit_own
+        off_evt = ~on_evt & (np.abs(z_own) < cfg.own_z / 2) \
+            & ((np.abs(z_nb) < cfg.neighbour_z / 2) | (np.abs(np.where(ready_nb, nbr["z_now"], 0.0)) < cfg.neighbour_z / 2))
+        at = last_index_where(on_evt | off_evt, gs)
+        cond = np.where(at >= 0, on_evt[np.maximum(at, 0)], st["on"][sid])
+        hit_nb = hit_nb | (cond & ~hit_own & (np.abs(z_nb) / cfg.neighbour_z >= np.abs(z_own) / cfg.own_z))
 
         # Persistence ("for" in event time), carried across batches.
         before = previous_in_run(cond, first, st["on"][sid])
@@ -317,6 +332,7 @@ class DriftDetector(Detector):
                 st[f"{prefix}_{key}"][ls] = res[key][last]
         for j in range(self.graph.k):
             st[f"pair{j}"][ls] = pair_base[last, j]
+        st["z_nb"][ls] = z_nb[last]
         st["on"][ls] = cond[last]
         st["since"][ls] = np.where(cond[last], since[last], 0)
 
@@ -324,6 +340,22 @@ class DriftDetector(Detector):
         out.level[keep] = level_out
         out.reason[keep] = reason
         out.threshold[keep] = threshold
+        return out
+
+    def _neighbours_deviate(self, sid: np.ndarray, ts: np.ndarray, direction: np.ndarray) -> np.ndarray:
+        """Rows whose fresh neighbours' latest z, by median, is at least half the limit in `direction`."""
+        cfg = self.config
+        st = self.state
+        nb = self.graph.index[sid]
+        valid = nb >= 0
+        nbc = np.where(valid, nb, 0)
+        fresh = valid & (ts[:, None] - st["last_ts"][nbc] <= int(cfg.max_staleness * 1e9))
+        z = np.where(fresh, st["z_nb"][nbc], np.nan)
+        out = np.zeros(len(sid), bool)
+        some = fresh.any(axis=1)
+        if some.any():
+            med = np.nanmedian(z[some], axis=1)
+            out[some] = med * direction[some] >= cfg.neighbour_z / 2
         return out
 
     def _compare(self, values: np.ndarray, dt: np.ndarray, n: np.ndarray, first: np.ndarray, sid: np.ndarray,
