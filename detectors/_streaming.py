@@ -9,8 +9,8 @@ prefix of the runs, and the state they update is a slice (a view) of the gathere
 A batch with one reading per series is a single vectorised step; 1,000,000 readings over 10,000
 series are 100 steps of 10,000.
 
-Which readings count: LATE and DUPLICATE readings (`Detector.in_order`) and NaN values are not
-evaluated (level -1, score NaN) and do not touch the state.
+Which readings count: LATE and DUPLICATE readings (`Detector.in_order`) and NaN or infinite values
+are not evaluated (level -1, score NaN) and do not touch the state.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ class StreamingDetector(Detector):
         sid = batch.series
         if n > 1 and np.any(sid[1:] < sid[:-1]):
             raise ValueError("the batch must be sorted by (series, ts): use ReadingBatch.sorted_by_series_time()")
-        use = self.in_order(batch) & ~np.isnan(batch.value)
+        use = self.in_order(batch) & np.isfinite(batch.value)
         out = DetectorOutput.not_evaluated(n)
         rows = np.flatnonzero(use)
         if len(rows) == 0:

@@ -301,22 +301,22 @@ def test_interleaved_series_match_each_alone(name):
 
 
 @pytest.mark.parametrize("name", list(FACTORIES))
-def test_nan_late_duplicate_and_skipped_rows_do_not_move_state(name):
+def test_nan_inf_late_duplicate_and_skipped_rows_do_not_move_state(name):
     values = eventful(500)
     clean = FACTORIES[name](make_index()).process(one_series(values))
     # the same stream with extra rows that must be ignored: NaN, LATE, DUPLICATE, and skipped ones
     det = FACTORIES[name](make_index())
     n = len(values)
     ts = list(np.arange(n) * MINUTE)
-    extra_at = [10, 120, 260, 400]
+    extra_at = [10, 120, 260, 400, 450]
     vals, stamps, flags, skip, is_extra = [], [], [], [], []
     for i in range(n):
         vals.append(values[i]); stamps.append(ts[i]); flags.append(0); skip.append(False); is_extra.append(False)
         if i in extra_at:
             kind = extra_at.index(i)
-            vals.append([np.nan, 1e6, -1e6, 5e5][kind])
+            vals.append([np.nan, 1e6, -1e6, 5e5, np.inf][kind])
             stamps.append(ts[i] + S)
-            flags.append([0, FLAG_LATE, FLAG_DUPLICATE, 0][kind])
+            flags.append([0, FLAG_LATE, FLAG_DUPLICATE, 0, 0][kind])
             skip.append(kind == 3)
             is_extra.append(True)
     batch = ReadingBatch.from_columns(np.zeros(len(vals)), stamps, vals, flags)
