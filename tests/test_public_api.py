@@ -144,6 +144,7 @@ def latest_indices(city: City, index: str) -> dict[str, dict]:
 
 # ------------------------------------------------------------------------------ current conditions
 
+@pytest.mark.integration
 def test_current_indices_and_readings_are_the_latest_in_influxdb(city, api):
     r = api.get("/api/v1/current")
     assert r.status_code == 200 and r.headers["content-type"].startswith("application/json")
@@ -170,6 +171,7 @@ def test_current_indices_and_readings_are_the_latest_in_influxdb(city, api):
     assert stations["fr-001"]["indices"] == {} and stations["fr-001"]["observed_at"] is None
 
 
+@pytest.mark.integration
 def test_current_filters_and_csv(city, api):
     area = city.registry.sensors["aq-001"].area
     js = api.get("/api/v1/current", params={"domain": "air", "area": area}).json()["stations"]
@@ -189,6 +191,7 @@ def test_current_filters_and_csv(city, api):
     assert api.get("/api/v1/current", params={"area": "Nowhere'; DROP"}).status_code == 422
 
 
+@pytest.mark.integration
 def test_areas_report_the_worst_station(city, api):
     stations = api.get("/api/v1/current").json()["stations"]
     areas = {a["area"]: a for a in api.get("/api/v1/areas/current").json()["areas"]}
@@ -207,6 +210,7 @@ def test_areas_report_the_worst_station(city, api):
 
 # ------------------------------------------------------------------------------ sensors
 
+@pytest.mark.integration
 def test_sensors_geojson(city, api):
     fc = api.get("/api/v1/sensors").json()
     assert fc["type"] == "FeatureCollection" and len(fc["features"]) == len(city.registry.sensors)
@@ -225,6 +229,7 @@ def test_sensors_geojson(city, api):
 
 # ------------------------------------------------------------------------------ history
 
+@pytest.mark.integration
 def test_history_is_hourly_and_matches_the_raw_readings(city, api):
     r = api.get(f"/api/v1/sensors/{EPISODE_STATION}/history", params={"hours": 6, "metric": ["pm25", "no2"]})
     assert r.status_code == 200
@@ -249,6 +254,7 @@ def test_history_is_hourly_and_matches_the_raw_readings(city, api):
     assert csv_rows[0] == h["columns"] and len(csv_rows) == len(h["rows"]) + 1
 
 
+@pytest.mark.integration
 def test_history_ranges_are_bounded(api):
     url = f"/api/v1/sensors/{EPISODE_STATION}/history"
     assert api.get(url, params={"hours": 0}).status_code == 422
@@ -264,6 +270,7 @@ def test_history_ranges_are_bounded(api):
 
 # ------------------------------------------------------------------------------ advisories
 
+@pytest.mark.integration
 def test_advisories_are_public_index_changes_only(city, api):
     adv = api.get("/api/v1/advisories").json()["advisories"]
     episode = [a for a in adv if a["sensor"] == EPISODE_STATION]
@@ -277,6 +284,7 @@ def test_advisories_are_public_index_changes_only(city, api):
         assert staff_word not in body
 
 
+@pytest.mark.integration
 def test_no_staff_data_and_no_write_endpoints(server, api):
     spec = api.get("/openapi.json").json()
     assert {m for ops in spec["paths"].values() for m in ops} == {"get"}
@@ -290,6 +298,7 @@ def test_no_staff_data_and_no_write_endpoints(server, api):
 
 # ------------------------------------------------------------------------------ caching, limits, CORS
 
+@pytest.mark.integration
 def test_cache_single_flight_and_etag(city):
     app = create_app(city.influx, city.registry, PublicSettings(rate_per_second=0, cache_ttl=30))
     reader = app.state.data.reader
@@ -325,6 +334,7 @@ def test_cache_single_flight_and_etag(city):
         srv.stop()
 
 
+@pytest.mark.integration
 def test_rate_limit_and_cors(city):
     srv = serve(create_app(city.influx, city.registry, PublicSettings(rate_per_second=0.5, rate_burst=3)))
     try:
@@ -342,6 +352,7 @@ def test_rate_limit_and_cors(city):
         srv.stop()
 
 
+@pytest.mark.integration
 def test_influxdb_down_is_503_and_not_cached(city):
     down = city.influx.model_copy(update={"url": f"http://127.0.0.1:{free_port()}", "timeout": 2.0})
     srv = serve(create_app(down, city.registry, PublicSettings(rate_per_second=0)))
@@ -356,6 +367,7 @@ def test_influxdb_down_is_503_and_not_cached(city):
     assert srv.app.state.cache.computed >= 2  # the failure was not cached
 
 
+@pytest.mark.integration
 def test_page_and_static_files_are_served(api):
     page = api.get("/")
     assert page.status_code == 200 and 'lang="vi"' in page.text and "static/app.js" in page.text
@@ -367,6 +379,7 @@ def test_page_and_static_files_are_served(api):
 
 # ------------------------------------------------------------------------------ schemathesis
 
+@pytest.mark.integration
 def test_openapi_conformance(server):
     """Every operation of the spec, with generated parameters: no server error, status codes, content
     types and bodies as documented (schemathesis' checks)."""
@@ -396,3 +409,16 @@ def test_token_bucket_refills_at_the_rate():
     assert b.take("a", now=100.6) == 0.0  # refilled
     assert b.take("a", now=100.6) > 0
     assert [b.take("a", now=200.0) for _ in range(4)][-1] > 0  # never more than the burst after idling
+
+
+def test_serve_command_defaults_to_loopback_and_open_cors():
+    from citywatch.cli import build_parser
+    from citywatch.public.cli import settings_from_args
+
+    s = settings_from_args(build_parser().parse_args(["serve"]))
+    assert (s.host, s.cors_origins, s.rate_per_second > 0) == ("127.0.0.1", ["*"], True)
+    s = settings_from_args(build_parser().parse_args(["serve", "--host", "0.0.0.0", "--cors-origin", "https://a.example",
+                                                      "--rate", "0", "--cache-ttl", "10"]))
+    assert (s.host, s.cors_origins, s.rate_per_second, s.cache_ttl) == ("0.0.0.0", ["https://a.example"], 0, 10)
+    with pytest.raises(ValueError):
+        settings_from_args(build_parser().parse_args(["serve", "--cache-ttl", "0"]))

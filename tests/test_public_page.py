@@ -23,8 +23,8 @@ from citywatch.public.settings import PublicSettings
 from test_public_api import load_city, serve
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed: apt-get install chromium "
-                                                         "(scripts/setup.sh installs it)")
+pytestmark = [pytest.mark.integration, pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed: apt-get install chromium "
+                                                         "(scripts/setup.sh installs it)")]
 PHONE = {"width": 360, "height": 740}
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
