@@ -9,8 +9,9 @@ prefix of the runs, and the state they update is a slice (a view) of the gathere
 A batch with one reading per series is a single vectorised step; 1,000,000 readings over 10,000
 series are 100 steps of 10,000.
 
-Which readings count: LATE and DUPLICATE readings (`Detector.in_order`) and NaN or infinite values
-are not evaluated (level -1, score NaN) and do not touch the state.
+Which readings count: LATE and DUPLICATE readings (`Detector.in_order`) and NaN, infinite or absurd
+values (beyond +-1e150, whose squares would overflow) are not evaluated (level -1, score NaN) and do
+not touch the state.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from citywatch.detectors.base import LEVEL_CRITICAL, LEVEL_OK, LEVEL_WARNING, De
 # A p-value p is reported as the score -log10(p) / P_DECADES, clipped to [0, 1]: score 0.5 means
 # p = 1e-5 under the detector's model of normal behaviour, 1.0 means p <= 1e-10.
 P_DECADES = 10.0
+MAX_ABS_VALUE = 1e150
 MAD_TO_SIGMA = 1.482602218505602  # sigma / MAD for a normal distribution
 MEANAD_TO_SIGMA = 1.2533141373155001  # sigma / mean absolute deviation for a normal distribution
 
@@ -93,7 +95,7 @@ class StreamingDetector(Detector):
         sid = batch.series
         if n > 1 and np.any(sid[1:] < sid[:-1]):
             raise ValueError("the batch must be sorted by (series, ts): use ReadingBatch.sorted_by_series_time()")
-        use = self.in_order(batch) & np.isfinite(batch.value)
+        use = self.in_order(batch) & (np.abs(batch.value) <= MAX_ABS_VALUE)  # False for NaN and inf
         out = DetectorOutput.not_evaluated(n)
         rows = np.flatnonzero(use)
         if len(rows) == 0:

@@ -308,15 +308,15 @@ def test_nan_inf_late_duplicate_and_skipped_rows_do_not_move_state(name):
     det = FACTORIES[name](make_index())
     n = len(values)
     ts = list(np.arange(n) * MINUTE)
-    extra_at = [10, 120, 260, 400, 450]
+    extra_at = [10, 120, 260, 400, 450, 460]
     vals, stamps, flags, skip, is_extra = [], [], [], [], []
     for i in range(n):
         vals.append(values[i]); stamps.append(ts[i]); flags.append(0); skip.append(False); is_extra.append(False)
         if i in extra_at:
             kind = extra_at.index(i)
-            vals.append([np.nan, 1e6, -1e6, 5e5, np.inf][kind])
+            vals.append([np.nan, 1e6, -1e6, 5e5, np.inf, -1e200][kind])
             stamps.append(ts[i] + S)
-            flags.append([0, FLAG_LATE, FLAG_DUPLICATE, 0, 0][kind])
+            flags.append([0, FLAG_LATE, FLAG_DUPLICATE, 0, 0, 0][kind])
             skip.append(kind == 3)
             is_extra.append(True)
     batch = ReadingBatch.from_columns(np.zeros(len(vals)), stamps, vals, flags)
