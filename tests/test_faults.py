@@ -134,6 +134,8 @@ def test_engine_sigkilled_at_random_moments_loses_and_duplicates_nothing(mosquit
         assert all(r["time"] == stream.t0_ms * 1_000_000 + int(r["co"]) * 1_000_000_000 for r in times)
         # every reading scored, once per (series, time): no double evaluation stored
         assert count(influxdb, db_name, "scores", "score") == total
+        print(f"\nFIGURES engine SIGKILLed {kills}x mid-stream (stored at each kill: {stored_at_kill}): "
+              f"{total}/{total} readings stored, each once")
     finally:
         stream.close()
         engine.send_signal(signal.SIGTERM)
@@ -197,6 +199,9 @@ def test_influxdb_sigkilled_for_60s_under_load_loses_nothing_and_replays_in_orde
         assert engine.stats.get("spool_dropped_points") == 0
         assert engine.stats.get("replayed_points") >= engine.stats.get("spooled_points") > 0
         assert outage >= 60
+        print(f"\nFIGURES InfluxDB SIGKILLed for {outage:.0f} s under {rate:.0f} readings/s: "
+              f"{engine.stats.get('spooled_points'):.0f} points spooled, {engine.stats.get('replayed_points'):.0f} "
+              f"replayed, {total}/{total} readings stored")
     finally:
         stream.close()
         engine.stop()
@@ -271,6 +276,8 @@ def test_spool_full_drop_oldest_drops_the_oldest_readings_and_counts_them(mosqui
         health_points = int((time.monotonic() - started) // 10) + 1
         assert dropped - len(missing) <= health_points
         assert engine.stats.get("spool_dropped_segments") > 0
+        print(f"\nFIGURES spool full, drop_oldest: {len(missing)} oldest readings dropped, "
+              f"spool_dropped_points {dropped:.0f}, {len(stored)}/{total} stored")
     finally:
         device.close()
         engine.stop()
@@ -302,6 +309,7 @@ def test_spool_full_block_loses_nothing_and_stops_acknowledging(mosquitto, db_na
         wait_for(lambda: count(influx, db_name, "air", "co") == total, 60, "every reading stored")
         assert stored_values(influx, db_name) == [float(k) for k in range(total)]
         wait_for(lambda: engine.stats.get("messages_acked") >= total, 20, "everything acknowledged")
+        print(f"\nFIGURES spool full, block: acknowledgements paused at {acked:.0f}/{total}, then {total}/{total} stored")
     finally:
         device.close()
         engine.stop()
@@ -361,6 +369,8 @@ def test_resent_duplicates_in_any_order_do_not_fool_detectors_or_alerts(mosquitt
         assert rows(influxdb, db_name, "SELECT * FROM alerts") == alert_points_before
         assert count(influxdb, db_name, "air", "no2") == len(original)
         assert engine.stats.get("readings_rejected") == 0  # resends are stored, not dead-lettered
+        print(f"\nFIGURES {len(resend)} resent messages (shuffled, {len(original)} originals): "
+              f"{len(alerts_before)} alerts before and after, detector state and scores unchanged")
     finally:
         device.close()
         listener.close()
