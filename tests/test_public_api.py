@@ -179,7 +179,7 @@ def test_current_filters_and_csv(city, api):
     text = api.get("/api/v1/current", params={"domain": "air", "area": area, "format": "csv"})
     assert text.headers["content-type"].startswith("text/csv")
     table = list(csv.DictReader(io.StringIO(text.text)))
-    by_key = {(row["sensor"], row["kind"], row["name_of"]): row for row in table}
+    by_key = {(row["sensor"], row["kind"], row["quantity"]): row for row in table}
     for s in js:
         for name, ix in s["indices"].items():
             row = by_key[(s["id"], "index", name)]
@@ -422,3 +422,15 @@ def test_serve_command_defaults_to_loopback_and_open_cors():
     assert (s.host, s.cors_origins, s.rate_per_second, s.cache_ttl) == ("0.0.0.0", ["https://a.example"], 0, 10)
     with pytest.raises(ValueError):
         settings_from_args(build_parser().parse_args(["serve", "--cache-ttl", "0"]))
+
+
+@pytest.mark.integration
+def test_gzip_once_per_cache_entry(api):
+    plain = api.get("/api/v1/current", headers={"Accept-Encoding": "identity"})
+    packed = api.get("/api/v1/current", headers={"Accept-Encoding": "gzip"})
+    assert "content-encoding" not in plain.headers and packed.headers["content-encoding"] == "gzip"
+    assert packed.content == plain.content  # httpx decodes it
+    assert int(packed.headers["content-length"]) < len(plain.content) / 4
+    assert packed.headers["etag"] != plain.headers["etag"] and "Accept-Encoding" in packed.headers["vary"]
+    again = api.get("/api/v1/current", headers={"Accept-Encoding": "gzip", "If-None-Match": packed.headers["etag"]})
+    assert again.status_code == 304

@@ -21,6 +21,7 @@ There are no write endpoints: any other method answers 405.
 
 
 import csv
+import gzip
 import hashlib
 import io
 import time
@@ -44,6 +45,7 @@ from citywatch.public.advice import scales
 from citywatch.public.cache import SingleFlightCache
 from citywatch.public.data import PublicData
 from citywatch.public.influx import InfluxReader, InfluxUnavailable
+from citywatch.public.models import Advisories, Areas, Current, History
 from citywatch.public.ratelimit import RateLimitMiddleware
 from citywatch.public.settings import PublicSettings
 from citywatch.registry import DOMAINS, SENSOR_ID_PATTERN, Registry
@@ -57,6 +59,10 @@ class Rendered(NamedTuple):
     body: bytes
     media_type: str
     etag: str
+    gzipped: bytes | None  # the body gzip-compressed once, when that is worth it
+
+
+GZIP_MIN_BYTES = 1024
 
 
 class Problem(BaseModel):
@@ -71,8 +77,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     503: {"model": Problem, "description": "The data source is unavailable; see Retry-After"},
 }
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Problem, "description": "No such station or metric"}}
-BOTH = {200: {"content": {"application/json": {}, "text/csv": {}},
-              "description": "JSON (default) or CSV (`format=csv`)"}}
+def json_or_csv(model: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
+    return {200: {"model": model, "content": {"text/csv": {}}, "description": "JSON (default) or CSV (`format=csv`)"}}
 GEO = {200: {"content": {"application/geo+json": {}, "text/csv": {}},
              "description": "GeoJSON (default) or CSV (`format=csv`)"}}
 
@@ -89,13 +95,14 @@ def render(payload: Any, fmt: str, table: Callable[[Any], tuple[list[str], list[
         media_type = "text/csv; charset=utf-8"
     else:
         body = orjson.dumps(payload)
-    return Rendered(body, media_type, '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"')
+    gz = gzip.compress(body, compresslevel=6, mtime=0) if len(body) >= GZIP_MIN_BYTES else None
+    return Rendered(body, media_type, '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"', gz)
 
 
 # -- CSV tables ----------------------------------------------------------------------------------
 def current_table(payload: dict) -> tuple[list[str], list[list[Any]]]:
     """Long format: one row per station and index or reading."""
-    header = ["sensor", "name", "domain", "area", "lat", "lon", "kind", "name_of", "value", "unit", "category",
+    header = ["sensor", "name", "domain", "area", "lat", "lon", "kind", "quantity", "value", "unit", "category",
               "label_vi", "label_en", "time"]
     rows = []
     for st in payload["stations"]:
@@ -108,7 +115,7 @@ def current_table(payload: dict) -> tuple[list[str], list[list[Any]]]:
 
 
 def areas_table(payload: dict) -> tuple[list[str], list[list[Any]]]:
-    header = ["area", "stations", "kind", "name_of", "value", "unit", "category", "label_vi", "label_en", "sensor"]
+    header = ["area", "stations", "kind", "quantity", "value", "unit", "category", "label_vi", "label_en", "sensor"]
     rows = []
     for a in payload["areas"]:
         for name, ix in sorted(a["worst_indices"].items()):
@@ -179,10 +186,14 @@ def create_app(influx: InfluxConfig, registry: Registry, settings: PublicSetting
             log.warning("public api: data source unavailable", error=str(exc))
             return JSONResponse({"detail": "data source unavailable"}, status_code=503,
                                 headers={"Retry-After": "5", "Cache-Control": "no-store"})
-        headers = {"ETag": r.etag, "Cache-Control": f"public, max-age={max_age}"}
+        gz = r.gzipped is not None and "gzip" in request.headers.get("accept-encoding", "")
+        etag = r.etag[:-1] + '-gz"' if gz else r.etag  # a strong ETag per representation
+        headers = {"ETag": etag, "Cache-Control": f"public, max-age={max_age}", "Vary": "Accept-Encoding"}
         inm = request.headers.get("if-none-match")
-        if inm and (inm.strip() == "*" or r.etag in (t.strip().removeprefix("W/") for t in inm.split(","))):
+        if inm and (inm.strip() == "*" or etag in (t.strip().removeprefix("W/") for t in inm.split(","))):
             return Response(status_code=304, headers=headers)
+        if gz:
+            return Response(r.gzipped, media_type=r.media_type, headers={**headers, "Content-Encoding": "gzip"})
         return Response(r.body, media_type=r.media_type, headers=headers)
 
     def sensor_or_404(sensor_id: str):
@@ -220,7 +231,8 @@ def create_app(influx: InfluxConfig, registry: Registry, settings: PublicSetting
             return render(data.sensor_feature(s), "json", media_type="application/geo+json")
         return await respond(request, ("sensor", s.id), build)
 
-    @app.get(f"{API}/current", summary="Latest indices and readings of every station", responses={**BOTH, **ERRORS})
+    @app.get(f"{API}/current", summary="Latest indices and readings of every station",
+             responses={**json_or_csv(Current), **ERRORS})
     async def get_current(request: Request, domain: Domain | None = None, area: Area | None = None,
                           format: Annotated[Format, FORMAT] = "json") -> Response:
         d, a = (domain.value if domain else None), (area.value if area else None)
@@ -232,7 +244,7 @@ def create_app(influx: InfluxConfig, registry: Registry, settings: PublicSetting
         return await respond(request, ("current", d, a, format), build)
 
     @app.get(f"%s/current/{{sensor_id}}" % API, summary="Latest indices and readings of one station",
-             responses={**BOTH, **NOT_FOUND, **ERRORS})
+             responses={**json_or_csv(Current), **NOT_FOUND, **ERRORS})
     async def get_current_sensor(request: Request, sensor_id: SensorId, format: Annotated[Format, FORMAT] = "json") -> Response:
         s = sensor_or_404(sensor_id)
 
@@ -243,14 +255,15 @@ def create_app(influx: InfluxConfig, registry: Registry, settings: PublicSetting
         return await respond(request, ("current", s.id, format), build)
 
     @app.get(f"{API}/areas/current", summary="Per ward: worst current index values and mean readings",
-             responses={**BOTH, **ERRORS})
+             responses={**json_or_csv(Areas), **ERRORS})
     async def get_areas(request: Request, format: Annotated[Format, FORMAT] = "json") -> Response:
         async def build() -> Rendered:
             return render(data.areas_summary(await current_snapshot()), format, areas_table)
         return await respond(request, ("areas", format), build)
 
     @app.get(f"%s/sensors/{{sensor_id}}/history" % API, summary="Hourly history of a station (bounded range)",
-             responses={**BOTH, **NOT_FOUND, 400: {"model": Problem, "description": "Bad time range"}, **ERRORS})
+             responses={**json_or_csv(History), **NOT_FOUND, 400: {"model": Problem, "description": "Bad time range"},
+                        **ERRORS})
     async def get_history(
         request: Request, sensor_id: SensorId,
         hours: Annotated[int, Query(ge=1, le=settings.history_max_days * 24,
@@ -286,7 +299,8 @@ def create_app(influx: InfluxConfig, registry: Registry, settings: PublicSetting
             return render(await data.history(s, start_s * 1000, end_s * 1000, metrics), format, history_table)
         return await respond(request, ("history", s.id, start_s, end_s, tuple(metrics), format), build)
 
-    @app.get(f"{API}/advisories", summary="Active public advisories", responses={**BOTH, **ERRORS})
+    @app.get(f"{API}/advisories", summary="Active public advisories",
+             responses={**json_or_csv(Advisories), **ERRORS})
     async def get_advisories(request: Request, format: Annotated[Format, FORMAT] = "json") -> Response:
         async def build() -> Rendered:
             return render(await data.advisories(await current_snapshot()), format, advisories_table)
