@@ -56,7 +56,8 @@ for make in (StuckDetector, SpikeDetector, DriftDetector):
             det.process(b)
             runs.append(time.perf_counter() - t)
         best = min(runs)
-        print(f"  {per_series:3d} reading(s) per series: {len(b) / best:12,.0f} readings/s ({best * 1000:.1f} ms per batch of {len(b):,})")
+        print(f"  {per_series:3d} reading(s) per series: {len(b) / best:12,.0f} readings/s "
+              f"({best * 1000:.1f} ms per batch of {len(b):,})")
 
 nodata = NoDataDetector(series, start_ns=0)
 b = batch(1, 0)

@@ -50,7 +50,14 @@ from pydantic import Field
 
 from citywatch.batch import ReadingBatch, last_index_where
 from citywatch.config import Duration, StrictModel
-from citywatch.detectors.base import LEVEL_CRITICAL, LEVEL_NOT_EVALUATED, LEVEL_OK, LEVEL_WARNING, Detector, DetectorOutput
+from citywatch.detectors.base import (
+    LEVEL_CRITICAL,
+    LEVEL_NOT_EVALUATED,
+    LEVEL_OK,
+    LEVEL_WARNING,
+    Detector,
+    DetectorOutput,
+)
 from citywatch.detectors.neighbours import NeighbourConfig, NeighbourGraph
 from citywatch.detectors.stuck import (
     DEFAULT_INTERVAL_S,
@@ -210,7 +217,8 @@ class DriftDetector(Detector):
             self._graph_rows = new.copy()
 
     def neighbour_residual(self, sid: np.ndarray, ts: np.ndarray, level: np.ndarray, offset: np.ndarray,
-                           dt: np.ndarray, n: np.ndarray, first: np.ndarray, frozen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                           dt: np.ndarray, n: np.ndarray, first: np.ndarray,
+                           frozen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Each row's residual against its neighbours: the median over fresh neighbours j of
         ``d_j - baseline_j``, where ``d_j`` compares this series' level with neighbour j's (log ratio or
         difference) and ``baseline_j`` is that pair's long EWMA. Pair baselines make the residual
@@ -226,7 +234,8 @@ class DriftDetector(Detector):
         fresh = valid & np.isfinite(lv) & (ts[:, None] - st["last_ts"][nbc] <= int(cfg.max_staleness * 1e9))
         with np.errstate(invalid="ignore", divide="ignore"):
             ratio = self._ratio[sid][:, None]
-            d = np.where(ratio, np.log((level[:, None] + offset[:, None]) / (lv + offset[:, None])), level[:, None] - lv)
+            c = offset[:, None]
+            d = np.where(ratio, np.log((level[:, None] + c) / (lv + c)), level[:, None] - lv)
         fresh &= np.isfinite(d)
         base = np.empty_like(d)
         for j in range(k):
@@ -297,7 +306,8 @@ class DriftDetector(Detector):
         # not restart it.
         on_evt = hit_nb | hit_own
         off_evt = ~on_evt & (np.abs(z_own) < cfg.own_z / 2) \
-            & ((np.abs(z_nb) < cfg.neighbour_z / 2) | (np.abs(np.where(ready_nb, nbr["z_now"], 0.0)) < cfg.neighbour_z / 2))
+            & ((np.abs(z_nb) < cfg.neighbour_z / 2)
+               | (np.abs(np.where(ready_nb, nbr["z_now"], 0.0)) < cfg.neighbour_z / 2))
         at = last_index_where(on_evt | off_evt, gs)
         cond = np.where(at >= 0, on_evt[np.maximum(at, 0)], st["on"][sid])
         hit_nb = hit_nb | (cond & ~hit_own & (np.abs(z_nb) / cfg.neighbour_z >= np.abs(z_own) / cfg.own_z))

@@ -56,7 +56,7 @@ detectors:
     late_factor: 2.5              # late: silent for more than 2.5 expected intervals
     offline_factor: 10            # offline: silent for more than 10 expected intervals ...
     offline_min: 15m              # ... and at least this long
-    max_upload_factor: 6          # batch-uploading devices: expect them every upload step (steps over 6 intervals are outages)
+    max_upload_factor: 6          # batch uploads: expect a device every upload step (over 6 intervals: an outage)
     domains:                      # optional per-domain overrides of the three settings above
       forest: {late_factor: 2.0, offline_min: 1h}
 """

@@ -2,9 +2,9 @@
 
 Per series (sensor x metric), in event time. The *typical rate of change* of a series is learned as
 the root mean square of ``change / dt`` (per second; an EWMA of its square) over `scale_window`
-(at least `scale_min_readings` readings), each change clipped at `clip` x the typical rate so that spikes barely move it, and
-floored at `floor_fraction` x the long-run typical rate (a count EWMA over `learn_readings`) so
-that a quiet night does not make every small change look large. A change per expected interval of
+(at least `scale_min_readings` readings), each change clipped at `clip` x the typical rate so that
+spikes barely move it, and floored at `floor_fraction` x the long-run typical rate (a count EWMA
+over `learn_readings`) so that a quiet night does not make every small change look large. A change per expected interval of
 ``k`` x that rate is a *jump* (``k`` = `jump_factor`, in the metric's unit: ``jump = k x rate x
 interval``).
 
@@ -41,7 +41,14 @@ from pydantic import Field
 
 from citywatch.batch import ReadingBatch, last_index_where
 from citywatch.config import Duration, StrictModel
-from citywatch.detectors.base import LEVEL_CRITICAL, LEVEL_NOT_EVALUATED, LEVEL_OK, LEVEL_WARNING, Detector, DetectorOutput
+from citywatch.detectors.base import (
+    LEVEL_CRITICAL,
+    LEVEL_NOT_EVALUATED,
+    LEVEL_OK,
+    LEVEL_WARNING,
+    Detector,
+    DetectorOutput,
+)
 from citywatch.detectors.stuck import (
     DEFAULT_INTERVAL_S,
     ConstantRange,
@@ -267,14 +274,16 @@ class SpikeDetector(Detector):
             before = V[:, length + 2]
             steady = ~(np.abs(level - before) >= cfg.return_fraction * smallest)
             # Excursions into the metric's idle range (no vehicles: occupancy ~0) are real.
-            idle = np.all((V[:, 1 : length + 1] >= self._idle_lo[sid, None]) & (V[:, 1 : length + 1] <= self._idle_hi[sid, None]), axis=1)
+            inner = V[:, 1 : length + 1]
+            idle = np.all((inner >= self._idle_lo[sid, None]) & (inner <= self._idle_hi[sid, None]), axis=1)
             hit = one_side & (smallest >= jump) & back & steady & ~idle & ~spike
             excursion = np.where(hit, smallest, excursion)
             spike |= hit
         spike &= ready
         too_fast = has_prev & ~gap & (rate_obs > self._max_rate[sid])
 
-        level = np.where(spike, np.where(excursion >= 2 * jump, LEVEL_CRITICAL, LEVEL_WARNING), LEVEL_OK).astype(np.int8)
+        level = np.where(spike, np.where(excursion >= 2 * jump, LEVEL_CRITICAL, LEVEL_WARNING), LEVEL_OK)
+        level = level.astype(np.int8)
         level[too_fast] = LEVEL_CRITICAL
         with np.errstate(divide="ignore", invalid="ignore"):
             score = np.where(spike, np.clip(excursion / (2 * jump), 0.0, 1.0), 0.0)

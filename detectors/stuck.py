@@ -70,7 +70,7 @@ detectors:
     flatline_ratio: 0.05          # flat-lined: recent variation below this fraction of the usual one
     flatline_window: 10           # recent variation over this many expected intervals
     flatline_min_history: 500     # readings to learn before flatline is judged
-    saturation_visits: 3          # a series' lowest/highest value it came back to 3 times is a floor/ceiling: exempt (0: off)
+    saturation_visits: 3          # lowest/highest value 3 runs began at: a floor/ceiling, exempt (0: off)
     exempt:                       # values that are legitimately constant, per metric: [min, max]
       precipitation: {min: 0, max: 0}        # no rain
       intensity: {min: 0, max: 2}            # (almost) no vehicles: quiet nights repeat small counts

@@ -474,7 +474,8 @@ class Run:
 
 
 def simulate(kinds: list[str], *, seed: int = 7, warmup_days: float = 1.0, days: float = 1.0,
-             fault_rate: float = 1.0, sensors: list[str] | None = None) -> tuple[SeriesIndex, Readings, list[Fault], Registry]:
+             fault_rate: float = 1.0,
+             sensors: list[str] | None = None) -> tuple[SeriesIndex, Readings, list[Fault], Registry]:
     registry = Registry.load(REGISTRY_PATH)
     series = SeriesIndex(registry)
     series.add_registry()
