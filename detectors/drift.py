@@ -34,7 +34,8 @@ spreads, so a drift does not become the new normal. Nothing is judged before `mi
 are compared with their own baseline only; metrics in `exclude` are not judged.
 
 Output `threshold`: the warning limit of the comparison that decided (`neighbour_z` or `own_z`).
-Not evaluated and leaving the state untouched: LATE or DUPLICATE readings, rows in `skip`, NaN values.
+Not evaluated and leaving the state untouched: LATE or DUPLICATE readings, rows in `skip`, NaN,
+infinite or absurd (beyond 1e150) values.
 
 State per series: 13 numbers plus one pair baseline per neighbour slot (with the default 6
 neighbours, 152 bytes). The pair differences read the neighbours' levels as they stood at the start
@@ -66,6 +67,7 @@ from citywatch.detectors.stuck import (
     previous_in_run,
     segmented_linear_scan,
     series_intervals,
+    usable,
 )
 from citywatch.registry import SeriesIndex
 
@@ -256,7 +258,7 @@ class DriftDetector(Detector):
     def _process(self, batch: ReadingBatch) -> DetectorOutput:
         n = len(batch)
         out = DetectorOutput.not_evaluated(n)
-        keep = np.flatnonzero(self.in_order(batch) & ~np.isnan(batch.value) & self._judged[batch.series])
+        keep = np.flatnonzero(self.in_order(batch) & usable(batch.value) & self._judged[batch.series])
         if len(keep) == 0:
             return out
         b = batch.take(keep) if len(keep) < n else batch

@@ -4,9 +4,9 @@ Per series (sensor x metric), in event time. The *typical rate of change* of a s
 the root mean square of ``change / dt`` (per second; an EWMA of its square) over `scale_window`
 (at least `scale_min_readings` readings), each change clipped at `clip` x the typical rate so that
 spikes barely move it, and floored at `floor_fraction` x the long-run typical rate (a count EWMA
-over `learn_readings`) so that a quiet night does not make every small change look large. A change per expected interval of
-``k`` x that rate is a *jump* (``k`` = `jump_factor`, in the metric's unit: ``jump = k x rate x
-interval``).
+over `learn_readings`) so that a quiet night does not make every small change look large. A change
+per expected interval of ``k`` x that rate is a *jump* (``k`` = `jump_factor`; in the metric's unit,
+``jump = k x rate x interval``).
 
 A reading is a **spike** (reason ``spike``) when it completes the pattern *level, away, back*: the
 1..`max_readings` readings before it all lie on the same side of the reading before them (the
@@ -26,7 +26,8 @@ gap are not the level). Metrics in `exclude` are not judged (rain gauges tip in 
 excursion into the metric's `idle` range (occupancy ~0 in a minute without vehicles) is not a spike.
 Exact repeats do not teach the typical rate (a saturated or clipped stretch would shrink it).
 Not evaluated (level -1, score NaN) and leaving the state untouched: LATE or DUPLICATE readings,
-rows in `skip`, NaN values; also not evaluated, but learning: the first `min_history` readings.
+rows in `skip`, NaN, infinite or absurd (beyond 1e150) values; also not evaluated, but learning:
+the first `min_history` readings.
 
 State per series: the last `max_readings` + 2 values, the last event time, two rates and a count
 (at most 96 bytes).
@@ -57,6 +58,7 @@ from citywatch.detectors.stuck import (
     previous_in_run,
     segmented_linear_scan,
     series_intervals,
+    usable,
 )
 from citywatch.registry import SeriesIndex
 
@@ -195,7 +197,7 @@ class SpikeDetector(Detector):
     def _process(self, batch: ReadingBatch) -> DetectorOutput:
         n = len(batch)
         out = DetectorOutput.not_evaluated(n)
-        keep = np.flatnonzero(self.in_order(batch) & ~np.isnan(batch.value) & self._judged[batch.series])
+        keep = np.flatnonzero(self.in_order(batch) & usable(batch.value) & self._judged[batch.series])
         if len(keep) == 0:
             return out
         b = batch.take(keep) if len(keep) < n else batch

@@ -30,7 +30,7 @@ concentration clipped at 0.
 
 Readings that are stuck or flat-lined do not teach the learned levels either, so a long fault does
 not become "normal". Not evaluated (level -1, score NaN) and leaving the state untouched: LATE or
-DUPLICATE readings, rows in `skip`, NaN values.
+DUPLICATE readings, rows in `skip`, NaN, infinite or absurd (beyond 1e150) values.
 
 Reasons: ``ok``, ``stuck``, ``flatline``; output `threshold`: the number of repeats ``k`` that makes
 a run stuck (for stuck and ok readings), the collapsed-variation limit for flatline.
@@ -53,7 +53,7 @@ from citywatch.detectors.base import LEVEL_CRITICAL, LEVEL_OK, LEVEL_WARNING, De
 from citywatch.registry import SeriesIndex
 
 __all__ = ["StuckDetector", "StuckConfig", "ConstantRange", "DEFAULT_EXEMPT", "SAMPLE_CONFIG",
-           "segmented_linear_scan", "previous_in_run", "series_intervals", "count_in_run"]
+           "segmented_linear_scan", "previous_in_run", "series_intervals", "count_in_run", "usable"]
 
 SAMPLE_CONFIG = """\
 detectors:
@@ -159,6 +159,16 @@ def segmented_linear_scan(a: np.ndarray, b: np.ndarray, first: np.ndarray, init:
         a[d:] = a[d:] * a[:-d]
         d *= 2
     return b
+
+
+MAX_ABS_VALUE = 1e150  # beyond this, squares and differences overflow
+
+
+def usable(values: np.ndarray) -> np.ndarray:
+    """Values a detector may learn from: finite and not absurdly large (NaN, inf and overflowing
+    values are not evaluated and leave the state alone; they would poison the batch-wide scans)."""
+    with np.errstate(invalid="ignore"):
+        return np.abs(values) < MAX_ABS_VALUE
 
 
 def previous_in_run(values: np.ndarray, first: np.ndarray, carried: np.ndarray) -> np.ndarray:
@@ -272,7 +282,7 @@ class StuckDetector(Detector):
     def _process(self, batch: ReadingBatch) -> DetectorOutput:
         n = len(batch)
         out = DetectorOutput.not_evaluated(n)
-        keep = np.flatnonzero(self.in_order(batch) & ~np.isnan(batch.value))
+        keep = np.flatnonzero(self.in_order(batch) & usable(batch.value))
         if len(keep) == 0:
             return out
         b = batch.take(keep) if len(keep) < n else batch
@@ -317,12 +327,12 @@ class StuckDetector(Detector):
         short0 = st["diff_short"][sid]
         n_diff0 = st["n_diff"][sid]
         history = (n_diff0 >= cfg.flatline_min_history) & (long0 > 0)
-        usable = has_prev & ~exempt & ~stuck
-        alpha_short = np.where(usable, -np.expm1(-dt_s / (cfg.flatline_window * self._interval[sid])), 0.0)
-        short = segmented_linear_scan(1.0 - alpha_short, alpha_short * np.where(usable, diff, 0.0), first,
+        varies = has_prev & ~exempt & ~stuck
+        alpha_short = np.where(varies, -np.expm1(-dt_s / (cfg.flatline_window * self._interval[sid])), 0.0)
+        short = segmented_linear_scan(1.0 - alpha_short, alpha_short * np.where(varies, diff, 0.0), first,
                                       short0)
         limit = cfg.flatline_ratio * long0
-        flat = history & usable & (short < limit)
+        flat = history & varies & (short < limit)
 
         # Learning (readings that are neither exempt nor flagged).
         # The repeat probability learns from runs once they have ended, and only from runs that did not
@@ -339,7 +349,7 @@ class StuckDetector(Detector):
         p = segmented_linear_scan(keep_p, (1.0 - keep_p) * share, first, p0)
         keep_q = np.where(learn_p, np.minimum(np.exp(-run_len * self._interval[sid] / cfg.recent_window), keep_p), 1.0)
         q = segmented_linear_scan(keep_q, (1.0 - keep_q) * share, first, q0)
-        learn_d = usable & ~flat
+        learn_d = varies & ~flat
         n_d = n_diff0 + count_in_run(learn_d, first)
         alpha_d = np.where(learn_d, 1.0 / np.clip(n_d, 1, cfg.learn_readings), 0.0)
         long = segmented_linear_scan(1.0 - alpha_d, alpha_d * np.where(learn_d, diff, 0.0), first,

@@ -717,3 +717,24 @@ def test_clean_simulated_data_raises_few_alarms(clean_run):
     assert len(fa["stuck"]) <= reporting / 100
     assert len(fa["spike"]) <= reporting / 100
     assert len(fa["drift"]) <= reporting / 25
+
+
+@pytest.mark.parametrize("make", [StuckDetector, SpikeDetector, DriftDetector])
+def test_infinite_and_absurd_values_are_not_evaluated_and_harm_no_other_series(make):
+    sensors = [sensor(f"aq-{i}", lat=10.95 + 0.01 * i, no2=("ug/m3", 0, 2000)) for i in range(4)]
+    series = index(*sensors)
+    n = 400
+    x = np.stack([noisy(n, 2.0, 1, seed) for seed in range(4)])
+    x[1, 250:253] += 60.0
+    sid = np.repeat(np.arange(4), n)
+    ts = np.tile(np.arange(n) * MINUTE, 4)
+    clean, _ = feed(make(series), sid, ts, x.ravel(), chunk=16)
+    bad = x.copy()
+    bad[0, [100, 101, 300]] = [np.inf, -np.inf, 1e200]
+    bad[2, 200] = np.nan
+    got, _ = feed(make(series), sid, ts, bad.ravel(), chunk=16)
+    broken = np.zeros_like(bad, bool)
+    broken[0, [100, 101, 300]] = True
+    broken[2, 200] = True
+    assert (got[broken.ravel()] == LEVEL_NOT_EVALUATED).all()
+    np.testing.assert_array_equal(got[n:][~broken.ravel()[n:]][:n], clean[n:2 * n])  # series 1 untouched
