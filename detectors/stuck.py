@@ -11,8 +11,8 @@ Two checks per series (sensor x metric), in event time:
   ``eps = interval / (false_alarm_days x 1 day)``, a run is stuck once it holds
   ``k = ceil(log(eps) / log(p))`` repeats (clipped to [`min_repeats`, `max_repeats`]). So the count
   depends on the metric's resolution (through ``p``) and on the sensor's interval (through ``eps``).
-  ``p`` is the larger of the long-run estimate and one over the last `recent_window`, because some
-  series repeat more at times (a count of 1 vehicle a minute at night).
+  ``p`` is the larger of the long-run estimate and one over the last `recent_window` (a day), which
+  follows a change in a series' behaviour sooner.
   WARNING from the k-th repeat, CRITICAL once the run has lasted `critical_after`.
   Score: ``repeats / k`` (1.0 at the alarm point), clipped to [0, 1].
 * **flatline** - variation collapsed relative to the series' own history: the mean absolute change
@@ -65,7 +65,7 @@ detectors:
     prior_repeat_probability: 0.05  # assumed until the series has taught its own
     prior_weight: 50              # readings' worth of trust in the prior
     learn_readings: 2000          # horizon of the learned repeat probability and variation level
-    recent_window: 2h             # also learned over this window; the larger of the two decides
+    recent_window: 1d             # also learned over the last day; the larger of the two decides
     critical_after: 30m           # a stuck run lasting this long is critical
     flatline_ratio: 0.05          # flat-lined: recent variation below this fraction of the usual one
     flatline_window: 10           # recent variation over this many expected intervals
@@ -119,7 +119,7 @@ class StuckConfig(StrictModel):
     prior_repeat_probability: float = Field(default=0.05, gt=0, lt=1)
     prior_weight: float = Field(default=50.0, ge=1)
     learn_readings: float = Field(default=2000.0, ge=10)
-    recent_window: Duration = 7200.0
+    recent_window: Duration = 86400.0
     critical_after: Duration = 1800.0
     flatline_ratio: float = Field(default=0.05, gt=0, lt=1)
     flatline_window: float = Field(default=10.0, gt=0)
@@ -238,7 +238,7 @@ class StuckDetector(Detector):
         "run_start": (np.int64, 0),  # event time (ns) of the first reading of the current run
         "run_count": (np.int64, 0),  # readings in the current run
         "p_repeat": (np.float64, np.nan),  # learned repeat probability (NaN: the prior)
-        "p_recent": (np.float64, np.nan),  # the same over the last `recent_window` (quiet nights repeat more)
+        "p_recent": (np.float64, np.nan),  # the same over the last `recent_window`
         "n_learned": (np.float64, 0.0),  # readings the repeat probability learned from
         "diff_short": (np.float64, 0.0),  # recent mean |change| (time EWMA)
         "diff_long": (np.float64, 0.0),  # long-run mean |change| (count EWMA)
