@@ -838,3 +838,57 @@ def test_alerting_stage_wires_channels_api_and_command_topic(tmp_path, mosquitto
         stage.stop()
     assert [(r.who, r.action) for r in stage.manager.audit()] == [("lan", "silence"), ("minh", "acknowledge")]
     assert stage.dispatcher.counters()["notify_delivered"] == 2
+
+
+@pytest.mark.integration
+def test_the_shipped_broker_acl_lets_only_duty_officers_command(tmp_path):
+    """deploy/mosquitto/acl on a real broker: a duty officer's command is carried out and answered;
+    the same command from a field device's account never reaches the engine."""
+    import subprocess
+
+    from citywatch.services import Mosquitto, find_binary
+
+    repo = Path(__file__).resolve().parent.parent
+    passwd = tmp_path / "passwd"
+    for i, (user, password) in enumerate((("citywatch", "engine-pw"), ("dutyofficer", "duty-pw"), ("aq-001", "dev-pw"))):
+        subprocess.run([find_binary("mosquitto_passwd"), "-b", *(["-c"] if i == 0 else []), str(passwd), user, password],
+                       check=True)
+    passwd.chmod(0o600)
+    broker = Mosquitto(tmp_path / "broker", password_file=passwd,
+                       extra_config=f"acl_file {repo / 'deploy' / 'mosquitto' / 'acl'}")
+    broker.start()
+    manager = _manager()
+    manager.ingest([_event("critical", 0, 231.0)])
+    manager.ingest([_event("critical", 40, 240.0)])
+    key = "aq-005|threshold:no2"
+    listener = CommandListener(manager, CommandConfig(enabled=True, client_id="acl-commands"),
+                               MqttConfig(url=broker.url, username="citywatch", password="engine-pw"))
+    listener.start()
+
+    def console(user: str, password: str) -> paho.Client:
+        c = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"acl-{user}", protocol=MQTTProtocolVersion.MQTTv5)
+        c.username_pw_set(user, password)
+        c.connect("127.0.0.1", broker.port)
+        c.loop_start()
+        return c
+
+    device, officer = console("aq-001", "dev-pw"), console("dutyofficer", "duty-pw")
+    replies: list[dict] = []
+    officer.on_message = lambda c, u, m: replies.append(orjson.loads(m.payload))
+    try:
+        assert listener.ready.wait(5)
+        officer.subscribe("city/commands/alerts/replies/#", qos=1)
+        command = {"action": "ack", "key": key, "by": "lan", "request_id": "acl"}
+        device.publish("city/commands/alerts", orjson.dumps({**command, "by": "intruder"}), qos=1).wait_for_publish(5)
+        time.sleep(0.5)
+        assert manager.get(key).acked_by is None and listener.stats.get("commands_done") == 0
+        officer.publish("city/commands/alerts", orjson.dumps(command), qos=1).wait_for_publish(5)
+        wait_for(lambda: replies, 5, "the reply to the duty officer")
+    finally:
+        for c in (device, officer):
+            c.disconnect()
+            c.loop_stop()
+        listener.stop()
+        broker.stop()
+    assert replies[0]["ok"] and replies[0]["request_id"] == "acl" and manager.get(key).acked_by == "lan"
+    assert [(r.who, r.action) for r in manager.audit()] == [("lan", "acknowledge")]
