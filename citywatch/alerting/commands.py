@@ -16,15 +16,15 @@ when. A bad command (not JSON, unknown action, missing field, unknown key) gets 
 counted and logged, and never disturbs the engine.
 
 Authentication is the broker's job: who may publish on the command topic is decided by the broker's
-ACL, so give the consoles their own MQTT users and allow only them to write there, e.g. in mosquitto's
-acl_file::
+ACL, so give the consoles their own MQTT users and allow only them to write there, as the shipped
+`deploy/mosquitto/acl` does (tested on a real broker)::
 
-    user citywatch-engine
-    topic read city/commands/alerts
-    topic write city/commands/alerts/replies
-    user duty-console
+    user citywatch
+    topic read city/#
+    topic write city/commands/alerts/replies/#
+    user dutyofficer
     topic write city/commands/alerts
-    topic read city/commands/alerts/replies
+    topic read city/commands/alerts/replies/#
 
 On top of that, `token_env` names an environment variable holding a shared token that every command
 must carry as `"token"` (compared in constant time), for brokers whose ACL is coarser. `by` is what
