@@ -37,6 +37,9 @@ Output `threshold`: the warning limit of the comparison that decided (`neighbour
 Not evaluated and leaving the state untouched: LATE or DUPLICATE readings, rows in `skip`, NaN,
 infinite or absurd (beyond 1e150) values.
 
+A snapshot also records which neighbour each slot held; on restore, a pair baseline is kept only if
+its slot still holds the same neighbour (the registry may have changed).
+
 State per series: 13 numbers plus one pair baseline per neighbour slot (with the default 6
 neighbours, 152 bytes). The pair differences read the neighbours' levels as they stood at the start
 of the batch (a batch is a fraction of a second of arrivals).
@@ -217,6 +220,30 @@ class DriftDetector(Detector):
             for j in range(self.graph.k):
                 self.state[f"pair{j}"][:rows][changed[:, j]] = np.nan
             self._graph_rows = new.copy()
+
+    def _neighbour_keys(self) -> np.ndarray:
+        """The (sensor, metric) of each neighbour slot, as "sensor/metric" strings ("" where empty)."""
+        keys = np.asarray([f"{a}/{m}" for a, m in zip(self.series.sensor_ids, self.series.metrics)] + [""], dtype=str)
+        index = self.graph.index[: len(self.series)]
+        return keys[np.where(index >= 0, index, len(keys) - 1)]
+
+    def snapshot(self) -> dict[str, np.ndarray]:
+        snap = super().snapshot()
+        self.graph.update()
+        snap["__neighbours"] = self._neighbour_keys()
+        return snap
+
+    def restore(self, snap: dict[str, np.ndarray]) -> None:
+        """Load a snapshot; a pair baseline is kept only if its slot still holds the same neighbour."""
+        super().restore(snap)
+        saved = snap.get("__neighbours")
+        src, dst = self.series.remap(snap)
+        now = self._neighbour_keys()
+        for j in range(self.graph.k):
+            same = np.zeros(len(dst), bool)
+            if saved is not None and j < saved.shape[1]:
+                same = saved[src, j] == now[dst, j]
+            self.state[f"pair{j}"][dst[~same]] = np.nan
 
     def neighbour_residual(self, sid: np.ndarray, ts: np.ndarray, level: np.ndarray, offset: np.ndarray,
                            dt: np.ndarray, n: np.ndarray, first: np.ndarray,

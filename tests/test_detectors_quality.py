@@ -738,3 +738,26 @@ def test_infinite_and_absurd_values_are_not_evaluated_and_harm_no_other_series(m
     broken[2, 200] = True
     assert (got[broken.ravel()] == LEVEL_NOT_EVALUATED).all()
     np.testing.assert_array_equal(got[n:][~broken.ravel()[n:]][:n], clean[n:2 * n])  # series 1 untouched
+
+
+def test_drift_restore_keeps_pair_baselines_only_for_the_same_neighbours():
+    series, t, values = drift_city(n_days=1.0, stations=4)
+    det = DriftDetector(series, DriftConfig(min_history="16h"))
+    run_city(det, t, values)
+    snap = det.snapshot()
+    same = DriftDetector(series, DriftConfig(min_history="16h"))
+    same.restore(snap)
+    for j in range(det.graph.k):
+        np.testing.assert_array_equal(same.state[f"pair{j}"], det.state[f"pair{j}"])
+    assert np.isfinite(same.state["pair0"][:4]).all()
+    # a registry where station aq-0 has gone: its neighbours' slots now hold other stations
+    temp = {"temperature": ("Cel", -10, 60)}
+    fewer = index(*[sensor(f"aq-{i}", interval=600, lat=10.95 + 0.01 * i, **temp) for i in range(1, 4)])
+    moved = DriftDetector(fewer, DriftConfig(min_history="16h"))
+    moved.restore(snap)
+    aq1 = fewer.get("aq-1", "temperature")
+    old_aq1 = series.get("aq-1", "temperature")
+    assert moved.state["level"][aq1] == det.state["level"][old_aq1]
+    kept = [j for j in range(moved.graph.k) if np.isfinite(moved.state[f"pair{j}"][aq1])]
+    # aq-1's nearest were aq-0 and aq-2 (equally far), then aq-3; now aq-2 and aq-3 fill slots 0 and 1
+    assert len(kept) < det.graph.count[old_aq1]
