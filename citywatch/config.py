@@ -209,6 +209,21 @@ class IndicesConfig(StrictModel):
     water_weighted: bool = False
 
 
+class ForecastsConfig(StrictModel):
+    # Short-term forecasts of hourly VN_AQI / US AQI per air station, water probe hourly means and
+    # traffic hourly counts, with early-warning alerts (see citywatch/forecast_stage.py).
+    enabled: bool = True
+    horizon: int = Field(default=24, ge=1, le=48)
+    level: float = Field(default=0.8, gt=0, lt=1)  # central prediction interval
+    # What must cross a limit to warn: the interval's bound on the side of the limit, or the median.
+    bound: Literal["upper", "median"] = "upper"
+    aqi_category: int = Field(default=3, ge=2, le=6)  # warn when an AQI is forecast to reach this category
+    models: dict[Literal["aqi", "water", "traffic"], Literal["seasonal_naive", "holt_winters", "ar_deseasonalised"]] = \
+        Field(default_factory=lambda: {"aqi": "holt_winters", "water": "holt_winters", "traffic": "ar_deseasonalised"})
+    holt_winters: dict[Literal["alpha", "beta", "phi", "delta", "omega", "ar_memory"], float] = Field(default_factory=dict)
+    ar_deseasonalised: dict[Literal["order", "forgetting", "profile_gain"], float] = Field(default_factory=dict)
+
+
 class AlertsConfig(StrictModel):
     mqtt: bool = True
     influxdb: bool = True
@@ -224,6 +239,7 @@ class Settings(StrictModel):
     detectors: DetectorsConfig = Field(default_factory=DetectorsConfig)
     indices: IndicesConfig = Field(default_factory=IndicesConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    forecasts: ForecastsConfig = Field(default_factory=ForecastsConfig)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Where the engine keeps its spool, detector state and dead letters (relative to the working dir).
     data_dir: str = ".citywatch"
