@@ -105,26 +105,36 @@ def test_engine_sigkilled_at_random_moments_loses_and_duplicates_nothing(mosquit
     log_path = tmp_path / "engine.log"
     log = log_path.open("ab")
     kills = 4
-    total, rate = 4000, 400.0  # 10 s of stream
+    total, rate = 8000, 400.0  # 20 s of stream
+
+    def up(n: int) -> None:  # the n-th engine is subscribed and storing
+        wait_for(lambda: log_path.read_text(errors="replace").count("mqtt connected") >= n, 30, f"engine {n} up")
+
     engine = start_engine(config, log)
-    wait_for(lambda: "mqtt connected" in log_path.read_text(errors="replace"), 30, "engine up")
+    up(1)
     time.sleep(0.5)  # SUBACK: the persistent session exists from here on
-    stream = SteadyStream(mosquitto.port, f"{db_name}-dev", total, rate, (int(time.time()) - 7200) * 1000).start()
-    stored_at_kill = []
+    t0_ms = (int(time.time()) - 3 * 3600) * 1000  # reading k at t0 + k s: all in the past
+    stream = SteadyStream(mosquitto.port, f"{db_name}-dev", total, rate, t0_ms).start()
+    stored_at_kill = [0]
     try:
-        for _ in range(kills):
-            time.sleep(rng.uniform(0.8, 2.2))  # a random moment in the stream
+        for k in range(kills):
+            # a random moment while this engine is storing the stream
+            wait_for(lambda: count(influxdb, db_name, "air", "co") > stored_at_kill[-1], 30, "engine storing")
+            time.sleep(rng.uniform(0.2, 1.5))
             engine.send_signal(signal.SIGKILL)
             assert engine.wait(10) == -signal.SIGKILL
             stored_at_kill.append(count(influxdb, db_name, "air", "co"))
             time.sleep(rng.uniform(0.0, 0.5))  # the stream goes on while the engine is dead
             engine = start_engine(config, log)
+            up(k + 2)
+        stored_at_kill.pop(0)
         assert stream.done.wait(60), "the device could not publish everything"
         assert stream.sent == total
         wait_for(lambda: count(influxdb, db_name, "air", "co") == total, 60, "every reading stored")
         time.sleep(1.0)  # a late duplicate would show now
         # the kills hit mid-stream, not before or after it
-        assert 0 < stored_at_kill[0] and stored_at_kill[-1] < total, stored_at_kill
+        assert 0 < stored_at_kill[0] < stored_at_kill[1] < stored_at_kill[2] < stored_at_kill[3] < total, stored_at_kill
+        assert engine_readings_rejected(tmp_path) == 0
         # every reading exactly once, with its exact value and time
         assert stored_values(influxdb, db_name) == [float(k) for k in range(total)]
         per_series = rows(influxdb, db_name, 'SELECT count(co) FROM air GROUP BY sensor')
@@ -143,6 +153,11 @@ def test_engine_sigkilled_at_random_moments_loses_and_duplicates_nothing(mosquit
         log.close()
     text = log_path.read_text(errors="replace")
     assert text.count('"engine started"') == kills + 1
+
+
+def engine_readings_rejected(tmp_path: Path) -> int:
+    deadletters = tmp_path / "data" / "deadletter.jsonl"
+    return len(deadletters.read_bytes().splitlines()) if deadletters.exists() else 0
 
 
 # -- InfluxDB SIGKILLed for 60 s -----------------------------------------------------------------------
