@@ -57,6 +57,7 @@ from citywatch.detectors.stuck import (
     grow_param,
     previous_in_run,
     segmented_linear_scan,
+    require_sorted,
     series_intervals,
     usable,
 )
@@ -197,6 +198,7 @@ class SpikeDetector(Detector):
     def _process(self, batch: ReadingBatch) -> DetectorOutput:
         n = len(batch)
         out = DetectorOutput.not_evaluated(n)
+        require_sorted(batch)
         keep = np.flatnonzero(self.in_order(batch) & usable(batch.value) & self._judged[batch.series])
         if len(keep) == 0:
             return out

@@ -53,7 +53,8 @@ from citywatch.detectors.base import LEVEL_CRITICAL, LEVEL_OK, LEVEL_WARNING, De
 from citywatch.registry import SeriesIndex
 
 __all__ = ["StuckDetector", "StuckConfig", "ConstantRange", "DEFAULT_EXEMPT", "SAMPLE_CONFIG",
-           "segmented_linear_scan", "previous_in_run", "series_intervals", "count_in_run", "usable"]
+           "segmented_linear_scan", "previous_in_run", "series_intervals", "count_in_run", "usable",
+           "require_sorted"]
 
 SAMPLE_CONFIG = """\
 detectors:
@@ -171,6 +172,13 @@ def usable(values: np.ndarray) -> np.ndarray:
         return np.abs(values) < MAX_ABS_VALUE
 
 
+def require_sorted(batch: ReadingBatch) -> None:
+    """The detectors need each series' readings together and in event-time order."""
+    s, t = batch.series, batch.ts
+    if len(s) > 1 and np.any((s[1:] < s[:-1]) | ((s[1:] == s[:-1]) & (t[1:] < t[:-1]))):
+        raise ValueError("the batch must be sorted by (series, ts): use ReadingBatch.sorted_by_series_time()")
+
+
 def previous_in_run(values: np.ndarray, first: np.ndarray, carried: np.ndarray) -> np.ndarray:
     """Each row's previous value in its series run; `carried` (the state) for a run's first row."""
     prev = np.empty_like(values)
@@ -282,6 +290,7 @@ class StuckDetector(Detector):
     def _process(self, batch: ReadingBatch) -> DetectorOutput:
         n = len(batch)
         out = DetectorOutput.not_evaluated(n)
+        require_sorted(batch)
         keep = np.flatnonzero(self.in_order(batch) & usable(batch.value))
         if len(keep) == 0:
             return out

@@ -761,3 +761,12 @@ def test_drift_restore_keeps_pair_baselines_only_for_the_same_neighbours():
     kept = [j for j in range(moved.graph.k) if np.isfinite(moved.state[f"pair{j}"][aq1])]
     # aq-1's nearest were aq-0 and aq-2 (equally far), then aq-3; now aq-2 and aq-3 fill slots 0 and 1
     assert len(kept) < det.graph.count[old_aq1]
+
+
+@pytest.mark.parametrize("make", [StuckDetector, SpikeDetector, DriftDetector])
+def test_unsorted_batches_are_refused(make):
+    series = index(sensor("aq-1", no2=("ug/m3", 0, 2000)), sensor("aq-2", no2=("ug/m3", 0, 2000)))
+    with pytest.raises(ValueError, match="sorted"):
+        make(series).process(ReadingBatch.from_columns([1, 0], [0, 0], [1.0, 2.0]))
+    with pytest.raises(ValueError, match="sorted"):
+        make(series).process(ReadingBatch.from_columns([0, 0], [MINUTE, 0], [1.0, 2.0]))
