@@ -39,15 +39,18 @@ class SteadyStream:
     """A device thread publishing `total` readings at QoS 1, round-robin over `SENSORS`, at about
     `rate` messages/s. Reading k has time t0 + k s and value k: anything lost or garbled shows."""
 
-    def __init__(self, port: int, client_id: str, total: int, rate: float, t0_ms: int) -> None:
+    def __init__(self, port: int, client_id: str, total: int, rate: float, t0_ms: int, no2: bool = False) -> None:
         self.device = Device(port, client_id=client_id)
-        self.total, self.rate, self.t0_ms = total, rate, t0_ms
+        self.total, self.rate, self.t0_ms, self.no2 = total, rate, t0_ms, no2
         self.sent = 0
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def message(self, k: int) -> tuple[str, dict]:
-        return f"city/air/{SENSORS[k % len(SENSORS)]}/telemetry", {"ts": self.t0_ms + k * 1000, "co": float(k)}
+        doc = {"ts": self.t0_ms + k * 1000, "co": float(k)}
+        if self.no2:
+            doc["no2"] = no2_value(k)
+        return f"city/air/{SENSORS[k % len(SENSORS)]}/telemetry", doc
 
     def _run(self) -> None:
         start = time.monotonic()
@@ -69,6 +72,22 @@ class SteadyStream:
     def close(self) -> None:
         self.thread.join(120)
         self.device.close()
+
+
+def no2_value(k: int) -> float:
+    """Every sensor's NO2 goes from 50 (ok) to 250 (critical, see NO2_RULE) and back every 40 readings."""
+    return 250.0 if (k // len(SENSORS) // 40) % 2 else 50.0
+
+
+def expected_no2_alerts(total: int, t0_ms: int) -> set[tuple[str, int, str, str]]:
+    """(sensor, reading time in ns, previous level, level) of every level change in the stream."""
+    out = set()
+    for k in range(len(SENSORS), total):
+        before, now = no2_value(k - len(SENSORS)), no2_value(k)
+        if before != now:
+            out.add((SENSORS[k % len(SENSORS)], (t0_ms + k * 1000) * 1_000_000,
+                     "ok" if before < 200 else "critical", "ok" if now < 200 else "critical"))
+    return out
 
 
 def stored_values(influx: InfluxDB, db: str) -> list[float]:
@@ -114,7 +133,7 @@ def test_engine_sigkilled_at_random_moments_loses_and_duplicates_nothing(mosquit
     up(1)
     time.sleep(0.5)  # SUBACK: the persistent session exists from here on
     t0_ms = (int(time.time()) - 3 * 3600) * 1000  # reading k at t0 + k s: all in the past
-    stream = SteadyStream(mosquitto.port, f"{db_name}-dev", total, rate, t0_ms).start()
+    stream = SteadyStream(mosquitto.port, f"{db_name}-dev", total, rate, t0_ms, no2=True).start()
     stored_at_kill = [0]
     try:
         for k in range(kills):
@@ -143,9 +162,17 @@ def test_engine_sigkilled_at_random_moments_loses_and_duplicates_nothing(mosquit
         times = rows(influxdb, db_name, "SELECT co FROM air")
         assert all(r["time"] == stream.t0_ms * 1_000_000 + int(r["co"]) * 1_000_000_000 for r in times)
         # every reading scored, once per (series, time): no double evaluation stored
-        assert count(influxdb, db_name, "scores", "score") == total
+        assert count(influxdb, db_name, "scores", "score") == 2 * total
+        # No level change goes unannounced. Alerts are at least once: a change inside the last
+        # snapshot_interval before a kill may be announced again, at a later reading (reported).
+        expected = expected_no2_alerts(total, t0_ms)
+        stored = {(a["sensor"], a["time"], a["previous_level"], a["level"])
+                  for a in rows(influxdb, db_name, "SELECT * FROM alerts WHERE detector = 'threshold'")}
+        assert expected <= stored, sorted(expected - stored)[:5]
+        assert {(s, p, lv) for s, _t, p, lv in stored} == {(s, p, lv) for s, _t, p, lv in expected}
         print(f"\nFIGURES engine SIGKILLed {kills}x mid-stream (stored at each kill: {stored_at_kill}): "
-              f"{total}/{total} readings stored, each once")
+              f"{total}/{total} messages ({2 * total} readings) stored, each once; {len(expected)}/{len(expected)} "
+              f"level changes alerted, {len(stored - expected)} announced again after a kill")
     finally:
         stream.close()
         engine.send_signal(signal.SIGTERM)
