@@ -17,6 +17,7 @@ station's category changes from one hour (or day) to a later one, or as an hour 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,6 +76,8 @@ class AirIndices:
         self.limits = AirLimits(self.stations, self.areas, POLLUTANTS)
         self._limit_lines: list[str] = []
         self._limit_events: list[AlertEvent] = []
+        # Called with every batch of hourly results before they become points (the forecasts use them).
+        self.hourly_listeners: list[Callable[[list[IndexValues]], None]] = []
 
     def _lookup(self) -> None:
         n = len(self.series)
@@ -152,6 +155,8 @@ class AirIndices:
         return self._output(self.flush(event_time_ns))
 
     def _output(self, results: list[IndexValues]) -> tuple[list[str], list[AlertEvent]]:
+        for listener in self.hourly_listeners:
+            listener(results)
         limit_lines, limit_events = self.take_limit_output()
         return self.lines(results) + limit_lines, self.category_changes(results) + limit_events
 

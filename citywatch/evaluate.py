@@ -22,6 +22,7 @@ from citywatch.config import Settings
 from citywatch.detectors import build_detectors
 from citywatch.detectors.base import LEVEL_CRITICAL, LEVEL_NAMES, Detector, DetectorOutput, SeriesState
 from citywatch.fire_index import FireDanger
+from citywatch.forecast_stage import ForecastStage
 from citywatch.registry import SeriesIndex
 from citywatch.reorder import ReorderBuffer
 from citywatch.sinks.line_protocol import encode_line, escape_tag, series_prefix
@@ -164,7 +165,10 @@ class Evaluator:
         self.water = WaterQuality(series, ix.water_class, ix.water_class_by_station, ix.water_lab_max_age,
                                   ix.water_weighted) if ix.water else None
         # Index stages: process(batch) and process_quiet(event time) -> (points, alerts).
-        self.index_stages = [s for s in (self.air_indices, self.fire, self.traffic, self.water) if s is not None]
+        fc = settings.forecasts
+        self.forecasts = ForecastStage(series, fc, ix, self.air_indices) if fc.enabled else None  # after the air stage
+        self.index_stages = [s for s in (self.air_indices, self.fire, self.traffic, self.water, self.forecasts)
+                             if s is not None]
         self.encoder = PointEncoder(series)
 
     def ingest(self, batch: ReadingBatch, now_ns: int) -> tuple[list[str], list[AlertEvent]]:
@@ -226,7 +230,7 @@ class Evaluator:
             lines += [self.encoder.alert(a) for a in events]
         return lines, events
 
-    def stateful(self) -> dict[str, SeriesState | AirIndices | FireDanger | TrafficLos | WaterQuality]:
+    def stateful(self) -> dict[str, SeriesState | AirIndices | FireDanger | TrafficLos | WaterQuality | ForecastStage]:
         """Everything whose per-series state survives a restart, by snapshot prefix."""
         parts = {**{d.name: d for d in self.detectors}, "__alerts": self.alerts, "__watermarks": self.watermarks}
         if self.air_indices is not None:
@@ -237,4 +241,6 @@ class Evaluator:
             parts["__traffic"] = self.traffic
         if self.water is not None:
             parts["__water"] = self.water
+        if self.forecasts is not None:
+            parts["__forecasts"] = self.forecasts
         return parts
