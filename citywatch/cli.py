@@ -147,6 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
     index_cli.add_arguments(p)
     p.set_defaults(func=lambda args: index_cli.run(args))
 
+    p = sub.add_parser("forecast", help="forecast hourly series of a CSV with prediction intervals",
+                       description="Forecast the next hours of each value column of a CSV (hourly means), with intervals.")
+    from citywatch import forecast_cli
+
+    forecast_cli.add_arguments(p)
+    p.set_defaults(func=lambda args: forecast_cli.run(args))
+
     p = sub.add_parser("replay", help="run the detectors as a stream over historical CSVs and write per-row scores",
                        description="Replay CSV files (timestamp,value or wide timestamp,<metric>,...; a file or a "
                                    "folder) through the default detector profile, row by row in event time, and "
