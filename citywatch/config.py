@@ -8,40 +8,22 @@ can read (mode 0600), so a committed config cannot leak them.
 from __future__ import annotations
 
 import os
-import re
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Literal
 from urllib.parse import urlsplit
 
-import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import ConfigDict, Field, SecretStr, ValidationError, model_validator
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
-
-
-def parse_duration(value: Any) -> float:
-    """Seconds from a number or a string such as "500ms", "30s", "5m", "2h", "1d"."""
-    if isinstance(value, bool):
-        raise ValueError("a duration is a number of seconds or a string like '30s'")
-    if isinstance(value, (int, float)):
-        if value < 0:
-            raise ValueError("a duration cannot be negative")
-        return float(value)
-    if isinstance(value, str):
-        match = _DURATION.match(value)
-        if match:
-            return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    raise ValueError(f"not a duration: {value!r} (use seconds or a string like '30s', '5m', '2h')")
-
-
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-
-
-class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=False)
-
+from citywatch.config_types import (  # noqa: F401  (re-exported: the building blocks of every config model)
+    ConfigError,
+    Duration,
+    Section,
+    StrictModel,
+    format_validation_error,
+    parse_duration,
+    read_yaml,
+)
 
 class MqttConfig(StrictModel):
     url: str = "mqtt://127.0.0.1:1883"
@@ -185,6 +167,20 @@ class DetectorsConfig(StrictModel):
     allowed_lateness: Duration = 0.0
     state_file: str | None = "detector-state.npz"
     snapshot_interval: Duration = 60.0
+    # One section per detector, documented next to its code (`SAMPLE_CONFIG` in its module);
+    # `null` or `false` turns a detector off. The default set works with no per-sensor tuning.
+    stuck: Section[StuckConfig] = Field(default_factory=lambda: StuckConfig())
+    spike: Section[SpikeConfig] = Field(default_factory=lambda: SpikeConfig())
+    drift: Section[DriftConfig] = Field(default_factory=lambda: DriftConfig())
+    no_data: Section[NoDataConfig] = Field(default_factory=lambda: NoDataConfig())
+    anomaly: Section[AnomalyConfig] = Field(default_factory=lambda: AnomalyConfig())
+    seasonal: Section[SeasonalConfig] = Field(default_factory=lambda: SeasonalConfig())
+    traffic_zero: Section[TrafficZeroConfig] = Field(default_factory=lambda: TrafficZeroConfig())
+    spatial: Section[SpatialConfig] = Field(default_factory=lambda: SpatialConfig())
+    # The single statistics the default profile (`anomaly`) combines, as detectors of their own: off by default.
+    robust_zscore: Section[RobustZConfig] = None
+    ewma_cusum: Section[CusumConfig] = None
+    variance_shift: Section[VarianceConfig] = None
 
 
 class IndicesConfig(StrictModel):
@@ -257,10 +253,6 @@ class Settings(StrictModel):
         return p if p.is_absolute() else (Path(self.data_dir) / p)
 
 
-class ConfigError(Exception):
-    """A config or registry file is invalid: the message names the file, the key path and the reason."""
-
-
 ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "CITYWATCH_MQTT_URL": ("mqtt", "url"),
     "CITYWATCH_MQTT_USERNAME": ("mqtt", "username"),
@@ -272,24 +264,6 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "CITYWATCH_INFLUX_PASSWORD": ("influxdb", "password"),
 }
 _SECRET_KEYS = {("mqtt", "password"), ("influxdb", "password"), ("influxdb", "token")}
-
-
-def format_validation_error(source: str, err: ValidationError) -> str:
-    lines = [f"{source}: {err.error_count()} error(s)"]
-    for e in err.errors():
-        path = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        lines.append(f"  {source}: {path}: {e['msg']}")
-    return "\n".join(lines)
-
-
-def read_yaml(path: Path) -> Any:
-    try:
-        with path.open("rb") as fh:
-            return yaml.safe_load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
 
 
 def read_secret_file(var: str, env: dict[str, str]) -> str | None:
@@ -349,3 +323,21 @@ def load_settings(path: str | os.PathLike[str] | None = None, env: dict[str, str
         raise ConfigError(format_validation_error(str(path), err)) from None
     settings.base_dir = path.resolve().parent
     return settings
+
+
+# The detectors' option models live beside their code; they build on the definitions above, so they
+# are imported last and the models that refer to them are completed here.
+from citywatch.detectors.anomaly_score import AnomalyConfig  # noqa: E402
+from citywatch.detectors.drift import DriftConfig  # noqa: E402
+from citywatch.detectors.ewma_cusum import CusumConfig  # noqa: E402
+from citywatch.detectors.no_data import NoDataConfig  # noqa: E402
+from citywatch.detectors.robust_zscore import RobustZConfig  # noqa: E402
+from citywatch.detectors.seasonal_baseline import SeasonalConfig  # noqa: E402
+from citywatch.detectors.spatial import SpatialConfig  # noqa: E402
+from citywatch.detectors.spike import SpikeConfig  # noqa: E402
+from citywatch.detectors.stuck import StuckConfig  # noqa: E402
+from citywatch.detectors.traffic_zero import TrafficZeroConfig  # noqa: E402
+from citywatch.detectors.variance_shift import VarianceConfig  # noqa: E402
+
+DetectorsConfig.model_rebuild()
+Settings.model_rebuild()

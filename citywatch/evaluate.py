@@ -20,9 +20,9 @@ from citywatch.alerts import AlertEvent, AlertTracker
 from citywatch.batch import FLAG_DUPLICATE, FLAG_LATE, FLAG_TS_FROM_ARRIVAL, ReadingBatch
 from citywatch.config import Settings
 from citywatch.detectors import build_detectors
+from citywatch.detectors.no_data import NoDataDetector
 from citywatch.detectors.base import LEVEL_CRITICAL, LEVEL_NAMES, Detector, DetectorOutput, SeriesState
 from citywatch.fire_index import FireDanger
-from citywatch.forecast_stage import ForecastStage
 from citywatch.registry import SeriesIndex
 from citywatch.reorder import ReorderBuffer
 from citywatch.sinks.line_protocol import encode_line, escape_tag, series_prefix
@@ -33,6 +33,7 @@ from citywatch.water_index import WaterQuality
 __all__ = ["Evaluator", "PointEncoder", "Watermarks", "INT64_MIN"]
 
 INT64_MIN = np.iinfo(np.int64).min
+_NO_DATA_LEVEL = {"ok": "ok", "late": "warning", "offline": "critical"}
 
 
 class Watermarks(SeriesState):
@@ -165,11 +166,12 @@ class Evaluator:
         self.water = WaterQuality(series, ix.water_class, ix.water_class_by_station, ix.water_lab_max_age,
                                   ix.water_weighted) if ix.water else None
         # Index stages: process(batch) and process_quiet(event time) -> (points, alerts).
-        fc = settings.forecasts
-        self.forecasts = ForecastStage(series, fc, ix, self.air_indices) if fc.enabled else None  # after the air stage
-        self.index_stages = [s for s in (self.air_indices, self.fire, self.traffic, self.water, self.forecasts)
-                             if s is not None]
+        self.index_stages = [s for s in (self.air_indices, self.fire, self.traffic, self.water) if s is not None]
         self.encoder = PointEncoder(series)
+        nd = settings.detectors.no_data
+        self.no_data = NoDataDetector(series, nd) if nd is not None and nd.enabled else None
+        self._clock = INT64_MIN  # event-time clock of the device checks (see `event_clock`)
+        self._clock_wall = 0
 
     def ingest(self, batch: ReadingBatch, now_ns: int) -> tuple[list[str], list[AlertEvent]]:
         """A validated, sorted batch: its readings' points plus whatever evaluation is now due."""
@@ -191,6 +193,8 @@ class Evaluator:
         if len(batch) == 0:
             return [], []
         self.watermarks.advance(batch)
+        if self.no_data is not None:
+            self.no_data.observe(batch)
         outputs = self.detect(batch)
         events = self.alerts.update(batch, outputs)
         lines = self.encoder.scores(batch, [d.name for d in self.detectors], outputs, self.settings.detectors.write_scores)
@@ -230,7 +234,44 @@ class Evaluator:
             lines += [self.encoder.alert(a) for a in events]
         return lines, events
 
-    def stateful(self) -> dict[str, SeriesState | AirIndices | FireDanger | TrafficLos | WaterQuality | ForecastStage]:
+    def event_clock(self, wall_ns: int | None = None) -> int:
+        """The engine's event-time "now" for judging silent devices; INT64_MIN before any reading.
+
+        The 90th percentile of the series' watermarks, so one device with a fast clock does not make
+        every other one look late; while it stands still it advances with the wall clock (if given),
+        so that when everything goes quiet (the centre's uplink is down) devices still go offline.
+        During a backlog the watermarks move and the clock follows event time, not the wall clock.
+        """
+        marks = self.watermarks.state["ts"][: len(self.series)]
+        marks = marks[marks != INT64_MIN]
+        if len(marks) == 0:
+            return INT64_MIN
+        q = int(np.quantile(marks, 0.9, method="nearest"))
+        if wall_ns is None:
+            return q
+        if q != self._clock:
+            self._clock, self._clock_wall = q, wall_ns
+        return q + max(0, wall_ns - self._clock_wall)
+
+    def check_devices(self, wall_ns: int | None = None) -> tuple[list[str], list[AlertEvent]]:
+        """Late and offline devices at the event clock: an alert per change of state."""
+        if self.no_data is None:
+            return [], []
+        now = self.event_clock(wall_ns)
+        if now == INT64_MIN:
+            return [], []
+        expected = dict(zip(self.no_data.sensor_ids, self.no_data.expected_s().tolist()))
+        events = [AlertEvent(
+            sensor=t.sensor, domain=t.domain, area=t.area, metric="device", detector="no_data",
+            level=_NO_DATA_LEVEL[t.state], previous_level=_NO_DATA_LEVEL[t.previous],
+            # value: seconds of silence (since the start, for a device never heard from)
+            value=round((t.now_ns - (t.last_seen_ns if t.last_seen_ns is not None else self.no_data.start_ns)) / 1e9, 3),
+            threshold=expected.get(t.sensor), score=None, ts_ns=t.now_ns, reason=t.state,
+        ) for t in self.no_data.check(now)]
+        lines = [self.encoder.alert(a) for a in events] if self.settings.alerts.influxdb else []
+        return lines, events
+
+    def stateful(self) -> dict[str, SeriesState | AirIndices | FireDanger | TrafficLos | WaterQuality]:
         """Everything whose per-series state survives a restart, by snapshot prefix."""
         parts = {**{d.name: d for d in self.detectors}, "__alerts": self.alerts, "__watermarks": self.watermarks}
         if self.air_indices is not None:
@@ -239,8 +280,8 @@ class Evaluator:
             parts["__fire"] = self.fire
         if self.traffic is not None:
             parts["__traffic"] = self.traffic
+        if self.no_data is not None:
+            parts["__no_data"] = self.no_data
         if self.water is not None:
             parts["__water"] = self.water
-        if self.forecasts is not None:
-            parts["__forecasts"] = self.forecasts
         return parts

@@ -79,6 +79,7 @@ class Engine:
         self._state_file = settings.data_path(settings.detectors.state_file) if settings.detectors.state_file else None
         self._last_snapshot = time.monotonic()
         self._last_health = time.monotonic()
+        self._last_device_check = time.monotonic()
         self.latencies_ns: deque[int] = deque(maxlen=10_000)  # arrival -> stored, per batch
         # Benchmarks: called with (event times of a stored batch, time it was stored), both in ns.
         self.latency_probe: Callable[[np.ndarray, int], None] | None = None
@@ -244,6 +245,11 @@ class Engine:
             self._last_health = now
             self._write_health()
             self._flush_quiet_hours()
+        if now - self._last_device_check >= 5.0:
+            self._last_device_check = now
+            lines, events = self.evaluator.check_devices(time.time_ns())
+            if lines or events:
+                self._pending.append(_Pending(self._pool.submit(self.writer.write, lines), [], events, 0, time.time_ns()))
 
     def _flush_quiet_hours(self) -> None:
         """Close the hourly means of stations that have been quiet for an hour of event time."""

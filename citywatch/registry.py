@@ -14,7 +14,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from citywatch.config import ConfigError, Duration, StrictModel, format_validation_error, read_yaml
+from citywatch.config_types import ConfigError, Duration, StrictModel, format_validation_error, read_yaml
 from citywatch.units import canonical_unit
 
 Domain = Literal["air", "water", "traffic", "forest"]

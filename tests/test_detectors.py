@@ -541,12 +541,22 @@ def test_qcvn05_2023_air_rules():
         assert r.source == "QCVN 05:2023/BTNMT 1-hour limit"
 
 
+ONLY_RULES = dict(stuck=None, spike=None, drift=None, anomaly=None, seasonal=None, traffic_zero=None, spatial=None)
+
+
 def test_build_detectors(air):
-    dets = build_detectors(air, DetectorsConfig(thresholds=qcvn05_2023_air_rules()))
+    dets = build_detectors(air, DetectorsConfig(thresholds=qcvn05_2023_air_rules(), **ONLY_RULES))
     assert [type(d) for d in dets] == [PhysicalRangeDetector, ThresholdDetector]
-    dets = build_detectors(air, DetectorsConfig(physical_range=False, thresholds=qcvn05_2023_air_rules()))
+    dets = build_detectors(air, DetectorsConfig(physical_range=False, thresholds=qcvn05_2023_air_rules(), **ONLY_RULES))
     assert [type(d) for d in dets] == [ThresholdDetector]
-    assert [type(d) for d in build_detectors(air, DetectorsConfig())] == [PhysicalRangeDetector]
+    assert [type(d) for d in build_detectors(air, DetectorsConfig(**ONLY_RULES))] == [PhysicalRangeDetector]
+    # the default set: physical range first (its failures skip the rest), then the rest
+    names = [d.name for d in build_detectors(air, DetectorsConfig())]
+    assert names[0] == "physical_range" and "threshold" not in names
+    assert set(names[1:]) == {"stuck", "spike", "drift", "anomaly", "seasonal", "traffic_zero", "spatial"}
+    # `false` in YAML turns a detector off like null
+    off = DetectorsConfig.model_validate({"spatial": False, "stuck": {"enabled": False}})
+    assert {"spatial", "stuck"}.isdisjoint(d.name for d in build_detectors(air, off))
 
 
 def test_engine_style_chain_skips_out_of_range_readings(air):
@@ -572,7 +582,7 @@ def test_million_readings_over_ten_thousand_series():
     sensors = [make_sensor(f"s{i:05d}", no2=(0.0, 2000.0)) for i in range(n_series)]
     index = make_index(*sensors)
     dets = build_detectors(index, DetectorsConfig(thresholds=[rule(domain="air", warn=160, warn_reset=144, crit=200,
-                                                                     crit_reset=180, for_="5m")]))
+                                                                     crit_reset=180, for_="5m")], **ONLY_RULES))
     rng = np.random.default_rng(0)
     sid = np.repeat(np.arange(n_series, dtype=np.int32), per_series)
     ts = np.tile(np.arange(per_series, dtype=np.int64) * 60 * S, n_series)
