@@ -610,7 +610,7 @@ def score(run: Run, kind: str, grace_s: float = 3600.0) -> Score:
         inside = rows[(r.ts[rows] >= lo) & (r.ts[rows] < hi)]
         differs = inside[r.value[inside] != r.clean[inside]]
         if len(differs) == 0 or (kind == "stuck" and _exempt(run, sid, r.value[inside[0]])) \
-                or (kind == "spike" and _clipped_spike(run, sid, f, inside)):
+                or (kind == "spike" and _clipped_spike(run, sid, f, inside, rows)):
             sc.unobservable += 1
             continue
         sc.faults += 1
@@ -637,14 +637,17 @@ def score(run: Run, kind: str, grace_s: float = 3600.0) -> Score:
     return sc
 
 
-def _clipped_spike(run: Run, sid: int, fault: Fault, inside: np.ndarray) -> bool:
-    """A spike the physical range clipped to under a quarter of its size, or into the idle range of its
-    metric (occupancy 0 with no vehicles): no longer a spike in the data."""
+def _clipped_spike(run: Run, sid: int, fault: Fault, inside: np.ndarray, rows: np.ndarray) -> bool:
+    """A spike that is no longer one in the data: clipped by the physical range to under a quarter of its
+    size, or into the idle range of its metric (occupancy 0 with no vehicles), or never followed by a
+    reading that could come back (the data ends, or the sensor falls silent right after it)."""
     r = run.readings
     size = np.max(np.abs(r.value[inside] - r.clean[inside]))
     idle = DEFAULT_IDLE.get(run.series.metrics[sid])
     into_idle = idle is not None and bool(np.all((r.value[inside] >= idle.min) & (r.value[inside] <= idle.max)))
-    return size < 0.25 * abs(fault.params["magnitude"]) or into_idle
+    iv_ns = int(run.interval_s[fault.sensors[0]] * NS)
+    after = rows[(r.ts[rows] >= _ns(fault.end)) & (r.ts[rows] <= _ns(fault.end) + iv_ns)]
+    return size < 0.25 * abs(fault.params["magnitude"]) or into_idle or len(after) == 0
 
 
 def _ns(t_s: float) -> int:
