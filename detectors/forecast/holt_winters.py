@@ -7,15 +7,16 @@ per series, indexed by the absolute hour (``hour % 24``, ``hour % 168``) so noth
 For a value ``y`` at hour ``t`` (``s`` = hours since the last value, 1 without a gap):
 
 * ``base = L + (phi + ... + phi^s) * B`` and the one-step error ``r = y - base - D[t] - W[t]``;
-* the error is shared out in turn: ``L = base + alpha * r``; ``B = phi^s * B + beta * r``; what the
+* the error is shared out in turn: ``L = base + alpha * r``; ``B = phi^s * B + beta * r`` (``beta <= alpha``, the
+  stability condition of this error-correction form; neither learns during the first day, which
+  goes entirely to the daily profile); what the
   level left, ``r' = (1 - alpha) r``, goes by ``d`` to ``D[t]``; what that left, ``(1 - d) r'``, by ``w``
   to ``W[t]``. The gains are ``d = max(delta, 1/n_D)`` and
   ``w = max(omega, 1/n_W)`` with ``n_D``, ``n_W`` the visits of the slot:
   a running mean at the start, so a new series needs no separate initialisation, turning into
   exponential smoothing with the fixed parameters once there is enough history. The weekly slots
   start learning only after the daily slot has had 7 visits (else they would keep the daily
-  profile's start-up errors for weeks); the level does not learn during the first day (which
-  goes entirely to the daily profile);
+  profile's start-up errors for weeks);
 * like Taylor, the one-step errors are treated as AR(1): ``lambda`` is estimated online from
   exponentially weighted moments of consecutive errors (``ar_memory`` hours), clipped to
   [0, 0.98], and ``lambda^h * r`` is added to the h-hour forecast.
@@ -86,6 +87,8 @@ class HoltWinters(Forecaster):
         for name, v in (("alpha", alpha), ("beta", beta), ("delta", delta), ("omega", omega)):
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"holt_winters.{name} must be in [0, 1], got {v}")
+        if beta > alpha:
+            raise ValueError(f"holt_winters.beta ({beta}) must not exceed alpha ({alpha}): the trend would be unstable")
         if not 0.0 < phi <= 1.0:
             raise ValueError(f"holt_winters.phi must be in (0, 1], got {phi}")
         if ar_memory < 0:
@@ -121,7 +124,7 @@ class HoltWinters(Forecaster):
         gd = np.maximum(self.delta, 1.0 / dn)
         gw = np.where(weekly, np.maximum(self.omega, 1.0 / np.maximum(wn, 1)), 0.0)
         st["level"][ids] = base + a * r
-        st["trend"][ids] = np.where(first, 0.0, self.phi ** steps * st["trend"][ids] + self.beta * r)
+        st["trend"][ids] = np.where(first, 0.0, self.phi ** steps * st["trend"][ids] + np.where(a > 0, self.beta, 0.0) * r)
         r2 = (1.0 - a) * r
         st["day"][ids, d] += gd * r2
         st["week"][ids, w] += gw * (1.0 - gd) * r2
