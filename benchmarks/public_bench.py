@@ -8,7 +8,7 @@ answered during the run (the cache and single flight keep that near duration / c
 
 Target: >= 2,000 requests/s with p99 <= 50 ms on a 2-core machine (wrk shares the cores).
 
-Run:  .venv/bin/python benchmarks/public_bench.py [--duration 20] [--connections 32] [--threads 1]
+Run:  .venv/bin/python benchmarks/public_bench.py [--duration 20] [--connections 32] [--threads 1] [--gzip]
 Needs wrk (Debian: apt-get install wrk).
 """
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -107,6 +108,7 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=1, help="server processes (default 1)")
     ap.add_argument("--hours", type=float, default=3.0, help="hours of simulated data (default 3)")
     ap.add_argument("--path", default="/api/v1/current", help="endpoint (default /api/v1/current)")
+    ap.add_argument("--gzip", action="store_true", help="ask for gzip, as browsers do (default: plain)")
     args = ap.parse_args()
     wrk = shutil.which("wrk")
     if wrk is None:
@@ -143,13 +145,16 @@ def main() -> int:
                     time.sleep(0.2)
             first.raise_for_status()
             stations = sum(1 for s in first.json().get("stations", []) if s.get("indices"))
-            print(f"endpoint {args.path}: {len(first.content)} bytes, {stations} stations with an index")
+            packed = httpx.get(url, headers={"Accept-Encoding": "gzip"}, timeout=10).headers.get("content-length")
+            print(f"endpoint {args.path}: {len(first.content)} bytes ({packed} gzipped), {stations} stations with an index")
             before = influx_queries(influx)
-            cmd = [wrk, f"-t{args.threads}", f"-c{args.connections}", f"-d{args.duration}s", "--latency", url]
+            cmd = [wrk, f"-t{args.threads}", f"-c{args.connections}", f"-d{args.duration}s", "--latency"]
+            cmd += ["-H", "Accept-Encoding: gzip"] if args.gzip else []
+            cmd.append(url)
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
             queries = influx_queries(influx) - before
             r = parse_wrk(out)
-            print(f"$ {' '.join(cmd[:-1])} {url}")
+            print(f"$ {shlex.join(cmd)}")
             print(f"cpu cores: {os.cpu_count()}, server processes: {args.workers}, wrk threads: {args.threads}, "
                   f"connections: {args.connections}, duration: {args.duration} s")
             print(f"requests/s: {r['rps']:.0f}   latency p50 {r['p50_ms']:.2f} ms, p90 {r['p90_ms']:.2f} ms, "

@@ -434,3 +434,22 @@ def test_gzip_once_per_cache_entry(api):
     assert packed.headers["etag"] != plain.headers["etag"] and "Accept-Encoding" in packed.headers["vary"]
     again = api.get("/api/v1/current", headers={"Accept-Encoding": "gzip", "If-None-Match": packed.headers["etag"]})
     assert again.status_code == 304
+
+
+def test_caches_are_bounded_in_bytes():
+    from citywatch.public.cache import SingleFlightCache
+
+    cache: SingleFlightCache[bytes] = SingleFlightCache(ttl=60, maxsize=10_000, getsizeof=len)
+
+    async def fill() -> None:
+        for i in range(50):
+            async def make(i=i) -> bytes:
+                return bytes(1000)
+            assert await cache.get(("k", i), make) == bytes(1000)
+
+        async def huge() -> bytes:
+            return bytes(20_000)
+        assert len(await cache.get("huge", huge)) == 20_000  # served, too big to keep
+
+    asyncio.run(fill())
+    assert cache._cache.currsize <= 10_000 and len(cache._cache) == 10 and "huge" not in cache._cache

@@ -21,6 +21,7 @@ There are no write endpoints: any other method answers 405.
 
 
 import csv
+import gc
 import gzip
 import hashlib
 import io
@@ -44,6 +45,7 @@ from citywatch.config import InfluxConfig
 from citywatch.public.advice import scales
 from citywatch.public.cache import SingleFlightCache
 from citywatch.public.data import PublicData
+from citywatch.public.hot import HotResponses
 from citywatch.public.influx import InfluxReader, InfluxUnavailable
 from citywatch.public.models import Advisories, Areas, Current, History
 from citywatch.public.ratelimit import RateLimitMiddleware
@@ -152,7 +154,8 @@ def create_app(influx: InfluxConfig, registry: Registry, settings: PublicSetting
     settings = settings or PublicSettings()
     reader = InfluxReader(influx)
     data = PublicData(reader, registry, settings)
-    cache: SingleFlightCache[Rendered] = SingleFlightCache(settings.cache_ttl, settings.cache_size)
+    cache: SingleFlightCache[Rendered] = SingleFlightCache(
+        settings.cache_ttl, settings.cache_max_bytes, getsizeof=lambda r: len(r.body) + len(r.gzipped or b"") + 512)
     snapshots: SingleFlightCache[dict] = SingleFlightCache(settings.cache_ttl, 8)
     max_age = int(settings.cache_ttl)
     static = resources.files("citywatch.public") / "static"
@@ -161,6 +164,10 @@ def create_app(influx: InfluxConfig, registry: Registry, settings: PublicSetting
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        # everything loaded so far lives as long as the process: keep it out of the collector's full
+        # passes, which otherwise walk it all (tens of ms) and make the slowest responses
+        gc.collect()
+        gc.freeze()
         yield
         await reader.close()
 
@@ -307,7 +314,8 @@ def create_app(influx: InfluxConfig, registry: Registry, settings: PublicSetting
         return await respond(request, ("advisories", format), build)
 
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
-    # outermost last: CORS headers also on 429 answers
+    # outermost last: cached answers still count against the rate limit; CORS headers also on 429s
+    app.add_middleware(HotResponses, ttl=settings.cache_ttl / 2, max_bytes=settings.cache_max_bytes)
     app.add_middleware(RateLimitMiddleware, rate=settings.rate_per_second, burst=settings.rate_burst,
                        trust_forwarded_for=settings.trust_forwarded_for)
     app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "HEAD"],

@@ -13,8 +13,9 @@ T = TypeVar("T")
 
 
 class SingleFlightCache(Generic[T]):
-    def __init__(self, ttl: float, maxsize: int = 4096) -> None:
-        self._cache: TTLCache[Hashable, T] = TTLCache(maxsize=maxsize, ttl=ttl)
+    def __init__(self, ttl: float, maxsize: int = 4096, getsizeof: Callable[[T], int] | None = None) -> None:
+        """`maxsize` counts entries, or what `getsizeof` says (bytes); the least recently used go first."""
+        self._cache: TTLCache[Hashable, T] = TTLCache(maxsize=maxsize, ttl=ttl, getsizeof=getsizeof)
         self._inflight: dict[Hashable, asyncio.Future[T]] = {}
         self.hits = self.misses = self.computed = 0
 
@@ -39,7 +40,10 @@ class SingleFlightCache(Generic[T]):
             future.exception()  # retrieved: no "never retrieved" warning when nobody else waited
             raise
         else:
-            self._cache[key] = value
+            try:
+                self._cache[key] = value
+            except ValueError:  # larger than the whole cache: served, not kept
+                pass
             future.set_result(value)
             return value
         finally:

@@ -31,7 +31,7 @@ class PublicSettings(StrictModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8090, ge=0, le=65535)
     cache_ttl: float = Field(default=15.0, gt=0, le=300)
-    cache_size: int = Field(default=4096, ge=16)
+    cache_max_bytes: int = Field(default=64 << 20, ge=1 << 20)  # per cache layer (answers, fast path)
     rate_per_second: float = Field(default=10.0, ge=0)  # 0 = no rate limit
     rate_burst: int = Field(default=60, ge=1)
     trust_forwarded_for: bool = False  # behind a reverse proxy: the client is the X-Forwarded-For address
