@@ -174,7 +174,7 @@ class DetectorsConfig(StrictModel):
     drift: Section[DriftConfig] = Field(default_factory=lambda: DriftConfig())
     no_data: Section[NoDataConfig] = Field(default_factory=lambda: NoDataConfig())
     anomaly: Section[AnomalyConfig] = Field(default_factory=lambda: AnomalyConfig())
-    seasonal: Section[SeasonalConfig] = Field(default_factory=lambda: SeasonalConfig())
+    seasonal: Section[SeasonalConfig] = Field(default_factory=lambda: SeasonalConfig(metrics=["intensity"]))
     traffic_zero: Section[TrafficZeroConfig] = Field(default_factory=lambda: TrafficZeroConfig())
     spatial: Section[SpatialConfig] = Field(default_factory=lambda: SpatialConfig())
     # The single statistics the default profile (`anomaly`) combines, as detectors of their own: off by default.

@@ -98,7 +98,9 @@ __all__ = ["SeasonalBaseline", "SeasonalConfig", "Expectation", "count_tails", "
 SAMPLE_CONFIG = """\
 detectors:
   seasonal:
-    metrics: [intensity, pm25, no2, dissolvedOxygen]   # metrics to watch; omit (null) for all
+    metrics: [intensity]            # the engine's default: traffic counts (weather moves temperature,
+                                    # humidity and dust off their time-of-day expectation every day,
+                                    # which is not news to anyone on duty); null for every metric
     bin_minutes: 60                 # time-of-day bin; must divide a day
     day_types: weekday_saturday_sunday   # all | weekday_weekend | weekday_saturday_sunday | day_of_week
     utc_offset_hours: 7             # local time for the bins (Asia/Ho_Chi_Minh, no daylight saving)
@@ -125,7 +127,7 @@ REASON_WARMING_UP = 3
 
 
 class SeasonalConfig(StrictModel):
-    metrics: list[str] | None = None
+    metrics: list[str] | None = None  # None: every metric (the engine's default is traffic counts)
     bin_minutes: int = Field(default=60, ge=5, le=1440)
     day_types: Literal["all", "weekday_weekend", "weekday_saturday_sunday", "day_of_week"] = "weekday_saturday_sunday"
     utc_offset_hours: float = Field(default=7.0, ge=-12, le=14)
