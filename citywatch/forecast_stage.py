@@ -13,6 +13,9 @@ For the series a batch moved, the forecasts for the next `horizon` hours are wri
 (the median), lower and upper (the central `level` interval, absent while the series is too young
 to have one) and issued_at (epoch seconds of the end of the last observed hour); the point's time
 is the start of the hour forecast, so Grafana draws it on the same time axis as the observations.
+Each forecast is written twice: under its horizon (1..H, to judge the forecasts made h hours
+ahead) and under ``horizon = latest``, which every newer forecast of the same hour overwrites: the
+newest path ahead of the observations, and behind them what was forecast last for each hour.
 
 Early warning (``detector`` = ``forecast``): when the forecast of a series crosses a limit within
 the horizon, a "forecast" alert is raised, saying when and how likely; it resolves itself (level
@@ -67,6 +70,7 @@ __all__ = ["ForecastStage", "DEFAULT_MODELS"]
 DEFAULT_MODELS = {"aqi": "holt_winters", "water": "holt_winters", "traffic": "ar_deseasonalised"}
 AQI_INDICES = {"vn_aqi_hourly": vn_aqi.vn_aqi_category, "us_aqi": us_aqi.us_aqi_category}
 TRAFFIC_METRIC = "flow_veh_h"
+LATEST = "latest"  # the horizon tag of the newest forecast of each hour
 LEVELS = ("ok", "warning", "critical")
 _LOCAL = timezone(timedelta(hours=LOCAL_UTC_OFFSET_H))
 
@@ -219,8 +223,9 @@ class ForecastStage:
                 fields: dict[str, object] = {"value": float(v), "issued_at": int(issued_s[i])}
                 if np.isfinite(lower[i, k]) and np.isfinite(upper[i, k]):
                     fields["lower"], fields["upper"] = float(lower[i, k]), float(upper[i, k])
-                lines.append(encode_line("forecasts", {**tags, "horizon": str(k + 1)}, fields,
-                                         int(last[i] + k + 1) * HOUR_NS))
+                target = int(last[i] + k + 1) * HOUR_NS
+                lines.append(encode_line("forecasts", {**tags, "horizon": str(k + 1)}, fields, target))
+                lines.append(encode_line("forecasts", {**tags, "horizon": LATEST}, fields, target))
         if kind.name == "aqi":
             self._aqi_warnings(kind, ids, median, lower, upper, last, events)
         elif kind.name == "water":

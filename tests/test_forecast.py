@@ -241,6 +241,8 @@ def test_water_forecast_warns_before_the_limit_and_resolves():
     fc = [ln for ln in lines if ln.startswith("forecasts,")]
     assert any("metric=NH4" in ln and "horizon=6" in ln and "lower=" in ln and "upper=" in ln for ln in fc)
     assert any("kind=water" in ln and "metric=pH" in ln for ln in fc)
+    latest = [ln for ln in fc if "horizon=latest" in ln]
+    assert len(latest) * 2 == len(fc)  # each forecast also under horizon=latest
     lines, events = _run_hours(series, air, stage, range(base + 24 * 12, base + 24 * 15), nh4)
     forecast_events = [e for e in events if e.detector == "forecast"]
     first = forecast_events[0]
