@@ -14,7 +14,9 @@
 
 Every data endpoint takes `?format=json|csv`. Responses are cached in process for `cache_ttl` seconds,
 keyed by endpoint and parameters, with single flight (a burst of identical requests makes one InfluxDB
-query), and carry `ETag` (If-None-Match answers 304) and `Cache-Control: public, max-age=<ttl>`.
+query; the current-conditions views share one snapshot), gzip-compressed once per entry, and carry
+`ETag` (If-None-Match answers 304) and `Cache-Control: public, max-age=<ttl>`; `hot.HotResponses`
+replays cached answers before routing.
 A token bucket per client answers 429 with Retry-After; CORS allows GET from the configured origins.
 There are no write endpoints: any other method answers 405.
 """
