@@ -453,3 +453,12 @@ def test_caches_are_bounded_in_bytes():
 
     asyncio.run(fill())
     assert cache._cache.currsize <= 10_000 and len(cache._cache) == 10 and "huge" not in cache._cache
+
+
+@pytest.mark.parametrize("module", ["citywatch.public.advice", "citywatch.public.influx"])
+def test_doctests(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module))
+    assert result.attempted > 0 and result.failed == 0
