@@ -1,8 +1,10 @@
 """Fault tests on real Mosquitto and InfluxDB, counting every reading end to end.
 
 * the engine (`citywatch run`) SIGKILLed at random (seeded) moments under a steady QoS 1 stream,
-  several times, restarted each time: every reading stored exactly once, with its exact value;
+  several times, restarted each time: every reading stored exactly once, with its exact value, and
+  every level change alerted (at least once);
 * InfluxDB SIGKILLed for 60 s under load, then restarted: nothing lost, the spool replayed in order;
+* the broker restarted with a backlog queued for the engine's persistent session: nothing lost;
 * the spool limit reached: `drop_oldest` drops the oldest readings and counts them, `block` loses
   nothing and pauses acknowledgements (the broker keeps the messages);
 * a device resending its messages (duplicates, shuffled, also within one batch): no second alert,
@@ -425,7 +427,7 @@ def test_resent_duplicates_in_any_order_do_not_fool_detectors_or_alerts(mosquitt
         wait_for(lambda: count(influxdb, db_name, "air", "no2") == len(original), 15, "first pass stored")
         wait_for(lambda: engine.stats.get("messages_acked") >= len(original), 10, "first pass acknowledged")
         time.sleep(0.5)
-        alerts_before = sorted(orjson_key(m) for _, m in listener.messages)
+        alerts_before = sorted(alert_key(m) for _, m in listener.messages)
         assert len(alerts_before) >= 3 * len(SENSORS)  # the stream really alerts
         state_before = _detector_state(engine, state_file)
         scores_before = rows(influxdb, db_name, "SELECT * FROM scores")
@@ -438,7 +440,7 @@ def test_resent_duplicates_in_any_order_do_not_fool_detectors_or_alerts(mosquitt
         wait_for(lambda: engine.stats.get("messages_acked") >= len(original) + len(resend), 15, "resends processed")
         time.sleep(0.5)
 
-        assert sorted(orjson_key(m) for _, m in listener.messages) == alerts_before
+        assert sorted(alert_key(m) for _, m in listener.messages) == alerts_before
         after = _detector_state(engine, state_file)
         assert after.keys() == state_before.keys()
         for key in state_before:
@@ -455,5 +457,5 @@ def test_resent_duplicates_in_any_order_do_not_fool_detectors_or_alerts(mosquitt
         engine.stop()
 
 
-def orjson_key(alert: dict) -> tuple:
+def alert_key(alert: dict) -> tuple:
     return (alert["sensor"], alert["metric"], alert["detector"], alert["ts"], alert["previous_level"], alert["level"])

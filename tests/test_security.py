@@ -30,7 +30,7 @@ from citywatch.stats import Stats
 
 from pipeline_helpers import REGISTRY_DOC, Device, Listener, count, engine_settings, small_registry, wait_for
 from test_mqtt_connection import _throwaway_ca
-from test_validate import AQ, ARRIVAL, T0, make
+from test_validate import ARRIVAL, T0, make
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "config" / "citywatch.yaml"
