@@ -673,17 +673,37 @@ def index_filter(index: str) -> str:
     return f'"index" = \'{index}\''
 
 
+def forecast_overlay(panel: timeseries.Panel, kind: str, metric: str, ref_id: str = "B") -> timeseries.Panel:
+    """Add the newest forecasts of `metric` (median dashed, interval bounds dotted) to a per-sensor panel.
+
+    From the ``forecasts`` measurement under ``horizon = latest``: behind now, what was last forecast
+    for each hour; ahead of now (a time range ending after now), the newest forecast path.
+    """
+    query = (f'SELECT mean("value") AS "forecast", mean("lower") AS "lower", mean("upper") AS "upper" '
+             f'FROM "forecasts" WHERE "kind" = \'{kind}\' AND "metric" = \'{metric}\' AND "horizon" = \'latest\' '
+             f'AND {tag_filter("area", "sensor")} AND $timeFilter GROUP BY time($__interval), "sensor" fill(none)')
+    return (panel.with_target(InfluxQL(query, ref_id=ref_id, alias="$tag_sensor $col"))
+            .override_by_query(ref_id, [
+                dm.DynamicConfigValue(id_val="custom.lineStyle", value={"fill": "dash", "dash": [10, 10]}),
+                dm.DynamicConfigValue(id_val="custom.lineWidth", value=1)])
+            .override_by_regexp(r".* (lower|upper)$", [
+                dm.DynamicConfigValue(id_val="custom.lineStyle", value={"fill": "dot", "dash": [0, 10]}),
+                dm.DynamicConfigValue(id_val="custom.fillOpacity", value=0)]))
+
+
 def hourly_aqi_panel(index: str, title: str, description: str) -> timeseries.Panel:
     categories, short = AQI_INDICES[index]
     query = (f'SELECT max("value") AS {q_ident(short)} FROM "indices" WHERE {index_filter(index)} AND '
              f'{tag_filter("area", "sensor")} AND $timeFilter GROUP BY time($__interval), "sensor" fill(null)')
     bounds = ", ".join(f"{c.low:g}–{c.high:g} {c.label_en}" for c in categories)
-    return (timeseries_panel(title, [InfluxQL(query, alias="$tag_sensor")], "none", w=12, h=9,
-                             description=f"{description} Per station, hourly (the worst hour of a longer "
-                                         f"interval); bands: {bounds}.")
-            .interval("1h").min(0).decimals(0)
-            .thresholds(thresholds(aqi_steps(categories)))
-            .thresholds_style(common_b.GraphThresholdsStyleConfig().mode(common.GraphTresholdsStyleMode.LINE_AND_AREA)))
+    panel = (timeseries_panel(title, [InfluxQL(query, alias="$tag_sensor")], "none", w=12, h=9,
+                              description=f"{description} Per station, hourly (the worst hour of a longer "
+                                          f"interval); bands: {bounds}. Dashed: the forecast, dotted: its 80 % "
+                                          f"interval (end the time range after now to see ahead).")
+             .interval("1h").min(0).decimals(0)
+             .thresholds(thresholds(aqi_steps(categories)))
+             .thresholds_style(common_b.GraphThresholdsStyleConfig().mode(common.GraphTresholdsStyleMode.LINE_AND_AREA)))
+    return forecast_overlay(panel, "aqi", index)
 
 
 def _latest(index: str, names: dict[str, str], where: str) -> str:
@@ -975,9 +995,11 @@ def los_section(settings: Settings, registry: Registry) -> Section:
                             description="Actual over free-flow travel time (free-flow speed / mean speed): 1 = free "
                                         "flow, 2 = twice as long. The worst hour of a longer interval.")
            .interval("1h").min(1).decimals(2))
-    flow = (timeseries_panel("Lưu lượng / Flow (veh/h)", [hourly('mean("flow_veh_h")', "veh/h")], "short", w=12, h=9,
-                             description="Vehicles per hour per camera (sum of the counts in the hour).")
-            .interval("1h").min(0).decimals(0))
+    flow = forecast_overlay(
+        timeseries_panel("Lưu lượng / Flow (veh/h)", [hourly('mean("flow_veh_h")', "veh/h")], "short", w=12, h=9,
+                         description="Vehicles per hour per camera (sum of the counts in the hour). Dashed: the "
+                                     "forecast, dotted: its 80 % interval (end the time range after now to see ahead).")
+        .interval("1h").min(0).decimals(0), "traffic", "flow_veh_h")
     pcu = (timeseries_panel("Lưu lượng quy đổi / Flow (PCU/h)", [hourly('mean("pcu_h")', "PCU/h")], "short", w=12, h=9,
                             description="Passenger car units per hour: vehicles per hour × the mean PCU factor of "
                                         "the configured vehicle mix (TCVN 4054:2005).")

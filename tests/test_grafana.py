@@ -354,6 +354,7 @@ def test_every_query_returns_data(mosquitto, influxdb, db_name, tmp_path, sample
     check_index_panels(answers, registry, midnight)
     check_fire_and_traffic_panels(answers, registry, midnight)
     check_water_panels(answers, registry, settings)
+    check_forecast_overlays(answers, registry)
 
 
 def table_rows(series: list[dict]) -> list[dict]:
@@ -402,6 +403,25 @@ def check_index_panels(answers: dict[tuple[str, str], list[dict]], registry: Reg
     counts, = table_rows(answers[("Số trạm theo mức VN_AQI / Stations per VN_AQI category", "A")])
     expected = {gb.category_label(c): sum(r["category"] == c.number for r in latest) for c in vn_aqi.CATEGORIES}
     assert {k: counts[k] for k in expected} == expected
+
+
+def check_forecast_overlays(answers: dict[tuple[str, str], list[dict]], registry: Registry) -> None:
+    """The engine's forecasts drawn over the hourly AQI and traffic flow panels (query B)."""
+    stations = {s.id for s in gb.index_stations(registry)}
+    cameras = {s.id for s in registry.by_domain("traffic")}
+    for title, sensors, top in (("VN_AQI theo giờ / Hourly VN_AQI", stations, 500),
+                                ("US AQI theo giờ / Hourly US AQI", stations, 500),
+                                ("Lưu lượng / Flow (veh/h)", cameras, 100000)):
+        series = answers[(title, "B")]
+        assert series and {s["tags"]["sensor"] for s in series} <= sensors, title
+        assert series[0]["columns"] == ["time", "forecast", "lower", "upper"], title
+        values = [row[1] for s in series for row in s["values"] if row[1] is not None]
+        assert values and all(0 <= v <= top for v in values), title
+        # the interval, once there is one, holds the forecast
+        for s in series:
+            for _, value, lower, upper in s["values"]:
+                if lower is not None and upper is not None:
+                    assert lower <= value <= upper, title
 
 
 def check_fire_and_traffic_panels(answers: dict[tuple[str, str], list[dict]], registry: Registry,

@@ -2,7 +2,8 @@
 
 Per series, the profile ``P(t)`` is an exponentially weighted mean of the values seen at the same
 hour of the week (168 slots), falling back to the same hour of the day (24 slots) for a slot not
-seen yet, with gain ``max(profile_gain, 1/visits)`` (a running mean for the first visits). The
+seen yet, and to the mean of the daily slots seen for an hour of the day not seen yet (a young
+series), with gain ``max(profile_gain, 1/visits)`` (a running mean for the first visits). The
 deseasonalised value ``x = y - P(t)`` (profile from before ``y``) follows an AR(p) with intercept,
 ``x(t) = c + a1 x(t-1) + ... + ap x(t-p) + e``, whose coefficients are estimated online by
 recursive least squares with exponential forgetting (`forgetting`, e.g. 0.998 = a memory of about
@@ -76,6 +77,10 @@ class ArDeseasonalised(Forecaster):
         week = np.take_along_axis(self.state["week"][ids], hrs % WEEK, axis=1)
         day = np.take_along_axis(self.state["day"][ids], hrs % DAY, axis=1)
         p = np.where(np.isfinite(week), week, day)
+        daily = self.state["day"][ids]
+        seen = np.isfinite(daily)
+        level = np.where(seen, daily, 0.0).sum(axis=1) / np.maximum(seen.sum(axis=1), 1)
+        p = np.where(np.isfinite(p), p, np.where(seen.any(axis=1), level, np.nan)[:, None])
         return p[:, 0] if hours.ndim == 1 else p
 
     def _learn(self, ids: np.ndarray, hours: np.ndarray, values: np.ndarray, gap: np.ndarray) -> None:
