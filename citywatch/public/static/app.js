@@ -214,13 +214,13 @@ async function renderStation(id, load = true) {
   box.innerHTML = `<button type="button" class="close" aria-label="${esc(t("close"))}">×</button>` +
     `<h2>${esc(s.name)}</h2><p class="muted">${esc(t("ward"))} ${esc(s.area)} · ${esc(s.id)}</p>` +
     `<div class="head">${badge(cat, ix ? fmt(ix.value) : "–", "big")}<strong id="station-label">${esc(ix ? label(cat) : t("noData"))}</strong>` +
-    (ix && ix.dominant ? `<span class="muted">${esc(t("dominant"))}: ${esc(ix.dominant)}</span>` : "") + `</div>` + advice +
+    (ix && ix.dominant ? `<span class="muted">${esc(t("dominant"))}: ${esc(metricName(ix.dominant))}</span>` : "") + `</div>` + advice +
     `<h3>${esc(t("last24"))}</h3><div id="chart-box"><svg id="chart" viewBox="0 0 340 170" role="img"></svg><p id="chart-summary" class="muted"></p></div>` +
     (rows ? `<h3>${esc(t("readings"))}</h3><table>${rows}</table>` : "");
   box.hidden = false;
   box.querySelector(".close").addEventListener("click", () => { state.selected = null; box.hidden = true; renderMap(); });
   for (const g of document.querySelectorAll("#map .marker")) g.classList.toggle("selected", g.dataset.sensor === id);
-  if (load) { box.focus({ preventScroll: true }); box.scrollIntoView({ block: "start", behavior: "smooth" }); }
+  if (load) { box.focus({ preventScroll: true }); box.scrollIntoView({ block: "start" }); }
   try {
     const hist = await getJSON(`sensors/${encodeURIComponent(id)}/history?hours=24&metric=${encodeURIComponent(Object.keys(s.readings)[0] || "")}`.replace(/&metric=$/, ""));
     drawChart(hist, layer);
