@@ -47,6 +47,9 @@ class _Pending:
     readings: int
     first_arrival_ns: int
     event_ts: np.ndarray | None = None  # kept only when a latency probe is installed
+    # The state right after this batch when it raised alerts: saved before the acknowledgement, so
+    # that after a crash the restored state has announced them and they are not announced again.
+    state: dict[str, np.ndarray] | None = None
 
 
 class Engine:
@@ -164,7 +167,7 @@ class Engine:
         future = self._pool.submit(self.writer.write, lines) if lines else _done()
         future.add_done_callback(lambda _: self.consumer.wake.set())  # acknowledge promptly
         self._pending.append(_Pending(future, messages, events, len(batch), messages[0].arrival_ns,
-                                      batch.ts if self.latency_probe else None))
+                                      batch.ts if self.latency_probe else None, self._state_after(events)))
         # Bounded concurrency: never more batches in flight than writer threads (plus one being built).
         while len(self._pending) > self.settings.batching.concurrent_writes:
             self._complete_one()
@@ -180,7 +183,7 @@ class Engine:
             return
         if lines or events:
             future = self._pool.submit(self.writer.write, lines) if lines else _done()
-            self._pending.append(_Pending(future, [], events, 0, time.time_ns()))
+            self._pending.append(_Pending(future, [], events, 0, time.time_ns(), state=self._state_after(events)))
 
     def _complete_one(self) -> None:
         p = self._pending.popleft()
@@ -189,6 +192,8 @@ class Engine:
             for a in p.alerts:
                 self.consumer.publish(self.alert_topic.format(domain=a.domain, sensor=a.sensor), a.to_json(), qos=1)
         self.stats.inc("alerts", len(p.alerts))
+        if p.state is not None:
+            self._write_state(p.state)
         self.consumer.ack(p.messages)
         now = time.time_ns()
         self.stats.inc("messages_acked", len(p.messages))
@@ -249,13 +254,15 @@ class Engine:
             self._last_device_check = now
             lines, events = self.evaluator.check_devices(time.time_ns())
             if lines or events:
-                self._pending.append(_Pending(self._pool.submit(self.writer.write, lines), [], events, 0, time.time_ns()))
+                self._pending.append(_Pending(self._pool.submit(self.writer.write, lines), [], events, 0, time.time_ns(),
+                                              state=self._state_after(events)))
 
     def _flush_quiet_hours(self) -> None:
         """Close the hourly means of stations that have been quiet for an hour of event time."""
         lines, events = self.evaluator.flush_quiet()
         if lines or events:
-            self._pending.append(_Pending(self._pool.submit(self.writer.write, lines), [], events, 0, time.time_ns()))
+            self._pending.append(_Pending(self._pool.submit(self.writer.write, lines), [], events, 0, time.time_ns(),
+                                          state=self._state_after(events)))
 
     def _write_health(self) -> None:
         snap = self.stats.snapshot()
@@ -270,9 +277,18 @@ class Engine:
     def save_state(self) -> None:
         if self._state_file is None:
             return
+        self._write_state(self._state_arrays())
+
+    def _state_arrays(self) -> dict[str, np.ndarray]:
         arrays: dict[str, np.ndarray] = {}
         for name, part in self.evaluator.stateful().items():
-            arrays.update({f"{name}/{k}": v for k, v in part.snapshot().items()})
+            arrays.update({f"{name}/{k}": np.array(v, copy=True) for k, v in part.snapshot().items()})
+        return arrays
+
+    def _state_after(self, events: list[AlertEvent]) -> dict[str, np.ndarray] | None:
+        return self._state_arrays() if events and self._state_file else None
+
+    def _write_state(self, arrays: dict[str, np.ndarray]) -> None:
         path = Path(self._state_file)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npz")
