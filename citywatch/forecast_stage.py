@@ -262,7 +262,7 @@ class ForecastStage:
                     value, threshold, score = float(bound[row, k]), float(cat.low), None if not np.isfinite(p) else float(p)
                 else:
                     reason = f"{index} no longer forecast to reach category {self.config.aqi_category}"
-                    value, threshold, score = float(np.nanmax(bound[row])) if np.isfinite(bound[row]).any() else float("nan"), None, None
+                    value, threshold, score = float(median[row, 0]), None, None
                 events.append(self._event(kind, key, int(level[j]), prev, value, threshold, score, int(last[row]), reason))
                 kind.alert_level[key] = level[j]
 
@@ -300,6 +300,8 @@ class ForecastStage:
 
     def _event(self, kind: _Kind, key: int, level: int, previous: int, value: float, threshold: float | None,
                score: float | None, last_hour: int, reason: str) -> AlertEvent:
+        if not np.isfinite(value):
+            value = 0.0  # defensive: InfluxDB cannot store a NaN field (the median of h = 1 is always known)
         return AlertEvent(
             sensor=kind.keys.sensor_ids[key], domain=kind.domain, area=kind.areas[key], metric=kind.keys.metrics[key],
             detector="forecast", level=LEVELS[level], previous_level=LEVELS[previous], value=value,

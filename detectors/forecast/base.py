@@ -115,7 +115,7 @@ class Forecaster(SeriesState):
     name: ClassVar[str] = "forecaster"
     model_fields: ClassVar[dict[str, tuple]] = {}
 
-    def __init__(self, series, horizon: int = 24, level: float = 0.8, error_window: int = 336,
+    def __init__(self, series, horizon: int = 24, level: float = 0.8, error_window: int = 168,
                  min_errors: int = 24) -> None:
         if horizon < 1:
             raise ValueError(f"horizon must be at least 1 hour, got {horizon}")
