@@ -78,6 +78,7 @@ def test_rate_limit_is_off_by_default_and_in_the_sample_config():
     assert s.validation.max_messages_per_sensor_per_s is None and s.validation.rate_limit_burst == 60
 
 
+@pytest.mark.integration
 def test_rate_limited_flood_on_the_real_broker(mosquitto, influxdb, db_name, tmp_path):
     settings = engine_settings(mosquitto.url, influxdb.url, db_name, tmp_path / "e", f"{db_name}-rl",
                                validation={"max_messages_per_sensor_per_s": 5, "rate_limit_burst": 20})
@@ -167,6 +168,7 @@ def _listening(pid: int) -> list[str]:
     return [c.laddr.ip for c in proc.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
 
 
+@pytest.mark.integration
 def test_private_services_listen_on_loopback_only(mosquitto, influxdb):
     for service in (mosquitto, influxdb):
         addresses = _listening(service.proc.pid)
