@@ -171,8 +171,11 @@ class DetectorsConfig(StrictModel):
     # `null` or `false` turns a detector off. The default set works with no per-sensor tuning.
     stuck: Section[StuckConfig] = Field(default_factory=lambda: StuckConfig())
     spike: Section[SpikeConfig] = Field(default_factory=lambda: SpikeConfig())
-    drift: Section[DriftConfig] = Field(default_factory=lambda: DriftConfig())
-    no_data: Section[NoDataConfig] = Field(default_factory=lambda: NoDataConfig())
+    # Weather is local (a shower over one station, not its neighbours): not compared with neighbours.
+    drift: Section[DriftConfig] = Field(default_factory=lambda: DriftConfig(neighbour_exclude=[
+        "averageVehicleSpeed", "temperature", "relativeHumidity", "soilMoisture", "windSpeed", "precipitation"]))
+    # Late after two missed reports: the duty officer hears of a silent device within two intervals.
+    no_data: Section[NoDataConfig] = Field(default_factory=lambda: NoDataConfig(late_factor=2.0))
     anomaly: Section[AnomalyConfig] = Field(default_factory=lambda: AnomalyConfig())
     seasonal: Section[SeasonalConfig] = Field(default_factory=lambda: SeasonalConfig(metrics=["intensity"]))
     traffic_zero: Section[TrafficZeroConfig] = Field(default_factory=lambda: TrafficZeroConfig())

@@ -99,7 +99,8 @@ detectors:
     min_neighbours: 3             # fewer usable neighbours: only the own baseline is judged
     max_staleness: 30m            # a neighbour level older than this is not used
     exclude: [precipitation]      # metrics not judged
-    neighbour_exclude: [averageVehicleSpeed]  # metrics not compared with neighbours (speed depends on the road)
+    neighbour_exclude: [averageVehicleSpeed]  # metrics not compared with neighbours (speed depends on the road;
+                                  # the engine also leaves out the weather metrics, local to a station)
 """
 
 REASON_OK = 0
@@ -142,13 +143,13 @@ class DriftDetector(Detector):
 
     Examples
     --------
-    Four air stations a kilometre apart measure the same city temperature (a daily cycle), every
-    10 minutes; after two days one of them starts reading high, half a degree more every hour:
+    Four air stations a kilometre apart measure the same city NO2 (a daily cycle), every 10 minutes;
+    after two days one of them starts reading high, 0.5 ug/m3 more every hour:
 
     >>> import numpy as np
     >>> from citywatch.batch import ReadingBatch
     >>> from citywatch.registry import MetricSpec, Registry, SeriesIndex, Sensor
-    >>> temp = {"temperature": MetricSpec(unit="Cel", min=-10, max=60)}
+    >>> temp = {"no2": MetricSpec(unit="ug/m3", min=0, max=2000)}
     >>> sensors = [Sensor(id=f"aq-{i}", domain="air", area="Tân Phong", lat=10.95 + 0.01 * i, lon=106.84,
     ...                   interval=600, metrics=temp) for i in range(4)]
     >>> series = SeriesIndex(Registry({s.id: s for s in sensors}))
