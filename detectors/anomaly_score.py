@@ -120,9 +120,10 @@ detectors:
     memory: 20000           # readings after which an old extreme of a statistic is forgotten
     warmup: 200             # readings learned before the first score
     level_memory: 33        # readings in the EWMA level
+    sigma_floor: 0.02       # robust sigma at least this fraction of the series' range
     half: 0.05              # novelty (fraction of the range beyond it) scoring 0.5
-    statistics_scale: 3.0   # robust z, CUSUM and variance need this many times more novelty
-    refractory: 100         # readings over which the peak of recent scores decays
+    statistics_scale: 3.0   # robust z, CUSUM, variance and repeats need this many times more novelty
+    refractory: 200         # readings over which the peak of recent scores decays
     damping: 0.5            # factor on scores that do not beat that peak
     warning: 0.8            # score: the value 20 % of its range beyond it
     critical: 0.9           # score: 45 %
@@ -139,23 +140,28 @@ class AnomalyConfig(StrictModel):
     cusum: CusumConfig = Field(default_factory=CusumConfig)
     variance: VarianceConfig = Field(default_factory=VarianceConfig)
     level_memory: float = Field(default=33.0, ge=1.0)
+    sigma_floor: float = Field(default=0.02, ge=0.0)
     memory: float = Field(default=20000.0, ge=2.0)
     warmup: int = Field(default=200, ge=2)
     half: float = Field(default=0.05, gt=0.0)
     statistics_scale: float = Field(default=3.0, gt=0.0)
-    refractory: float = Field(default=100.0, ge=0.0)
+    refractory: float = Field(default=200.0, ge=0.0)
     damping: float = Field(default=0.5, ge=0.0, le=1.0)
     warning: float = Field(default=0.8, gt=0.0, le=1.0)
     critical: float = Field(default=0.9, gt=0.0, le=1.0)
 
 
 # The statistics whose per-series envelopes calibrate the score, and the reason each one reports.
-FEATURES = ("value", "level", "robust_z", "cusum", "variance")
-_REASON_OF_FEATURE = np.array([1, 2, 3, 2, 4], dtype=np.int16)
-_ONE_SIDED = np.array([False, False, True, True, False])
+FEATURES = ("value", "level", "robust_z", "cusum", "variance", "repeats")
+_REASON_OF_FEATURE = np.array([1, 2, 3, 2, 4, 5], dtype=np.int16)
+_ONE_SIDED = np.array([False, False, True, True, False, True])
+_ONE_REPEAT = float(np.log(2.0))
+_DERIVED = np.array([False, False, True, True, True, True])  # scored with statistics_scale
 
 FEATURE_FIELDS: dict[str, tuple[type, float]] = {
     "ew_level": (np.float64, 0.0),
+    "rp_prev": (np.float64, np.nan),  # the previous reading
+    "rp_run": (np.float64, 0.0),  # how many readings in a row have repeated it exactly
     **{f"env_hi_{f}": (np.float64, 0.0) for f in FEATURES},
     **{f"env_lo_{f}": (np.float64, 0.0) for f in FEATURES},
     "al_peak": (np.float64, 0.0),
@@ -174,7 +180,7 @@ class AnomalyScore(StreamingDetector):
     """
 
     name = "anomaly"
-    reasons = ("ok", "new_extreme", "level_shift", "spike", "variance_shift")
+    reasons = ("ok", "new_extreme", "level_shift", "spike", "variance_shift", "stuck")
     state_fields = {**ROBUST_FIELDS, **CUSUM_FIELDS, **VARIANCE_FIELDS, **FEATURE_FIELDS}
     step_outputs = ("seen", "score", "which")
 
@@ -182,22 +188,41 @@ class AnomalyScore(StreamingDetector):
         self.cfg = cfg or AnomalyConfig()
         c = self.cfg
         self._warmup = max(c.warmup, c.robust.warmup, c.cusum.warmup, c.variance.warmup)
-        self._half = c.half * np.array([1.0, 1.0, c.statistics_scale, c.statistics_scale, c.statistics_scale])[:, None]
+        self._half = c.half * np.where(_DERIVED, c.statistics_scale, 1.0)[:, None]
         self._decay = 0.0 if c.refractory <= 0 else float(np.exp(-1.0 / c.refractory))
         super().__init__(series)
 
     def _step(self, state, x, ts):
         cfg = self.cfg
         seen = state["rz_n"].copy()
-        z, sigma, _ = robust_step(state, x, cfg.robust)
+        # The envelope of the value before x: its width is the series' long-run range.
+        width = state["env_hi_value"] - state["env_lo_value"]
+        _, sigma, median = robust_step(state, x, cfg.robust)
+        # A series that is mostly one value (counts of rare events, a valve mostly shut) has a MAD of
+        # 0 and a tiny mean absolute deviation: floored by a fraction of the range, an ordinary 1 or
+        # 2 among the 0s is not a 30-sigma spike. A floor of 0 keeps the robust sigma as it is.
+        sigma = np.maximum(sigma, cfg.sigma_floor * width)
+        z = (x - median) / sigma
         stat = cusum_step(state, x, sigma, cfg.cusum)
+        # Exact repeats of the previous reading: a run longer than any the series has shown is a
+        # sensor stuck at one value. Counted only once the series has varied, so a series constant
+        # from its start (a setting, a closed gate) is not "stuck"; log so that a run twice as long
+        # as the longest one scores alike for short and long runs.
+        run = state["rp_run"]
+        run[...] = np.where(x == state["rp_prev"], run + 1.0, 0.0)
+        state["rp_prev"][...] = x
+        repeats = np.where(width > 0.0, np.log1p(run), 0.0)
+        # Runs are measured against a range of at least one repeat (log 2): in a series that never
+        # repeated, a single repeat is notable, not infinitely novel.
+        repeats_width = state["env_hi_repeats"] - state["env_lo_repeats"]
+        repeats_unit = repeats_width / np.maximum(repeats_width, _ONE_REPEAT)
         ratio = variance_step(state, x, cfg.variance)
         first = seen == 0
         level = state["ew_level"]
         level[...] = np.where(first, x, level + (x - level) / cfg.level_memory)
         # z is rough while the robust estimates warm up: 0 (no deviation) keeps it out of the envelope
         z_seen = np.where(seen >= cfg.robust.warmup, np.abs(z), 0.0)
-        values = (x, level, z_seen, np.abs(stat), np.log(ratio))
+        values = (x, level, z_seen, np.abs(stat), np.log(ratio), repeats)
         started = state["rz_n"] > 1.0  # the envelopes start at each series' first reading
         parts = np.empty((len(FEATURES), len(x)))
         for k, (name, v) in enumerate(zip(FEATURES, values)):
@@ -205,6 +230,7 @@ class AnomalyScore(StreamingDetector):
             if _ONE_SIDED[k]:
                 nov = np.maximum(nov, 0.0)
             parts[k] = np.abs(nov)
+        parts[-1] *= repeats_unit
         parts /= parts + self._half
         which = np.argmax(parts, axis=0)
         combined = parts[which, np.arange(len(x))]
