@@ -180,10 +180,11 @@ class DetectorsConfig(StrictModel):
     seasonal: Section[SeasonalConfig] = Field(default_factory=lambda: SeasonalConfig(metrics=["intensity"]))
     traffic_zero: Section[TrafficZeroConfig] = Field(default_factory=lambda: TrafficZeroConfig())
     spatial: Section[SpatialConfig] = Field(default_factory=lambda: SpatialConfig())
-    # The single statistics the default profile (`anomaly`) combines, as detectors of their own: off by default.
+    # The statistics the default profile (`anomaly`) combines, as detectors of their own: off by default.
     robust_zscore: Section[RobustZConfig] = None
     ewma_cusum: Section[CusumConfig] = None
     variance_shift: Section[VarianceConfig] = None
+    range_novelty: Section[NoveltyConfig] = None
 
 
 class IndicesConfig(StrictModel):
@@ -239,6 +240,8 @@ class Settings(StrictModel):
     indices: IndicesConfig = Field(default_factory=IndicesConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     forecasts: ForecastsConfig = Field(default_factory=ForecastsConfig)
+    # The alert lifecycle, notifications, the alert API and command topic (citywatch.alerting).
+    alerting: AlertingConfig = Field(default_factory=lambda: AlertingConfig())
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Where the engine keeps its spool, detector state and dead letters (relative to the working dir).
     data_dir: str = ".citywatch"
@@ -334,6 +337,7 @@ from citywatch.detectors.anomaly_score import AnomalyConfig  # noqa: E402
 from citywatch.detectors.drift import DriftConfig  # noqa: E402
 from citywatch.detectors.ewma_cusum import CusumConfig  # noqa: E402
 from citywatch.detectors.no_data import NoDataConfig  # noqa: E402
+from citywatch.detectors.range_novelty import NoveltyConfig  # noqa: E402
 from citywatch.detectors.robust_zscore import RobustZConfig  # noqa: E402
 from citywatch.detectors.seasonal_baseline import SeasonalConfig  # noqa: E402
 from citywatch.detectors.spatial import SpatialConfig  # noqa: E402
@@ -341,6 +345,7 @@ from citywatch.detectors.spike import SpikeConfig  # noqa: E402
 from citywatch.detectors.stuck import StuckConfig  # noqa: E402
 from citywatch.detectors.traffic_zero import TrafficZeroConfig  # noqa: E402
 from citywatch.detectors.variance_shift import VarianceConfig  # noqa: E402
+from citywatch.alerting.lifecycle import AlertingConfig  # noqa: E402
 
 DetectorsConfig.model_rebuild()
 Settings.model_rebuild()

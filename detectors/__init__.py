@@ -96,6 +96,7 @@ def build_detectors(series: SeriesIndex, cfg: DetectorsConfig) -> list[Detector]
     from citywatch.detectors.anomaly_score import AnomalyScore
     from citywatch.detectors.drift import DriftDetector
     from citywatch.detectors.ewma_cusum import EwmaCusum
+    from citywatch.detectors.range_novelty import RangeNovelty
     from citywatch.detectors.robust_zscore import RobustZScore
     from citywatch.detectors.seasonal_baseline import SeasonalBaseline
     from citywatch.detectors.spatial import SpatialDetector
@@ -114,7 +115,8 @@ def build_detectors(series: SeriesIndex, cfg: DetectorsConfig) -> list[Detector]
         detectors.append(ThresholdDetector(series, cfg.thresholds))
     for section, cls in ((cfg.stuck, StuckDetector), (cfg.spike, SpikeDetector), (cfg.drift, DriftDetector),
                          (cfg.robust_zscore, RobustZScore), (cfg.ewma_cusum, EwmaCusum),
-                         (cfg.variance_shift, VarianceShift), (cfg.anomaly, AnomalyScore),
+                         (cfg.variance_shift, VarianceShift), (cfg.range_novelty, RangeNovelty),
+                         (cfg.anomaly, AnomalyScore),
                          (cfg.seasonal, SeasonalBaseline), (cfg.traffic_zero, TrafficZeroDetector),
                          (cfg.spatial, SpatialDetector)):
         if on(section):

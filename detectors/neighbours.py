@@ -58,9 +58,10 @@ EARTH_RADIUS_KM = 6371.0088  # mean Earth radius (IUGG)
 
 SAMPLE_CONFIG = """\
 detectors:
-  neighbours:
-    radius_km: 3.0      # neighbours lie within this great-circle distance; null = no radius limit
-    k: 8                # at most this many neighbours per series, nearest first
+  spatial:              # the detectors that compare neighbours each have a `neighbours:` block
+    neighbours:
+      radius_km: 3.0    # neighbours lie within this great-circle distance; null = no radius limit
+      k: 8              # at most this many neighbours per series, nearest first
 """
 
 
