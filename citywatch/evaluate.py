@@ -22,6 +22,7 @@ from citywatch.config import Settings
 from citywatch.detectors import build_detectors
 from citywatch.detectors.no_data import NoDataDetector
 from citywatch.detectors.base import LEVEL_CRITICAL, LEVEL_NAMES, Detector, DetectorOutput, SeriesState
+from citywatch.detectors.seasonal_baseline import Band, SeasonalBaseline
 from citywatch.fire_index import FireDanger
 from citywatch.registry import SeriesIndex
 from citywatch.reorder import ReorderBuffer
@@ -73,6 +74,7 @@ class PointEncoder:
         self.series = series
         self._reading_prefix: list[str] = []
         self._score_prefix: list[str] = []
+        self._baseline_prefix: list[str] = []
 
     def _grow(self) -> None:
         s = self.series
@@ -81,6 +83,8 @@ class PointEncoder:
             self._reading_prefix.append(series_prefix(s.domains[sid], tags) + " " + escape_tag(s.metrics[sid]) + "=")
             self._score_prefix.append(
                 series_prefix("scores", {**tags, "domain": s.domains[sid], "metric": s.metrics[sid]}) + " ")
+            self._baseline_prefix.append(
+                series_prefix("baseline", {**tags, "domain": s.domains[sid], "metric": s.metrics[sid]}) + " ")
 
     def readings(self, batch: ReadingBatch) -> list[str]:
         self._grow()
@@ -115,6 +119,16 @@ class PointEncoder:
             for s, sc, lv, ex, t in zip(batch.series[rows].tolist(), score[rows].tolist(), level[rows].tolist(),
                                         extra, batch.ts[rows].tolist())
         ]
+
+    def baseline(self, band: Band | None) -> list[str]:
+        """The seasonal expectation of each evaluated reading: expected value and its central band."""
+        if band is None:
+            return []
+        self._grow()
+        prefix = self._baseline_prefix
+        return [f"{prefix[s]}expected={e!r},lower={lo!r},upper={hi!r} {t}"
+                for s, e, lo, hi, t in zip(band.series.tolist(), band.expected.tolist(), band.lower.tolist(),
+                                           band.upper.tolist(), band.ts.tolist())]
 
     def anomalies(self, batch: ReadingBatch, detectors: list[Detector], outputs: list[DetectorOutput]) -> list[str]:
         """Why a reading was flagged: one point per (reading, detector) whose level is above ok."""
@@ -168,6 +182,7 @@ class Evaluator:
         # Index stages: process(batch) and process_quiet(event time) -> (points, alerts).
         self.index_stages = [s for s in (self.air_indices, self.fire, self.traffic, self.water) if s is not None]
         self.encoder = PointEncoder(series)
+        self.seasonal = next((d for d in self.detectors if isinstance(d, SeasonalBaseline)), None)
         nd = settings.detectors.no_data
         self.no_data = NoDataDetector(series, nd) if nd is not None and nd.enabled else None
         self._clock = INT64_MIN  # event-time clock of the device checks (see `event_clock`)
@@ -199,6 +214,8 @@ class Evaluator:
         events = self.alerts.update(batch, outputs)
         lines = self.encoder.scores(batch, [d.name for d in self.detectors], outputs, self.settings.detectors.write_scores)
         lines += self.encoder.anomalies(batch, self.detectors, outputs)
+        if self.seasonal is not None:
+            lines += self.encoder.baseline(self.seasonal.last_band())
         for stage in self.index_stages:
             stage_lines, stage_events = stage.process(batch)
             lines += stage_lines

@@ -28,7 +28,10 @@ learned (causal), then learned:
 Level: CRITICAL when ``p < crit_p``, WARNING when ``p < warn_p``, else OK; reason
 ``above_expected`` / ``below_expected`` by the side of the deviation. Score, in [0, 1], rises
 linearly in ``-log10(p)``: 0 at p = 1, 0.5 at ``warn_p``, 1.0 at ``crit_p`` and beyond. Output
-`threshold`: the bin's expected value (the mean the reading was compared with).
+`threshold`: the bin's expected value (the mean the reading was compared with). After each batch,
+`last_band()` gives the evaluated readings' expectation as a band: the bin's mean and the central
+99 % interval of the same model (Poisson / negative binomial quantiles for counts, normal quantiles
+otherwise); the engine writes it to the ``baseline`` measurement, which Grafana draws around the counts.
 
 Not evaluated and not learned: LATE/DUPLICATE readings, NaN values, skipped rows and series whose
 metric is not in ``metrics`` (when given).
@@ -74,6 +77,10 @@ weekdays at a steady 40 vehicles a minute (Poisson):
 >>> out.score.round(2).tolist()
 [0.0, 0.23, 0.9, 1.0]
 
+>>> band = det.last_band()   # the central 99 % of the expected counts, for the chart
+>>> band.lower.tolist(), band.upper.tolist()
+([25.0, 25.0, 25.0, 24.0], [58.0, 58.0, 57.0, 57.0])
+
 25 vehicles where about 40 are expected is unusual but not alarming; 12 has a Poisson tail
 probability of about 3e-6 (warning), and 0 is all but impossible (critical).
 """
@@ -92,7 +99,7 @@ from citywatch.config import StrictModel
 from citywatch.detectors.base import LEVEL_CRITICAL, LEVEL_NOT_EVALUATED, LEVEL_OK, LEVEL_WARNING, Detector, DetectorOutput
 from citywatch.registry import SeriesIndex
 
-__all__ = ["SeasonalBaseline", "SeasonalConfig", "Expectation", "count_tails", "count_pmf0", "tail_score",
+__all__ = ["SeasonalBaseline", "SeasonalConfig", "Expectation", "Band", "count_tails", "count_pmf0", "tail_score",
            "SAMPLE_CONFIG"]
 
 SAMPLE_CONFIG = """\
@@ -173,6 +180,17 @@ class Expectation:
     is_count: np.ndarray  # bool: the series is a count metric
 
 
+@dataclass(slots=True)
+class Band:
+    """The expectation of the readings a batch evaluated, as a central band of the tail model."""
+
+    series: np.ndarray  # int: series id of each evaluated reading
+    ts: np.ndarray  # int64: its event time (ns)
+    expected: np.ndarray  # float64: the bin's mean (the detector's `threshold`)
+    lower: np.ndarray  # float64: lower bound of the central band
+    upper: np.ndarray  # float64: upper bound
+
+
 def count_tails(x: np.ndarray, mean: np.ndarray, var: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(P(X <= x), P(X >= x)) for a count with this mean and variance: Poisson when the variance does
     not exceed the mean, else negative binomial by the method of moments."""
@@ -232,6 +250,7 @@ class SeasonalBaseline(Detector):
         self._is_count = np.zeros(0, bool)
         self._alpha = np.zeros(0)
         self._sd_floor = np.zeros(0)
+        self._last: tuple[np.ndarray, np.ndarray, Expectation, np.ndarray] | None = None
         super().__init__(series)
 
     @property
@@ -349,6 +368,41 @@ class SeasonalBaseline(Detector):
             p[cont] = 2.0 * stats.norm.sf(np.abs(x[cont] - m[cont]) / sd)
         return p
 
+    def band(self, series: np.ndarray, exp: Expectation, rows: np.ndarray, coverage: float = 0.99
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(expected, lower, upper) at `rows`: the bin's mean and the central `coverage` interval of
+        the same model the tail probability uses (Poisson / negative binomial quantiles for counts,
+        normal quantiles with the floored spread otherwise)."""
+        m, v, is_count = exp.mean[rows], exp.var[rows], exp.is_count[rows]
+        q_lo, q_hi = (1.0 - coverage) / 2.0, (1.0 + coverage) / 2.0
+        lower, upper = np.empty(len(rows)), np.empty(len(rows))
+        if is_count.any():
+            mu, var = np.maximum(m[is_count], self.config.count_floor), v[is_count]
+            lo, hi = stats.poisson.ppf(q_lo, mu), stats.poisson.ppf(q_hi, mu)
+            over = var > mu * (1 + 1e-9)
+            if over.any():
+                r, p = _nb_params(mu[over], var[over])
+                lo[over], hi[over] = stats.nbinom.ppf(q_lo, r, p), stats.nbinom.ppf(q_hi, r, p)
+            lower[is_count], upper[is_count] = lo, hi
+        cont = ~is_count
+        if cont.any():
+            sd = np.sqrt(np.maximum(v[cont], self._sd_floor[np.asarray(series)[rows][cont]] ** 2))
+            z = stats.norm.ppf(q_hi)
+            lower[cont], upper[cont] = m[cont] - z * sd, m[cont] + z * sd
+        return m.astype(np.float64), lower, upper
+
+    def last_band(self, coverage: float = 0.99) -> Band | None:
+        """The band of every reading the last `process` call evaluated (None when it evaluated none)."""
+        if self._last is None:
+            return None
+        series, ts, exp, rows = self._last
+        expected, lower, upper = self.band(series, exp, rows, coverage)
+        return Band(series[rows], ts[rows], expected, lower, upper)
+
+    def process(self, batch: ReadingBatch, skip: np.ndarray | None = None) -> DetectorOutput:
+        self._last = None  # a batch whose rows are all skipped must not leave the previous band
+        return super().process(batch, skip)
+
     def _process(self, batch: ReadingBatch) -> DetectorOutput:
         n = len(batch)
         exp = self.expect_and_learn(batch)
@@ -358,6 +412,7 @@ class SeasonalBaseline(Detector):
         rows = np.flatnonzero(exp.active & ~warming)
         if len(rows) == 0:
             return out
+        self._last = (batch.series, batch.ts, exp, rows)
         x = batch.value[rows]
         p = self.tail_probability(batch, exp, rows)
         cfg = self.config

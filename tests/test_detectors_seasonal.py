@@ -122,6 +122,52 @@ def test_poisson_history_learns_rate_and_scores_with_scipy_tails():
     assert det.reason_names(out.reason).tolist() == ["ok", "below_expected"]
 
 
+def _set_bin(det: SeasonalBaseline, sid: int, ts: int, mean: float, var: float, n: int = 100) -> None:
+    det._grow()  # state arrays sized for the registry's series
+    b = det.bins(np.array([ts]))[0]
+    det.state["mean"][sid, b], det.state["var"][sid, b], det.state["n"][sid, b] = mean, var, n
+
+
+def test_band_is_the_central_99_percent_of_the_tail_model():
+    """`last_band`: the bin's mean and scipy's 0.5 % / 99.5 % quantiles of the model that scores the
+    reading (Poisson, negative binomial when overdispersed, normal with the floored spread)."""
+    series, sid = _one()
+    det = SeasonalBaseline(series, SeasonalConfig(day_types="all", warmup_samples=30))
+    t = MONDAY_NS + 7 * HOUR
+    for mean, var, model in ((37.0, 30.0, stats.poisson(37.0)),
+                             (37.0, 90.0, stats.nbinom(37.0**2 / (90.0 - 37.0), 37.0 / 90.0))):
+        _set_bin(det, sid, t, mean, var)
+        det.process(_batch(sid, [t + 10**9], [41]))
+        band = det.last_band()
+        assert band.series.tolist() == [sid] and band.ts.tolist() == [t + 10**9]
+        assert band.expected[0] == pytest.approx(mean)
+        assert (band.lower[0], band.upper[0]) == (model.ppf(0.005), model.ppf(0.995))
+    # the band holds 99 % of Poisson(37) draws
+    draws = stats.poisson(37.0).rvs(20000, random_state=3)
+    _set_bin(det, sid, t, 37.0, 30.0)
+    det.process(_batch(sid, [t + 2 * 10**9], [37]))
+    lo, hi = det.last_band().lower[0], det.last_band().upper[0]
+    assert 0.985 < np.mean((draws >= lo) & (draws <= hi)) <= 1.0
+    # a gaussian metric: mean +- z(0.995) sd, the spread floored at min_sd_fraction of the range
+    gs, gsid = _one("pm25", "ug/m3", 0, 1000, domain="air", road_class=None)
+    gdet = SeasonalBaseline(gs, SeasonalConfig(day_types="all", warmup_samples=30, min_sd_fraction=0.002))
+    for var, sd in ((9.0, 3.0), (0.25, 2.0)):
+        _set_bin(gdet, gsid, t, 30.0, var)
+        gdet.process(_batch(gsid, [t + 10**9], [31.0]))
+        band = gdet.last_band()
+        np.testing.assert_allclose([band.lower[0], band.upper[0]],
+                                   stats.norm(30.0, sd).ppf([0.005, 0.995]), rtol=1e-5)
+    # only evaluated readings: warming-up bins and late readings are left out; a skipped batch clears it
+    _set_bin(det, sid, t, 37.0, 30.0)
+    _set_bin(det, sid, t + 3 * HOUR, 20.0, 20.0, n=5)
+    det.process(_batch(sid, [t + 3 * 10**9, t + 3 * HOUR], [40, 22]))
+    assert det.last_band().ts.tolist() == [t + 3 * 10**9]
+    det.process(_batch(sid, [t + 4 * 10**9], [40]), skip=np.array([True]))
+    assert det.last_band() is None
+    det.process(_batch(sid, [t], [40], flags=[FLAG_LATE]))
+    assert det.last_band() is None
+
+
 def test_gaussian_metric_uses_normal_tail_and_reason_side():
     series, sid = _one("pm25", "ug/m3", 0, 1000, domain="air", road_class=None)
     det = SeasonalBaseline(series, SeasonalConfig(day_types="all", warmup_samples=30, min_sd_fraction=0.0))
