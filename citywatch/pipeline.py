@@ -25,6 +25,7 @@ import numpy as np
 import orjson
 import structlog
 
+from citywatch.alerting.stage import AlertingStage
 from citywatch.alerts import AlertEvent
 from citywatch.config import Settings
 from citywatch.evaluate import Evaluator
@@ -50,6 +51,7 @@ class _Pending:
     # The state right after this batch when it raised alerts: saved before the acknowledgement, so
     # that after a crash the restored state has announced them and they are not announced again.
     state: dict[str, np.ndarray] | None = None
+    event_now_ns: int | None = None  # newest event time of the batch: the alert lifecycle's clock
 
 
 class Engine:
@@ -72,6 +74,10 @@ class Engine:
                                    logger=self.log, on_rejected=self._on_rejected_points,
                                    replay_interval=settings.spool.replay_interval)
         self.consumer = MqttConsumer(settings.mqtt, self.topic.subscription, self.stats, logger=self.log)
+        # The alert lifecycle: notifications (through this MQTT connection too), the API, the command topic.
+        self.alerting = (AlertingStage(settings, self.registry, self.stats, logger=self.log,
+                                       mqtt_client=self.consumer.client) if settings.alerting.enabled else None)
+        self._last_alert_tick = time.monotonic()
         self._pool = ThreadPoolExecutor(settings.batching.concurrent_writes, thread_name_prefix="citywatch-write")
         self._pending: deque[_Pending] = deque()
         self._stop = threading.Event()
@@ -93,6 +99,8 @@ class Engine:
         self.writer.ensure_database()
         self.writer.start()
         self.consumer.start()
+        if self.alerting is not None:
+            self.alerting.start()
         self._thread = threading.Thread(target=self._run, name="citywatch-pipeline", daemon=True)
         self._thread.start()
         self.log.info("engine started", sensors=len(self.registry.sensors), series=len(self.series),
@@ -103,6 +111,8 @@ class Engine:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        if self.alerting is not None:
+            self.alerting.stop()
         self.consumer.stop()
         self._pool.shutdown(wait=True)
         self.writer.close(timeout)
@@ -167,7 +177,8 @@ class Engine:
         future = self._pool.submit(self.writer.write, lines) if lines else _done()
         future.add_done_callback(lambda _: self.consumer.wake.set())  # acknowledge promptly
         self._pending.append(_Pending(future, messages, events, len(batch), messages[0].arrival_ns,
-                                      batch.ts if self.latency_probe else None, self._state_after(events)))
+                                      batch.ts if self.latency_probe else None, self._state_after(events),
+                                      int(batch.ts.max()) if len(batch) else None))
         # Bounded concurrency: never more batches in flight than writer threads (plus one being built).
         while len(self._pending) > self.settings.batching.concurrent_writes:
             self._complete_one()
@@ -192,6 +203,8 @@ class Engine:
             for a in p.alerts:
                 self.consumer.publish(self.alert_topic.format(domain=a.domain, sensor=a.sensor), a.to_json(), qos=1)
         self.stats.inc("alerts", len(p.alerts))
+        if self.alerting is not None and (p.alerts or p.event_now_ns is not None):
+            self._write_alert_transitions(self.alerting.after_stored(p.alerts, p.event_now_ns))
         if p.state is not None:
             self._write_state(p.state)
         self.consumer.ack(p.messages)
@@ -202,6 +215,11 @@ class Engine:
             self.latencies_ns.append(now - p.first_arrival_ns)
         if self.latency_probe is not None and p.event_ts is not None:
             self.latency_probe(p.event_ts, now)
+
+    def _write_alert_transitions(self, lines: list[str]) -> None:
+        """Lifecycle transitions (firing, acknowledged, resolved, ...) as points of `alerts`."""
+        if lines and self.settings.alerts.influxdb:
+            self._pending.append(_Pending(self._pool.submit(self.writer.write, lines), [], [], 0, time.time_ns()))
 
     def _complete(self, block: bool) -> None:
         while self._pending and (block or self._pending[0].future.done()):
@@ -243,6 +261,9 @@ class Engine:
     # -- state and health --------------------------------------------------------------------------
     def _periodic(self) -> None:
         now = time.monotonic()
+        if self.alerting is not None and now - self._last_alert_tick >= 1.0:
+            self._last_alert_tick = now  # timers: for-durations, hold-downs, repeats, escalation, digests
+            self._write_alert_transitions(self.alerting.tick())
         if self._state_file and now - self._last_snapshot >= self.settings.detectors.snapshot_interval:
             self._complete(block=True)  # a snapshot must never be ahead of what was acknowledged
             self.save_state()

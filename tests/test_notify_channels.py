@@ -892,3 +892,58 @@ def test_the_shipped_broker_acl_lets_only_duty_officers_command(tmp_path):
         broker.stop()
     assert replies[0]["ok"] and replies[0]["request_id"] == "acl" and manager.get(key).acked_by == "lan"
     assert [(r.who, r.action) for r in manager.audit()] == [("lan", "acknowledge")]
+
+
+@pytest.mark.integration
+def test_engine_end_to_end_reading_to_webhook_to_acknowledgement_in_influxdb(tmp_path, mosquitto, influxdb, db_name,
+                                                                            webhook, monkeypatch):
+    """A device's NO2 readings cross the limit; the engine notifies a webhook in Vietnamese with the
+    value, unit and panel link; a duty officer acknowledges through the API; the acknowledgement is a
+    point of `alerts` in InfluxDB with who did it."""
+    import httpx
+
+    from citywatch.pipeline import Engine
+    from pipeline_helpers import Device, engine_settings, rows
+
+    monkeypatch.setenv("CITYWATCH_API_TOKENS", "lan:lan-token-0123456789abcdef")
+    settings = engine_settings(mosquitto.url, influxdb.url, db_name, tmp_path, f"{db_name}-engine", alerting={
+        "grafana": {"base_url": "http://grafana.local"},
+        "routing": {"recipients": {"ops": {"channel": "webhook", "address": ""}},
+                    "routes": [{"tiers": [{"after": "0s", "recipients": ["ops"]}]}]},
+        "notify": {"retry": {"attempts": 3, "initial": "50ms"},
+                   "channels": {"webhook": {"type": "webhook", "url": webhook.url + "/hook"}}},
+        "api": {"enabled": True, "port": 0},
+    })
+    engine = Engine(settings, small_registry())
+    engine.start()
+    device = Device(mosquitto.port, client_id=f"{db_name}-dev")
+    t0_ms = (time.time_ns() // 1_000_000 // 60_000 - 30) * 60_000  # half an hour ago, on a minute
+    try:
+        assert engine.consumer.connected.wait(10)
+        device.publish_all([("city/air/aq-001/telemetry", {"ts": t0_ms + i * 60_000, "no2": v})
+                            for i, v in enumerate([100, 250, 260, 255])])  # critical from the second reading on
+        hook = wait_for(lambda: [r["body"] for r in webhook.requests
+                                 if r["body"]["alerts"][0]["key"] == "aq-001|threshold:no2"], 15, "the webhook")
+        body = hook[0]
+        assert body["kind"] == "firing" and body["language"] == "vi" and body["recipient"] == "ops"
+        alert = body["alerts"][0]
+        assert alert["value"] == 250 and alert["threshold"] == 200 and alert["unit"] == "µg/m³"
+        assert alert["reading_time"] == dt.datetime.fromtimestamp((t0_ms + 60_000) / 1000, dt.timezone.utc) \
+            .isoformat().replace("+00:00", "Z")
+        assert alert["panel_url"].startswith("http://grafana.local/d/") and "vượt ngưỡng nguy hiểm" in body["text"]
+
+        with httpx.Client(base_url=engine.alerting.api.url,
+                          headers={"Authorization": "Bearer lan-token-0123456789abcdef"}) as c:
+            keys = [a["key"] for a in c.get("/alerts").json()["alerts"]]
+            assert "aq-001|threshold:no2" in keys
+            assert c.post("/alerts/aq-001|threshold:no2/ack", json={"note": "đang xử lý"}).status_code == 200
+        acked = wait_for(lambda: rows(influxdb, db_name, "SELECT * FROM alerts WHERE \"state\" = 'acknowledged'"),
+                         10, "the acknowledgement in InfluxDB")
+        assert acked[0]["who"] == "lan" and acked[0]["key"] == "aq-001|threshold:no2"
+        firing = rows(influxdb, db_name, "SELECT * FROM alerts WHERE \"state\" = 'firing'")
+        assert [p["time"] for p in firing if p["key"] == "aq-001|threshold:no2"] == [(t0_ms + 60_000) * 1_000_000]
+    finally:
+        device.close()
+        engine.stop()
+    assert sum(1 for r in webhook.requests if r["body"]["alerts"][0]["key"] == "aq-001|threshold:no2") == 1
+    assert engine.stats.get("notify_delivered") >= 1
