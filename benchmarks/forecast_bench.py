@@ -31,7 +31,6 @@ from pathlib import Path
 import numpy as np
 
 from citywatch.detectors.forecast import SeriesKeys, build_forecaster
-from citywatch.detectors.forecast.holt_winters import DEFAULTS as HW_DEFAULTS
 from citywatch.forecast_cli import hourly_means, read_series_csv
 
 HOUR = 3600

@@ -331,3 +331,28 @@ def test_cli_forecasts_a_csv(tmp_path, capsys):
     bad.write_text("timestamp,x\nyesterday,1\n")
     assert main(["forecast", "--input", str(bad)]) == 2
     assert "line 2: bad timestamp" in capsys.readouterr().err
+
+
+def test_the_evaluator_writes_forecasts_and_forecast_alerts():
+    """The engine's evaluation path: forecasts points, and a forecast alert stored like any other."""
+    from citywatch.config import Settings
+    from citywatch.evaluate import Evaluator
+
+    series = SeriesIndex(_registry())
+    series.add_registry()
+    evaluator = Evaluator(Settings.model_validate({"forecasts": {"horizon": 6}}), series)
+    assert "__forecasts" in evaluator.stateful()
+    base = 1000 * 24
+    sid = series.get("wq-1", "NH4")
+    lines, events = [], []
+    for h in range(base, base + 24 * 14):
+        level = 0.1 + (0.12 if h - base >= 24 * 12 else 0.0)
+        v = level + 0.1 * np.exp(-0.5 * ((h % 24 - 8) / 1.5) ** 2) + 0.01 * np.sin(h * 1.7)
+        batch = ReadingBatch.from_columns([sid] * 6, [h * HOUR_NS + m * 600_000_000_000 for m in range(6)], [v] * 6)
+        out_lines, out_events = evaluator.evaluate(batch)
+        lines += out_lines
+        events += out_events
+    assert any(ln.startswith("forecasts,") and "metric=NH4" in ln for ln in lines)
+    warned = [e for e in events if e.detector == "forecast"]
+    assert warned and warned[0].level == "warning"
+    assert any(ln.startswith("alerts,") and "detector=forecast" in ln and "metric=NH4" in ln for ln in lines)
