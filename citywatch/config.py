@@ -240,8 +240,9 @@ class Settings(StrictModel):
     indices: IndicesConfig = Field(default_factory=IndicesConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     forecasts: ForecastsConfig = Field(default_factory=ForecastsConfig)
-    # The alert lifecycle, notifications, the alert API and command topic (citywatch.alerting).
-    alerting: AlertingConfig = Field(default_factory=lambda: AlertingConfig())
+    # The alert lifecycle, notifications, the alert API and command topic (citywatch.alerting): on when
+    # the config has an `alerting:` section (unless it says `enabled: false`), off without one.
+    alerting: AlertingConfig = Field(default_factory=lambda: AlertingConfig(enabled=False))
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Where the engine keeps its spool, detector state and dead letters (relative to the working dir).
     data_dir: str = ".citywatch"
