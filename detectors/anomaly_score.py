@@ -155,7 +155,9 @@ class AnomalyConfig(StrictModel):
 FEATURES = ("value", "level", "robust_z", "cusum", "variance", "repeats")
 _REASON_OF_FEATURE = np.array([1, 2, 3, 2, 4, 5], dtype=np.int16)
 _ONE_SIDED = np.array([False, False, True, True, False, True])
-_ONE_REPEAT = float(np.log(2.0))
+# Runs are measured against a range of at least one repeat (log 2): in a series that has never
+# repeated a value, one repeat is notable, not infinitely novel.
+_MIN_WIDTH = (0.0, 0.0, 0.0, 0.0, 0.0, float(np.log(2.0)))
 _DERIVED = np.array([False, False, True, True, True, True])  # scored with statistics_scale
 
 FEATURE_FIELDS: dict[str, tuple[type, float]] = {
@@ -212,10 +214,6 @@ class AnomalyScore(StreamingDetector):
         run[...] = np.where(x == state["rp_prev"], run + 1.0, 0.0)
         state["rp_prev"][...] = x
         repeats = np.where(width > 0.0, np.log1p(run), 0.0)
-        # Runs are measured against a range of at least one repeat (log 2): in a series that never
-        # repeated, a single repeat is notable, not infinitely novel.
-        repeats_width = state["env_hi_repeats"] - state["env_lo_repeats"]
-        repeats_unit = repeats_width / np.maximum(repeats_width, _ONE_REPEAT)
         ratio = variance_step(state, x, cfg.variance)
         first = seen == 0
         level = state["ew_level"]
@@ -226,11 +224,11 @@ class AnomalyScore(StreamingDetector):
         started = state["rz_n"] > 1.0  # the envelopes start at each series' first reading
         parts = np.empty((len(FEATURES), len(x)))
         for k, (name, v) in enumerate(zip(FEATURES, values)):
-            nov = envelope_step(state[f"env_hi_{name}"], state[f"env_lo_{name}"], started, v, cfg.memory)
+            nov = envelope_step(state[f"env_hi_{name}"], state[f"env_lo_{name}"], started, v, cfg.memory,
+                                _MIN_WIDTH[k])
             if _ONE_SIDED[k]:
                 nov = np.maximum(nov, 0.0)
             parts[k] = np.abs(nov)
-        parts[-1] *= repeats_unit
         parts /= parts + self._half
         which = np.argmax(parts, axis=0)
         combined = parts[which, np.arange(len(x))]

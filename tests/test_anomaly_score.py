@@ -170,3 +170,66 @@ def test_constant_series_that_moves_is_flagged():
     values[800:] = 3.4
     det, out = score(values)
     assert alarms(out).tolist()[:1] == [800]
+
+
+def counts_mostly_zero(n: int, seed: int) -> np.ndarray:
+    """Event counts that are 0 most of the time, with occasional 1s, 2s and rare bursts up to 40."""
+    rng = np.random.default_rng(seed)
+    values = rng.poisson(0.15, n).astype(float)
+    bursts = rng.choice(n, n // 400, replace=False)
+    values[bursts] = rng.integers(10, 40, len(bursts))
+    return values
+
+
+@pytest.mark.parametrize("seed", [21, 22, 23])
+def test_mostly_zero_counts_raise_no_spike_alarms_for_ordinary_small_counts(seed):
+    """With a MAD of 0, the robust sigma alone made each ordinary 2 among the 0s a huge z-score;
+    floored at `sigma_floor` of the range, the readings that are neither new extremes nor bursts
+    stay quiet."""
+    values = counts_mostly_zero(4000, seed)
+    det, out = score(values)
+    small = np.flatnonzero((values <= 3) & (np.arange(len(values)) >= WARMUP))
+    assert (out.level[small] <= LEVEL_OK).all()
+    unfloored = score(values, AnomalyConfig(sigma_floor=0.0))[1]
+    assert (unfloored.level[small] > LEVEL_OK).sum() > (out.level[small] > LEVEL_OK).sum()
+
+
+def frozen(values: np.ndarray, start: int, length: int) -> np.ndarray:
+    out = values.copy()
+    out[start: start + length] = out[start]
+    return out
+
+
+def test_a_sensor_that_freezes_is_flagged_as_stuck():
+    values = frozen(noise(2000, 24), 1500, 100)  # a noisy probe that never repeated, stuck at 1500
+    det, out = score(values)
+    first = alarms(out, 1500)
+    assert len(first) and first[0] <= 1503
+    assert det.reason_names(out.reason)[first[0]] == "stuck"
+    assert alarms(out, WARMUP)[alarms(out, WARMUP) < 1600].tolist() == [first[0]]  # one per run
+    assert (out.score[1501:1600] > 0).all()
+
+
+def test_repeats_are_normal_for_a_coarse_sensor():
+    """A coarse sensor (0.1 resolution, noise 0.05) repeats its last value most of the time: its
+    runs are its normal range, no reading of it is stuck; the same series at full resolution, which
+    never repeats, is flagged at its first frozen readings."""
+    rng = np.random.default_rng(25)
+    fine = 10.0 + 0.05 * rng.normal(size=4000)
+    coarse = np.round(fine, 1)
+    assert (coarse[1:] == coarse[:-1]).mean() > 0.4
+    det, out = score(coarse)
+    assert not (det.reason_names(out.reason) == "stuck").any()
+    assert np.quantile(out.score[WARMUP:], 0.99) < 0.3
+    det, out = score(frozen(fine, 3000, 50))
+    assert det.reason_names(out.reason)[3001] == "stuck"
+
+
+def test_a_series_constant_from_its_start_is_not_stuck():
+    """Runs count only once a series has varied: a constant setting is not a frozen sensor; a later
+    change is flagged, as a change."""
+    values = np.full(1200, 7.0)
+    values[900:] = 7.5
+    det, out = score(values)
+    assert (out.score[WARMUP:900] == 0.0).all()
+    assert out.level[900] > LEVEL_OK and det.reason_names(out.reason)[900] != "stuck"
