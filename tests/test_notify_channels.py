@@ -77,11 +77,11 @@ def fast_retry(attempts: int = 4) -> RetryConfig:
 # -- a real HTTP server receiving webhooks -----------------------------------------------------------
 class WebhookServer:
     """Records every POST (path, headers, JSON body, arrival time) and answers from a script of
-    (status, headers) pairs; once the script is used up it answers 200."""
+    (status, headers, body[, delay]); once the script is used up it answers 200."""
 
     def __init__(self) -> None:
         self.requests: list[dict] = []
-        self.script: deque[tuple[int, dict[str, str], bytes]] = deque()
+        self.script: deque[tuple] = deque()  # (status, headers, body[, delay in seconds])
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -89,7 +89,9 @@ class WebhookServer:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 server.requests.append({"path": self.path, "headers": dict(self.headers),
                                         "body": json.loads(body), "at": time.monotonic()})
-                status, headers, reply = server.script.popleft() if server.script else (200, {}, b'{"ok": true}')
+                status, headers, reply, *delay = server.script.popleft() if server.script else (200, {}, b'{"ok": true}')
+                if delay:  # a far end that hangs
+                    time.sleep(delay[0])
                 self.send_response(status)
                 for k, v in headers.items():
                     self.send_header(k, v)
@@ -947,3 +949,19 @@ def test_engine_end_to_end_reading_to_webhook_to_acknowledgement_in_influxdb(tmp
         engine.stop()
     assert sum(1 for r in webhook.requests if r["body"]["alerts"][0]["key"] == "aq-001|threshold:no2") == 1
     assert engine.stats.get("notify_delivered") >= 1
+
+
+def test_a_webhook_that_hangs_times_out_and_is_retried(tmp_path, webhook):
+    webhook.script.append((200, {}, b"{}", 1.5))  # answers, but after the channel's timeout
+    ch = WebhookChannel("hook", WebhookChannelConfig(url=webhook.url + "/in", timeout=0.3), renderer())
+    d = dispatcher_for(tmp_path, {"hook": ch})
+    n = make_notification("hook")
+    try:
+        t0 = time.monotonic()
+        d.deliver([n])
+        assert time.monotonic() - t0 < 0.2  # the pipeline does not wait for it
+        assert d.wait_idle(10)
+    finally:
+        d.close()
+    assert len(webhook.requests) == 2 and d.delivered(n.id)
+    assert d.counters()["notify_retries"] == 1 and dead_letters(tmp_path) == []
