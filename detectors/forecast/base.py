@@ -91,12 +91,20 @@ class SeriesKeys:
 
 
 def empirical_quantiles(errors: np.ndarray, probs: tuple[float, ...], min_count: int) -> list[np.ndarray]:
-    """Quantiles (linear interpolation) over the last axis, ignoring NaN; NaN where fewer than `min_count`."""
+    """Quantiles (linear interpolation) over the last axis, ignoring NaN; NaN where fewer than `min_count`.
+
+    With the finite-sample correction of conformal prediction: from n errors, the quantile p is read
+    at ``(p (n + 1) - 1/2 ± 1/2) / n`` (away from the median), so that a new error falls between
+    the lower and upper quantile with the nominal probability rather than slightly less.
+    """
     ordered = np.sort(errors, axis=-1)  # NaN sort last
     n = np.isfinite(ordered).sum(axis=-1)
+    nf = np.maximum(n, 1).astype(np.float64)
     out = []
     for p in probs:
-        pos = p * np.maximum(n - 1, 0)
+        p_eff = np.clip(p * (nf + 1) / nf if p > 0.5 else (p * (nf + 1) - 1) / nf, 0.0, 1.0) if p != 0.5 \
+            else np.full(nf.shape, 0.5)
+        pos = p_eff * np.maximum(n - 1, 0)
         lo = np.floor(pos).astype(np.int64)
         hi = np.minimum(lo + 1, np.maximum(n - 1, 0))
         frac = pos - lo
