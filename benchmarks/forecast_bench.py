@@ -1,6 +1,6 @@
 """Rolling-origin backtest of the forecasters: MASE against seasonal-naive, and interval coverage.
 
-    python benchmarks/forecast_bench.py --nab PATH/TO/NAB/data [--weeks 8] [--horizon 24]
+    python benchmarks/forecast_bench.py --nab PATH/TO/NAB/data [--weeks 8] [--horizon 24] [--scale 1000]
 
 Series:
 
@@ -19,6 +19,8 @@ scale for every model, so the ratio of two models' MASE is the ratio of their er
 over all (series, origin, horizon) with a value. Coverage = share of those values inside the 80 %
 interval (when the model had one). Targets: MASE at least 15 % below seasonal-naive's (the better
 of the daily and the weekly seasonal-naive), 80 % intervals covering 75-85 %.
+
+First, what a closed hour costs the engine: the update and the forecasts of `--scale` series at once.
 """
 
 from __future__ import annotations
@@ -163,6 +165,25 @@ def run_group(title: str, matrix: np.ndarray, horizon: int, burn_in: int, models
     return results
 
 
+def engine_scale(n_series: int, horizon: int, weeks: int = 2) -> None:
+    """What one closed hour costs the engine: update + forecast of `n_series` series at once."""
+    keys = SeriesKeys([(str(i), "y") for i in range(n_series)])
+    rng = np.random.default_rng(0)
+    ids = np.arange(n_series)
+    for model in ("holt_winters", "ar_deseasonalised"):
+        f = build_forecaster(model, keys, horizon=horizon)
+        timings = []
+        for t in range(weeks * 168):
+            y = 50 + 20 * np.sin(2 * np.pi * t / 24) + rng.normal(0, 3, n_series)
+            t0 = time.perf_counter()
+            f.update(ids, np.full(n_series, t), y)
+            f.forecast(ids)
+            timings.append(time.perf_counter() - t0)
+        state = sum(v[:n_series].nbytes for v in f.state.values()) + sum(v[:n_series].nbytes for v in f.before.values())
+        print(f"  {model:<20} {n_series} series: {1000 * np.median(timings[-168:]):.1f} ms per closed hour "
+              f"(update + {horizon} h forecasts with intervals), state {state / n_series / 1024:.0f} KiB per series")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--nab", type=Path, default=None, help="the NAB corpus' data directory")
@@ -171,7 +192,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--start", default="2026-01-05T00:00:00+07:00", help="simulated start (a Monday)")
     ap.add_argument("--skip-simulator", action="store_true")
+    ap.add_argument("--scale", type=int, default=1000, help="series for the per-hour cost (0: skip)")
     args = ap.parse_args(argv)
+    if args.scale:
+        print("engine cost")
+        engine_scale(args.scale, args.horizon)
     from datetime import datetime
 
     summary: list[tuple[str, dict[str, dict]]] = []

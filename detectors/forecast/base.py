@@ -141,7 +141,7 @@ class Forecaster(SeriesState):
             "hour": (np.int64, NO_HOUR),  # latest hour learnt
             "issued": (np.float64, np.nan, H * H),  # forecasts issued at hour t, in row slot t % H
             "issued_hour": (np.int64, NO_HOUR, H),
-            "errors": (np.float64, np.nan, H * K),  # per horizon, a ring of the last K errors
+            "errors": (np.float32, np.nan, H * K),  # per horizon, a ring of the last K errors (float32: memory)
             "n_errors": (np.int64, 0, H),
         }
         super().__init__(series)
