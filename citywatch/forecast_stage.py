@@ -57,7 +57,7 @@ from citywatch.air_indices import CATEGORIES as AQI_CATEGORIES
 from citywatch.air_indices import HOUR_NS, LOCAL_UTC_OFFSET_H, AirIndices, IndexValues
 from citywatch.alerts import AlertEvent
 from citywatch.batch import ReadingBatch
-from citywatch.config import ForecastsConfig, IndicesConfig
+from citywatch.config import ConfigError, ForecastsConfig, IndicesConfig
 from citywatch.detectors.bucket_means import BucketMeans, Buckets
 from citywatch.detectors.forecast import Forecaster, SeriesKeys, build_forecaster
 from citywatch.detectors.indices import us_aqi, vn_aqi
@@ -116,7 +116,10 @@ class ForecastStage:
             p = dict(params.get(models[kind], {}))
             if kind == "traffic" and models[kind] == "holt_winters":
                 p.setdefault("omega", 0.1)  # traffic has a week; the backtest picked 0.1
-            f = build_forecaster(models[kind], keys, horizon=config.horizon, level=config.level, **p)
+            try:
+                f = build_forecaster(models[kind], keys, horizon=config.horizon, level=config.level, **p)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"forecasts: {models[kind]} for {kind}: {exc}") from None
             return _Kind(kind, {"aqi": "air", "water": "water", "traffic": "traffic"}[kind], keys, f)
 
         self.kinds = {k: make(k) for k in ("aqi", "water", "traffic")}

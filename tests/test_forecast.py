@@ -196,6 +196,13 @@ def test_bad_parameters_are_refused():
         HoltWinters(keys(2)).update(np.array([0, 0]), np.array([1, 2]), np.array([1.0, 2.0]))
 
 
+def test_bad_forecast_parameters_in_the_config_are_a_config_error():
+    from citywatch.config import ConfigError
+
+    with pytest.raises(ConfigError, match="forecasts: holt_winters for aqi: .*beta"):
+        _stage(holt_winters={"alpha": 0.01, "beta": 0.5})
+
+
 # -- the stage: forecasts points and early warnings ---------------------------------------------
 
 def _registry() -> Registry:
