@@ -42,7 +42,8 @@ def event(sensor: str, area: str, level: str, t_ns: int) -> AlertEvent:
 
 def storm(state_dir: Path) -> None:
     n_sensors, n_areas, batch = 2000, 100, 500
-    sensors = {f"aq-{i:04d}": ("air", f"area-{i % n_areas}", 10.9 + (i % n_areas) * 0.05, 106.8) for i in range(n_sensors)}
+    sensors = {f"aq-{i:04d}": ("air", f"area-{i % n_areas}", 10.9 + (i % n_areas) * 0.05, 106.8)
+               for i in range(n_sensors)}
     cfg = AlertingConfig.model_validate({"storm": {"max_per_window": 1000000}, "repeat_interval": "0s"})
     sink = CountingSink()
     m = AlertManager(cfg, sink=sink, directory=SensorDirectory(sensors), state_file=None)
@@ -71,7 +72,8 @@ def storm(state_dir: Path) -> None:
 def flapping() -> None:
     n_sensors, period = 500, 30
     # areas of their own, 11 km or more apart: nothing to group
-    sensors = {f"aq-{i:04d}": ("air", f"area-{i}", 10.0 + (i % 50) * 0.1, 106.0 + (i // 50) * 0.1) for i in range(n_sensors)}
+    sensors = {f"aq-{i:04d}": ("air", f"area-{i}", 10.0 + (i % 50) * 0.1, 106.0 + (i // 50) * 0.1)
+               for i in range(n_sensors)}
     steps = 3600 // period
     for label, cfg in (("damped (flapping + 5 min hold-down)", {}),
                        ("undamped", {"flapping": {"enabled": False}, "defaults": {"resolve_for": "0s"},

@@ -164,7 +164,8 @@ def test_repeats_until_acknowledged_then_only_the_resolution():
 
 def test_silence_suppresses_matching_alerts_only():
     m, sink, clock = manager()
-    s = m.add_silence(who="tran.minh", start_ns=at(0), end_ns=at(3600), sensor="aq-001", comment="bảo trì / maintenance")
+    s = m.add_silence(who="tran.minh", start_ns=at(0), end_ns=at(3600), sensor="aq-001",
+                      comment="bảo trì / maintenance")
     m.ingest([ev("aq-001", "critical", 60), ev("aq-009", "critical", 60)], event_now_ns=at(120))
     assert sink.summary() == [("firing", "duty-officer", ["aq-009|threshold:no2"])]
     silenced = {a.key: a.silenced_by for a in m.open_alerts()}
@@ -429,7 +430,8 @@ def test_routes_by_day_and_continue_add_recipients():
     cfg = {
         "grouping": {"group_wait": "0s"},
         "routing": {
-            "recipients": {"duty": {"address": "city/notifications/duty"}, "log": {"channel": "webhook", "address": "x"},
+            "recipients": {"duty": {"address": "city/notifications/duty"},
+                           "log": {"channel": "webhook", "address": "x"},
                            "weekend": {"address": "city/notifications/weekend"}},
             "routes": [
                 {"match": {"severities": ["critical"]}, "tiers": [{"recipients": ["log"]}], "continue": True},
@@ -506,7 +508,8 @@ def test_an_unacknowledged_incident_escalates_as_one_message():
     m, sink, clock = manager(ROTA)
     m.ingest([ev(s, "critical", 0) for s in ("aq-001", "aq-002", "aq-009")], event_now_ns=at(30))
     assert sorted(sink.summary()) == [
-        ("firing", "duty", ["aq-001|threshold:no2", "aq-002|threshold:no2"]), ("firing", "duty", ["aq-009|threshold:no2"])]
+        ("firing", "duty", ["aq-001|threshold:no2", "aq-002|threshold:no2"]),
+        ("firing", "duty", ["aq-009|threshold:no2"])]
     m.acknowledge("aq-002|threshold:no2", who="duty")
     clock.advance(15 * 60)
     m.tick()
@@ -555,3 +558,17 @@ def test_area_goes_offline_when_the_deciding_sensor_does():
     m.ingest([ev("aq-003", "critical", 200, **offline)], event_now_ns=at(200))  # explained: not sent
     assert len(sink.sent) == 2 and sorted(m.get(area_offline_key("tan-phong")).sensors) == ["aq-001", "aq-002",
                                                                                           "aq-003"]
+
+
+def test_state_is_saved_at_once_when_something_was_sent_and_throttled_otherwise(tmp_path):
+    state = tmp_path / "s.json"
+    m, sink, _ = manager({"save_interval": "1h"}, state_file=state)
+    m.ingest([ev("aq-001", "critical", 0)])  # pending in its group: nothing sent
+    assert not state.exists()
+    m.tick(event_now_ns=at(30))
+    assert sink.kinds() == ["firing"] and state.exists()
+    saved = state.read_bytes()
+    m.ingest([ev("aq-001", "warning", 60)])  # a change that sends nothing
+    assert state.read_bytes() == saved
+    m.save()
+    assert state.read_bytes() != saved

@@ -106,7 +106,7 @@ def test_flapping_sensor_gives_one_notification_not_fifty(make_engine, device, i
     assert recorded[0] == (T0_MS * 1_000_000, "firing")
     assert (no2(49, 0)["ts"] * 1_000_000, "resolved") in recorded
     # the level-change points the boards read are untouched: 50 changes, and their fields are there
-    assert count(influxdb, db_name, "alerts", "level_code", f"WHERE \"detector\" = 'threshold'") == 50
+    assert count(influxdb, db_name, "alerts", "level_code", "WHERE \"detector\" = 'threshold'") == 50
 
 
 def test_acknowledged_alert_stops_repeating(make_engine, device, influxdb, db_name):
@@ -123,7 +123,7 @@ def test_acknowledged_alert_stops_repeating(make_engine, device, influxdb, db_na
     time.sleep(2.5)  # at least two engine ticks
     assert sink.kinds() == ["firing", "repeat"]
     wait_for(lambda: any(s == "acknowledged" for _, s in states(influxdb, db_name)), 10, "ack stored")
-    [ack] = rows(influxdb, db_name, f'SELECT "who", "state" FROM "alerts" WHERE "state" = \'acknowledged\'')
+    [ack] = rows(influxdb, db_name, 'SELECT "who", "state" FROM "alerts" WHERE "state" = \'acknowledged\'')
     assert ack["who"] == "nguyen.lan" and ack["time"] == acked.acked_at_ns
     # the resolution still goes out
     device.publish_all([("city/air/aq-001/telemetry", [no2(1, 100.0), no2(20, 100.0)])])

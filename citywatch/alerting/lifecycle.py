@@ -82,6 +82,7 @@ SAMPLE_CONFIG = """\
 alerting:
   enabled: true
   state_file: alerting-state.json   # under data_dir; open alerts, silences, sent notification ids
+  save_interval: 5s                 # state changes that sent nothing are saved at most this often
   repeat_interval: 1h               # re-send an open, unacknowledged alert this often (0: never)
   defaults:
     for: 0s                         # condition must hold this long (event time) before firing
@@ -153,6 +154,8 @@ class AlertingConfig(StrictModel):
     grafana: GrafanaLinkConfig = Field(default_factory=GrafanaLinkConfig)
     keep_sent_ids: int = Field(default=20_000, ge=100)
     keep_audit: int = Field(default=10_000, ge=10)
+    # state changes that sent nothing are written at most this often (sent notifications: at once)
+    save_interval: Duration = 5.0
     # keys without an open alert are forgotten after this much quiet event time; so are ended silences
     forget_after: Duration = 7 * 86400.0
     # The notification channels (sinks/notify), the HTTP API and the MQTT command topic: validated into
@@ -271,6 +274,7 @@ class AlertManager:
         self.grouper = Grouper(self.config.grouping, self.directory)
         self.links = PanelLinks(self.config.grafana)
         self._lock = threading.RLock()
+        self._dirty, self._saved_at = False, time.monotonic()
         self._empty()
         self.counters: dict[str, int] = {"events": 0, "events_replayed": 0, "events_bad": 0, "notifications": 0,
                                          "duplicates_suppressed": 0, "held_for_digest": 0, "muted": 0}
@@ -783,8 +787,12 @@ class AlertManager:
                 self.sink.deliver(notifications)
             except Exception:  # the sink owns retries; a failure here must not stop the engine
                 log.exception("notification sink failed")
-        if notifications or self._transitions:
-            self._save()
+        if notifications:
+            self._save()  # before anything else happens: what was handed to the sink is never sent again
+        elif self._transitions or self._dirty:
+            self._dirty = True  # the rest is replayed identically after a crash: saved at most every save_interval
+            if time.monotonic() - self._saved_at >= self.config.save_interval:
+                self._save()
         return notifications
 
     # -- audit and persistence ---------------------------------------------------------------------
@@ -824,6 +832,7 @@ class AlertManager:
     def _save(self) -> None:
         if self.state_file is not None:
             write_state_atomic(self.state_file, self.state_dict())
+        self._dirty, self._saved_at = False, time.monotonic()
 
     def save(self) -> None:
         with self._lock:

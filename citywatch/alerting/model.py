@@ -20,7 +20,8 @@ True
 >>> s = Silence(id="s1", sensor="aq-005", start_ns=0, end_ns=2_000_000_000_000_000_000, created_by="duty")
 >>> s.matches(a, a.started_ns)
 True
->>> notification_id(a.key, "firing", a.started_ns, "duty-officer") == notification_id(a.key, "firing", a.started_ns, "duty-officer")
+>>> first = notification_id(a.key, "firing", a.started_ns, "duty-officer")
+>>> first == notification_id(a.key, "firing", a.started_ns, "duty-officer")  # deterministic
 True
 """
 

@@ -11,6 +11,7 @@ always-on log channel, for instance).
 and sent as one digest when the window has room again, so an incident across fifty sensors cannot
 bury a phone.
 
+>>> import yaml
 >>> cfg = RoutingConfig.model_validate(yaml.safe_load(SAMPLE_CONFIG)["alerting"]["routing"])
 >>> router = Router(cfg)
 >>> night = 1_764_277_200_000_000_000  # 2025-11-27 21:00 UTC = 04:00 local
@@ -29,7 +30,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
-import yaml  # noqa: F401  (the doctest reads SAMPLE_CONFIG)
 from pydantic import Field, field_validator, model_validator
 
 from citywatch.config import Duration, StrictModel
