@@ -7,13 +7,12 @@ per series, indexed by the absolute hour (``hour % 24``, ``hour % 168``) so noth
 For a value ``y`` at hour ``t`` (``s`` = hours since the last value, 1 without a gap):
 
 * ``base = L + (phi + ... + phi^s) * B`` and the one-step error ``r = y - base - D[t] - W[t]``;
-* the error is shared out in turn: ``L = base + alpha * r``; ``B = phi^s * B + beta * r`` (``beta <= alpha``, the
-  stability condition of this error-correction form; neither learns during the first day, which
-  goes entirely to the daily profile); what the
-  level left, ``r' = (1 - alpha) r``, goes by ``d`` to ``D[t]``; what that left, ``(1 - d) r'``, by ``w``
-  to ``W[t]``. The gains are ``d = max(delta, 1/n_D)`` and
-  ``w = max(omega, 1/n_W)`` with ``n_D``, ``n_W`` the visits of the slot:
-  a running mean at the start, so a new series needs no separate initialisation, turning into
+* the error is shared out in turn: ``L = base + alpha * r``; ``B = phi^s * B + beta * r``
+  (``beta <= alpha``, the stability condition of this error-correction form; neither learns during
+  the first day, which goes entirely to the daily profile); what the level left,
+  ``r' = (1 - alpha) r``, goes by ``d`` to ``D[t]``; what that left, ``(1 - d) r'``, by ``w`` to
+  ``W[t]``. The gains are ``d = max(delta, 1/n_D)`` and ``w = max(omega, 1/n_W)`` with ``n_D``,
+  ``n_W`` the visits of the slot: a running mean at the start, so a new series needs no separate initialisation, turning into
   exponential smoothing with the fixed parameters once there is enough history. The weekly slots
   start learning only after the daily slot has had 7 visits (else they would keep the daily
   profile's start-up errors for weeks);
@@ -22,7 +21,8 @@ For a value ``y`` at hour ``t`` (``s`` = hours since the last value, 1 without a
   [0, 0.98], and ``lambda^h * r`` is added to the h-hour forecast.
 
 Forecast h hours after ``t``: ``L + (phi + ... + phi^h) B + D[t+h] + W[t+h] + lambda^h r``.
-A gap of missing hours carries level, trend and profiles over; the AR term decays with the gap.
+A gap of missing hours carries level, trend and profiles over (the damped trend runs across it);
+the pair of errors around a gap does not count in the AR(1) estimate.
 The smoothing parameters are fixed, chosen once for all series by the rolling-origin backtest
 (`benchmarks/forecast_bench.py`) on the simulator and the NAB real series: a weekly profile
 (``omega > 0``) pays only where the week matters (traffic); elsewhere its noise costs more than
