@@ -20,8 +20,8 @@ Hours, per series:
 Prediction intervals are empirical: each forecast issued is kept for `horizon` hours; when the hour
 it was for arrives, its error goes into a ring of the last `error_window` errors of that series and
 horizon. The bounds are the point forecast plus the ``(1 - level) / 2`` and ``(1 + level) / 2``
-quantiles of those errors, so they widen with the horizon exactly as much as the errors do, and
-need no distributional assumption; until a horizon has `min_errors` errors its bounds are NaN.
+quantiles of those errors (with the finite-sample correction of conformal prediction), so they
+widen with the horizon exactly as much as the errors do, and need no distributional assumption; until a horizon has `min_errors` errors its bounds are NaN.
 `exceedance_probability` uses the same errors: the share of them that would put the value at or
 beyond a limit.
 
