@@ -24,6 +24,7 @@ from citywatch.detectors.no_data import NoDataDetector
 from citywatch.detectors.base import LEVEL_CRITICAL, LEVEL_NAMES, Detector, DetectorOutput, SeriesState
 from citywatch.detectors.seasonal_baseline import Band, SeasonalBaseline
 from citywatch.fire_index import FireDanger
+from citywatch.forecast_stage import ForecastStage
 from citywatch.registry import SeriesIndex
 from citywatch.reorder import ReorderBuffer
 from citywatch.sinks.line_protocol import encode_line, escape_tag, series_prefix
@@ -180,7 +181,10 @@ class Evaluator:
         self.water = WaterQuality(series, ix.water_class, ix.water_class_by_station, ix.water_lab_max_age,
                                   ix.water_weighted) if ix.water else None
         # Index stages: process(batch) and process_quiet(event time) -> (points, alerts).
-        self.index_stages = [s for s in (self.air_indices, self.fire, self.traffic, self.water) if s is not None]
+        fc = settings.forecasts
+        self.forecasts = ForecastStage(series, fc, ix, self.air_indices) if fc.enabled else None  # after the air stage
+        self.index_stages = [s for s in (self.air_indices, self.fire, self.traffic, self.water, self.forecasts)
+                             if s is not None]
         self.encoder = PointEncoder(series)
         self.seasonal = next((d for d in self.detectors if isinstance(d, SeasonalBaseline)), None)
         nd = settings.detectors.no_data
@@ -288,7 +292,7 @@ class Evaluator:
         lines = [self.encoder.alert(a) for a in events] if self.settings.alerts.influxdb else []
         return lines, events
 
-    def stateful(self) -> dict[str, SeriesState | AirIndices | FireDanger | TrafficLos | WaterQuality]:
+    def stateful(self) -> dict[str, SeriesState | AirIndices | FireDanger | TrafficLos | WaterQuality | ForecastStage]:
         """Everything whose per-series state survives a restart, by snapshot prefix."""
         parts = {**{d.name: d for d in self.detectors}, "__alerts": self.alerts, "__watermarks": self.watermarks}
         if self.air_indices is not None:
@@ -301,4 +305,6 @@ class Evaluator:
             parts["__no_data"] = self.no_data
         if self.water is not None:
             parts["__water"] = self.water
+        if self.forecasts is not None:
+            parts["__forecasts"] = self.forecasts
         return parts
