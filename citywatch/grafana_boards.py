@@ -470,17 +470,28 @@ def alert_annotation(domain: str | None = None) -> InfluxAnnotation:
 def sensor_health_board(settings: Settings, registry: Registry) -> Board:
     last_seen = (table_panel("Lần cuối nhận dữ liệu / Last seen per sensor", MIXED_DS)
                  .span(24).height(14)
-                 .description("Newest reading per sensor (from `scores`) next to the registry's expected reporting "
-                              "interval. A sensor that has not reported has no 'Time'.")
-                 .with_target(InfluxQL('SELECT last("level") AS "level" FROM "scores" WHERE $timeFilter AND '
-                                       f'{tag_filter("area", "sensor")} GROUP BY "sensor"', fmt="table"))
-                 .with_target(sensors_frame(registry, "B"))
+                 .description("Newest reading per sensor (from the domain measurements) and its device state from the "
+                              "latest no_data alert (reporting, late, offline; since when), next to the registry's "
+                              "expected reporting interval. A sensor that has not reported has no last-seen time.")
+                 .with_target(InfluxQL(last_seen_query(registry), fmt="table"))
+                 .with_target(InfluxQL(f'SELECT last("level_code") AS "no_data" FROM "alerts" WHERE "detector" = '
+                                       f'\'no_data\' AND $timeFilter AND {tag_filter("area", "sensor")} GROUP BY "sensor"',
+                                       ref_id="B", fmt="table"))
+                 .with_target(sensors_frame(registry, "C"))
                  .with_transformation(dm.DataTransformerConfig(id_val="joinByField",
                                                                options={"byField": "sensor", "mode": "outer"}))
+                 # the joined frames' time columns: the reading's (Time 1), the no_data state change's (Time 2)
                  .with_transformation(dm.DataTransformerConfig(id_val="organize", options={
-                     "excludeByName": {"latitude": True, "longitude": True, "level": True},
-                     "renameByName": {"Time": "Lần cuối / Last seen", "expected_interval_s": "Chu kỳ / Expected interval"}}))
-                 .override_by_name("Lần cuối / Last seen", [dm.DynamicConfigValue(id_val="unit", value="dateTimeFromNow")])
+                     "excludeByName": {"latitude": True, "longitude": True, "seen": True},
+                     "renameByName": {"Time": LAST_SEEN, "Time 1": LAST_SEEN, "Time 2": "Trạng thái từ / State since",
+                                      "no_data": "Trạng thái / Device state",
+                                      "expected_interval_s": "Chu kỳ / Expected interval"}}))
+                 .override_by_name(LAST_SEEN, [dm.DynamicConfigValue(id_val="unit", value="dateTimeFromNow")])
+                 .override_by_name("Trạng thái từ / State since", [dm.DynamicConfigValue(id_val="unit",
+                                                                                        value="dateTimeFromNow")])
+                 .override_by_name("Trạng thái / Device state", [
+                     dm.DynamicConfigValue(id_val="mappings", value=device_state_mappings()),
+                     dm.DynamicConfigValue(id_val="custom.cellOptions", value={"type": "color-background"})])
                  .override_by_name("Chu kỳ / Expected interval", [dm.DynamicConfigValue(id_val="unit", value="s")]))
     reporting = (stat_panel(f"Cảm biến báo cáo (15 phút) / Sensors reporting (15 min) of {len(registry.sensors)}").span(8).height(6).time_from("15m")
                  .with_target(InfluxQL('SELECT count("level") AS "sensors" FROM (SELECT last("level") AS "level" '
@@ -493,8 +504,10 @@ def sensor_health_board(settings: Settings, registry: Registry) -> Board:
         description="Increase per interval of the engine's rejected_<reason> counters (dead-lettered input).")
     rejected = rejected.draw_style(common.GraphDrawStyle.BARS)
     return Board("cw-sensor-health", "Tình trạng cảm biến / Sensor health", FOLDER_OPERATIONS, "sensor-health.json",
-                 "Which devices are silent or sending bad data.",
-                 [Section("Cảm biến / Sensors", [reporting, rejected, last_seen])],
+                 "Which devices are silent or sending bad data, and why a reading was flagged.",
+                 [Section("Cảm biến / Sensors", [reporting, rejected, last_seen]),
+                  Section("Chất lượng dữ liệu / Data quality", data_quality_panels()),
+                  Section("Vì sao bị đánh dấu / Why flagged", [why_flagged_panel()])],
                  variables_from="scores", tags=["operations"], time_from="now-24h")
 
 
@@ -1318,6 +1331,196 @@ def overview_wqi_section(settings: Settings, registry: Registry) -> Section:
 
 register_section("cw-water", water_index_section)
 register_section("cw-overview", overview_wqi_section)
+
+
+# ------------------------------------------------------------------------------ detector library sections
+
+LAST_SEEN = "Lần cuối / Last seen"
+NO_DATA_STATES = {0: ("đang báo / reporting", "green"), 1: ("trễ / late", "orange"), 2: ("mất tín hiệu / offline", "red")}
+TRAFFIC_ZERO_LEVELS = {0: ("ổn / ok", "green"), 1: ("số 0 bất thường / zero unlikely", "orange"),
+                       2: ("camera chết / dead camera", "red")}
+
+
+def state_mappings(states: dict[int, tuple[str, str]]) -> list[dm.ValueMapping]:
+    return [dm.ValueMap(options={str(k): dm.ValueMappingResult(text=text, color=colour, index=i)
+                                 for i, (k, (text, colour)) in enumerate(states.items())})]
+
+
+def device_state_mappings() -> list[dm.ValueMapping]:
+    """no_data alert levels: 0 reporting, 1 late, 2 offline."""
+    return state_mappings(NO_DATA_STATES)
+
+
+def reporting_metrics(registry: Registry) -> dict[str, list[str]]:
+    """Per domain, metrics that together cover every sensor: each sensor's first (primary) metric,
+    which every one of its readings carries (lab metrics of water stations come days apart)."""
+    out: dict[str, list[str]] = {}
+    for domain in DOMAINS:
+        firsts = {next(iter(s.metrics)) for s in registry.by_domain(domain) if s.metrics}
+        if firsts:
+            out[domain] = sorted(firsts)
+    return out
+
+
+def last_seen_query(registry: Registry) -> str:
+    """Newest reading time per sensor across the domain measurements: one subquery per domain and
+    primary metric (InfluxQL takes several subqueries as sources), each renaming its field "seen"."""
+    where = f'$timeFilter AND {tag_filter("area", "sensor")}'
+    sources = ", ".join(f'(SELECT {q_ident(m)} AS "seen" FROM {q_ident(domain)} WHERE {where})'
+                        for domain, metrics in reporting_metrics(registry).items() for m in metrics)
+    return f'SELECT last("seen") AS "seen" FROM {sources} GROUP BY "sensor"'
+
+
+def flag_timeline(title: str, where: str, group: str, alias: str, description: str, w: int = 12, h: int = 8,
+                  states: dict[int, tuple[str, str]] | None = None) -> statetimeline.Panel:
+    """Highest `anomalies` level per interval (0 where nothing was flagged) as a state timeline."""
+    query = (f'SELECT max("level") AS "level" FROM "anomalies" WHERE {where} AND {tag_filter("area", "sensor")} '
+             f'AND $timeFilter GROUP BY time($__interval), {group} fill(0)')
+    return (statetimeline.Panel().title(title).datasource(DATASOURCE).span(w).height(h).description(description)
+            .with_target(InfluxQL(query, alias=alias))
+            .show_value(common.VisibilityMode.NEVER).legend(TIMELINE_LEGEND).merge_values(True).row_height(0.8)
+            .thresholds(thresholds(LEVEL_COLOURS)).color_scheme(dash.FieldColor().mode(dm.FieldColorModeId.THRESHOLDS))
+            .mappings(state_mappings(states) if states else level_mappings()))
+
+
+def data_quality_panels() -> list[cogbuilder.Builder]:
+    """Sensor health: stuck, spike and drift flags, dropouts (no_data), suspect sensors against area events."""
+    stuck = flag_timeline("Kẹt giá trị / Stuck and flatline", '"detector" = \'stuck\'', '"sensor", "metric"',
+                          "$tag_sensor $tag_metric",
+                          "Readings the stuck detector flagged (a value repeated exactly, or a flat line), per "
+                          "sensor and metric; green where nothing was flagged.")
+    spike_drift = flag_timeline("Đột biến và trôi / Spikes and drift", '"detector" =~ /^(spike|drift)$/',
+                                '"sensor", "metric", "detector"', "$tag_sensor $tag_metric $tag_detector",
+                                "Spikes (rate of change) and calibration drift (against the sensor's own baseline "
+                                "or its neighbours), per sensor, metric and detector.")
+    dropouts = (statetimeline.Panel().title("Mất tín hiệu / Dropouts (no data)").datasource(DATASOURCE).span(12).height(8)
+                .description("Device state from the no_data alerts (state changes, carried forward): late after "
+                             "missed reports, offline after a longer silence, back to reporting.")
+                .with_target(InfluxQL('SELECT last("level_code") AS "state" FROM "alerts" WHERE "detector" = '
+                                      f'\'no_data\' AND {tag_filter("area", "sensor")} AND $timeFilter '
+                                      'GROUP BY time($__interval), "sensor" fill(previous)', alias="$tag_sensor"))
+                .show_value(common.VisibilityMode.NEVER).legend(TIMELINE_LEGEND).merge_values(True).row_height(0.8)
+                .thresholds(thresholds(LEVEL_COLOURS)).color_scheme(dash.FieldColor().mode(dm.FieldColorModeId.THRESHOLDS))
+                .mappings(device_state_mappings()))
+    spatial = flag_timeline("Cảm biến nghi lỗi và sự kiện khu vực / Suspect sensors and area events",
+                            '"detector" = \'spatial\' AND "reason" =~ /^(sensor_suspect|area_event)$/',
+                            '"sensor", "metric", "reason"', "$tag_sensor $tag_metric $tag_reason",
+                            "The spatial detector: a sensor off on its own while its neighbours agree (sensor_suspect: "
+                            "check the device) or neighbours moving together (area_event: something real in the area).")
+    return [stuck, spike_drift, dropouts, spatial]
+
+
+WHY_COLUMNS = {"Time": "Thời điểm / Time", "sensor": "Cảm biến / Sensor", "area": "Phường / Area",
+               "metric": "Chỉ số / Metric", "detector": "Bộ phát hiện / Detector", "reason": "Lý do / Reason",
+               "value": "Giá trị / Value", "threshold": "Ngưỡng hoặc kỳ vọng / Threshold or expected",
+               "score": "Điểm / Score", "level": "Mức / Level"}
+
+
+def why_flagged_panel() -> table.Panel:
+    cols = ", ".join(q_ident(c) for c in list(WHY_COLUMNS)[1:])
+    return (table_panel("Vì sao bị đánh dấu / Why a reading was flagged").span(24).height(12)
+            .description("Every flagged reading and detector (measurement anomalies), newest first: the detector's "
+                         "reason, the value, the threshold or expectation it was compared with, and the score.")
+            .with_target(InfluxQL(f'SELECT {cols} FROM "anomalies" WHERE $timeFilter AND {tag_filter("area", "sensor")} '
+                                  'ORDER BY time DESC LIMIT 1000', fmt="table"))
+            .with_transformation(dm.DataTransformerConfig(id_val="organize", options={
+                "indexByName": {k: i for i, k in enumerate(WHY_COLUMNS)}, "renameByName": WHY_COLUMNS}))
+            .override_by_name(WHY_COLUMNS["level"], [
+                dm.DynamicConfigValue(id_val="mappings", value=level_mappings()),
+                dm.DynamicConfigValue(id_val="custom.cellOptions", value={"type": "color-background"})])
+            .override_by_name(WHY_COLUMNS["score"], [dm.DynamicConfigValue(id_val="decimals", value=2)])
+            .thresholds(thresholds(LEVEL_COLOURS)))
+
+
+def traffic_baseline_section(settings: Settings, registry: Registry) -> Section:
+    """Traffic board: counts against the seasonal baseline's expectation and band; dead cameras."""
+    where = f'{tag_filter("area", "sensor")} AND $timeFilter'
+    counts = InfluxQL(f'SELECT mean("intensity") AS "count" FROM "traffic" WHERE {where} '
+                      'GROUP BY time($__interval), "sensor" fill(null)', alias="$tag_sensor")
+    band = InfluxQL('SELECT mean("expected") AS "expected", mean("lower") AS "lower", mean("upper") AS "upper" '
+                    f'FROM "baseline" WHERE "metric" = \'intensity\' AND {where} '
+                    'GROUP BY time($__interval), "sensor" fill(null)', ref_id="B", alias="$tag_sensor $col")
+    against = (timeseries_panel("Lưu lượng so với kỳ vọng / Vehicle counts against the seasonal baseline",
+                                [counts, band], "short", w=24, h=10,
+                                description="Vehicles per reporting period per camera (choose cameras with the "
+                                            "Sensor variable); dashed: what the seasonal detector expected for that "
+                                            "local hour and kind of day, dotted: the central 99 % of its count model "
+                                            "(Poisson or negative binomial). Counts outside the band are unusual.")
+               .min(0)
+               .override_by_query("B", [
+                   dm.DynamicConfigValue(id_val="custom.lineStyle", value={"fill": "dash", "dash": [10, 10]}),
+                   dm.DynamicConfigValue(id_val="custom.lineWidth", value=1)])
+               .override_by_regexp(r".* (lower|upper)$", [
+                   dm.DynamicConfigValue(id_val="custom.lineStyle", value={"fill": "dot", "dash": [0, 10]}),
+                   dm.DynamicConfigValue(id_val="custom.fillOpacity", value=0)]))
+    zero_where = '"detector" = \'traffic_zero\''
+    timeline = flag_timeline("Camera chết / Dead cameras", zero_where, '"sensor"', "$tag_sensor",
+                             "Zero counts judged by the traffic_zero detector: orange when zeros this long were "
+                             "unlikely, red when the camera is all but certainly dead (cameras with a flag).",
+                             states=TRAFFIC_ZERO_LEVELS)
+    names = {"Time": "Thời điểm / Time", "sensor": "Camera", "area": "Phường / Area", "reason": "Lý do / Reason",
+             "value": "Số xe / Count", "threshold": "Kỳ vọng / Expected count", "score": "Điểm / Score"}
+    flags = (table_panel("Số 0 bất thường / Unlikely zero counts").span(12).height(8)
+             .description("The zero counts the traffic_zero detector flagged, newest first: dead_camera (critical) "
+                          "or zero_unlikely (warning), with the count expected then.")
+             .with_target(InfluxQL('SELECT "sensor", "area", "reason", "value", "threshold", "score" FROM "anomalies" '
+                                   f'WHERE {zero_where} AND {where} ORDER BY time DESC LIMIT 500', fmt="table"))
+             .with_transformation(dm.DataTransformerConfig(id_val="organize", options={
+                 "indexByName": {k: i for i, k in enumerate(names)}, "renameByName": names}))
+             .override_by_name(names["threshold"], [dm.DynamicConfigValue(id_val="decimals", value=1)])
+             .override_by_name(names["score"], [dm.DynamicConfigValue(id_val="decimals", value=2)]))
+    return Section("Đường cơ sở theo mùa / Seasonal baseline", [against, timeline, flags])
+
+
+def area_events_query() -> str:
+    """Spatial alerts whose latest state is an area event (not ok): where something real is going on."""
+    inner = ('SELECT last("level_code") AS "level_code", last("reason") AS "reason", last("value") AS "value" '
+             'FROM "alerts" WHERE "detector" = \'spatial\' AND $timeFilter GROUP BY "area", "sensor", "metric"')
+    return (f'SELECT "area", "sensor", "metric", "value", "level_code" FROM ({inner}) '
+            'WHERE "level_code" > 0 AND "reason" = \'area_event\'')
+
+
+def devices_down_query() -> str:
+    """Sensors whose latest no_data state is offline (2) or late (1): the indicator trick of
+    `category_count_query`."""
+    inner = ('SELECT last("level_code") AS "c" FROM "alerts" WHERE "detector" = \'no_data\' AND $timeFilter '
+             'GROUP BY "sensor"')
+    return ('SELECT sum("off") AS "offline", sum("late") AS "late" FROM (SELECT floor("c" / 2) AS "off", '
+            f'floor(1 / (1 + ("c" - 1) * ("c" - 1))) AS "late" FROM ({inner}))')
+
+
+def overview_operations_section(settings: Settings, registry: Registry) -> Section:
+    """Overview: areas where neighbouring sensors agree something is happening, devices offline."""
+    events = (table_panel("Sự kiện khu vực / Area events").span(16).height(8).time_from(ACTIVE_ALERTS_WINDOW)
+              .description("Sensors whose latest spatial alert (last " + ACTIVE_ALERTS_WINDOW + ") is an area event: "
+                           "the sensor and its neighbours moved together, so the change is real, not a device fault.")
+              .with_target(InfluxQL(area_events_query(), fmt="table"))
+              .with_transformation(dm.DataTransformerConfig(id_val="organize", options={
+                  "excludeByName": {"Time": True},
+                  "renameByName": {"area": "Phường / Area", "sensor": "Cảm biến / Sensor", "metric": "Chỉ số / Metric",
+                                   "value": "Giá trị / Value", "level_code": "Mức / Level"}}))
+              .override_by_name("Mức / Level", [dm.DynamicConfigValue(id_val="mappings", value=level_mappings()),
+                                                dm.DynamicConfigValue(id_val="custom.cellOptions",
+                                                                      value={"type": "color-background"})])
+              .thresholds(thresholds(LEVEL_COLOURS)))
+    down = (stat_panel(f"Thiết bị mất tín hiệu / Sensors offline of {len(registry.sensors)}").span(8).height(8)
+            .time_from(ACTIVE_ALERTS_WINDOW)
+            .description("Sensors whose latest no_data state (last " + ACTIVE_ALERTS_WINDOW + ") is offline, and "
+                         "those that are late.")
+            .with_target(InfluxQL(devices_down_query(), fmt="table"))
+            .thresholds(thresholds([(None, "green"), (1, "red")])).no_value("0")
+            .override_by_name("offline", [dm.DynamicConfigValue(id_val="displayName",
+                                                                value="Mất tín hiệu / Offline")])
+            .override_by_name("late", [dm.DynamicConfigValue(id_val="displayName", value="Trễ / Late"),
+                                       dm.DynamicConfigValue(id_val="thresholds", value=dm.ThresholdsConfig(
+                                           mode=dm.ThresholdsMode.ABSOLUTE,
+                                           steps=[dm.Threshold(value=None, color="green"),
+                                                  dm.Threshold(value=1, color="orange")]))]))
+    return Section("Vận hành / Operations", [events, down])
+
+
+register_section("cw-traffic", traffic_baseline_section)
+register_section("cw-overview", overview_operations_section)
 
 
 # ------------------------------------------------------------------------------ provisioning

@@ -33,6 +33,14 @@ LOCAL_OFFSET = 7 * 3600  # Asia/Ho_Chi_Minh: local days start at 17:00 UTC
 DAILY_STATIONS = ["aq-001", "aq-002", "aq-003"]  # a whole local day before that: daily VN_AQI
 FIRE_STATIONS = ["fr-001", "fr-002"]  # and daily fire danger (judged when their next day's first hour closes)
 LAB_SPAN = 27 * DAY  # weekly lab samples of every water station before that: VN_WQI and the lab panels
+# (kind, sensor, metric, start and end relative to now in s, magnitude)
+FAULTS = [
+    ("stuck", "aq-008", "pm25", -SPAN + 1200, 3600, None),  # a flatline: stuck
+    ("spike", "aq-012", "pm25", -1800, -1740, 300.0),  # a single reading far off: spike
+    ("dropout", "aq-020", None, -1500, 3600, None),  # silent for 25 min: offline (no_data)
+    ("drift", "tc-012", "intensity", -1200, 3600, -1e6),  # counts clipped to zero: a dead camera
+    ("episode", "aq-004", None, -3000, 3600, 150.0),  # PM rises at neighbouring stations: area event
+]
 
 
 def lab_messages(sim: Simulator, t0: float, t1: float) -> list[tuple[str, bytes]]:
@@ -255,12 +263,17 @@ def test_every_query_returns_data(mosquitto, influxdb, db_name, tmp_path, sample
     settings, registry = sample
     now = time.time()
     rules = [r.model_dump(by_alias=True) for r in settings.detectors.thresholds]
+    # the road-class floor of expected traffic all day: the dead camera below is judged whatever the
+    # local hour the test runs at (at night a main road's zeros need a warm baseline)
     cfg = engine_settings(mosquitto.url, influxdb.url, db_name, tmp_path, "grafana-engine",
-                          detectors={"thresholds": rules})
+                          detectors={"thresholds": rules, "traffic_zero": {"daytime_hours": [0, 24]}})
     engine = Engine(cfg, registry=registry)
     sim = Simulator(registry, seed=11, start=now - SPAN)
     # an NO2 rise at aq-005 past the QCVN warning and critical levels: state changes for the alert panels
     sim.inject("drift", "aq-005", "no2", start=now - SPAN + 60, end=now + 3600, magnitude=600)
+    # one fault of every kind the sensor health, traffic and overview panels show
+    for kind, sensor, metric, start, end, magnitude in FAULTS:
+        sim.inject(kind, sensor, metric, start=now + start, end=now + end, magnitude=magnitude)
     # in time order: a whole local day at a few stations (daily VN_AQI and fire danger, closed by the
     # first readings after local midnight and the forest stations' next readings), the air stations for
     # a few hours (hourly indices), then every sensor (more than an hour: every camera has a closed
@@ -298,6 +311,14 @@ def test_every_query_returns_data(mosquitto, influxdb, db_name, tmp_path, sample
             before = health()
             engine._last_health = 0.0  # the next pipeline tick writes the health point
             wait_for(lambda: health() > before, 10, "health point")
+        # the device check (every 5 s) after the last reading: the silent sensor is offline by event time
+        def offline() -> bool:
+            q = (f'SELECT count("value") FROM "alerts" WHERE "detector" = \'no_data\' AND "level" = \'critical\' '
+                 f'AND "sensor" = \'{next(f[1] for f in FAULTS if f[0] == "dropout")}\'')
+            return "series" in influxdb.query(q, db=db_name)["results"][0]
+
+        engine._last_device_check = 0.0
+        wait_for(offline, 10, "offline alert")
     finally:
         device.close()
         engine.stop()
@@ -351,6 +372,7 @@ def test_every_query_returns_data(mosquitto, influxdb, db_name, tmp_path, sample
     rows = influx_query(influxdb, db_name, GrafanaInfluxQL(to_ms, 7 * 86400000, {}).expand(gb.active_alerts_query()))
     found = {(r[1], r[4]) for s in rows for r in s["values"]}
     assert ("aq-005", "no2") in found
+    check_detector_panels(answers, registry, to_ms)
     check_index_panels(answers, registry, midnight)
     check_fire_and_traffic_panels(answers, registry, midnight)
     check_water_panels(answers, registry, settings)
@@ -403,6 +425,73 @@ def check_index_panels(answers: dict[tuple[str, str], list[dict]], registry: Reg
     counts, = table_rows(answers[("Số trạm theo mức VN_AQI / Stations per VN_AQI category", "A")])
     expected = {gb.category_label(c): sum(r["category"] == c.number for r in latest) for c in vn_aqi.CATEGORIES}
     assert {k: counts[k] for k in expected} == expected
+
+
+def check_detector_panels(answers: dict[tuple[str, str], list[dict]], registry: Registry, to_ms: int) -> None:
+    """Sensor health, seasonal baseline and overview panels: each injected fault where its panel shows it."""
+    faults = {kind: (sensor, metric, start) for kind, sensor, metric, start, _, _ in FAULTS}
+    cameras = {s.id for s in registry.by_domain("traffic")}
+    # counts against the seasonal baseline: per camera, the band holds the expectation and most counts
+    title = "Lưu lượng so với kỳ vọng / Vehicle counts against the seasonal baseline"
+    counts = {s["tags"]["sensor"]: dict(s["values"]) for s in answers[(title, "A")]}
+    band = answers[(title, "B")]
+    assert set(counts) == cameras and {s["tags"]["sensor"] for s in band} == cameras
+    inside = total = 0
+    for s in band:
+        assert s["columns"] == ["time", "expected", "lower", "upper"]
+        for t, expected, lower, upper in s["values"]:
+            if expected is None:
+                continue
+            assert 0 <= lower <= expected <= upper, s["tags"]
+            x = counts[s["tags"]["sensor"]].get(t)
+            if x is not None and s["tags"]["sensor"] != faults["drift"][0]:
+                total += 1
+                inside += lower <= x <= upper
+    assert total > 500 and inside / total > 0.9, (inside, total)
+    # the dead camera: critical in the timeline, its zeros in the table with the count expected
+    dead = faults["drift"][0]
+    timeline = {s["tags"]["sensor"]: [v[1] for v in s["values"]] for s in answers[("Camera chết / Dead cameras", "A")]}
+    assert max(timeline[dead]) == 2 and set(timeline) <= cameras, timeline[dead]
+    zeros = table_rows(answers[("Số 0 bất thường / Unlikely zero counts", "A")])
+    mine = [r for r in zeros if r["sensor"] == dead]
+    assert {r["reason"] for r in mine} <= {"zero_unlikely", "dead_camera"} and "dead_camera" in {r["reason"] for r in mine}
+    assert all(r["value"] == 0 and r["threshold"] > 0 for r in zeros)
+    # last seen: every sensor, the silent one since its dropout began; its no_data state is offline
+    seen = {r["sensor"]: r["time"] for r in table_rows(answers[("Lần cuối nhận dữ liệu / Last seen per sensor", "A")])}
+    assert set(seen) == set(registry.sensors)
+    silent, _, start = faults["dropout"]
+    assert to_ms + start * 1000 - 120_000 <= seen[silent] < to_ms + start * 1000
+    assert sorted(seen.values())[len(seen) // 2] > to_ms - 15 * 60_000  # the others are recent
+    state = {r["sensor"]: r["no_data"] for r in table_rows(answers[("Lần cuối nhận dữ liệu / Last seen per sensor", "B")])}
+    assert state[silent] == 2, state
+    dropouts = {s["tags"]["sensor"]: s["values"] for s in answers[("Mất tín hiệu / Dropouts (no data)", "A")]}
+    assert dropouts[silent][-1][1] == 2, dropouts[silent][-5:]
+    # stuck, spike: the injected sensor and metric flagged
+    def flagged(title: str, *tags: str) -> set[tuple[str, ...]]:
+        return {tuple(s["tags"][t] for t in tags) for s in answers[(title, "A")] if max(v[1] for v in s["values"]) > 0}
+
+    sensor, metric, _ = faults["stuck"]
+    assert (sensor, metric) in flagged("Kẹt giá trị / Stuck and flatline", "sensor", "metric")
+    sensor, metric, _ = faults["spike"]
+    assert (sensor, metric, "spike") in flagged("Đột biến và trôi / Spikes and drift", "sensor", "metric", "detector")
+    # spatial: the episode's stations are area events, the NO2 drift at aq-005 a suspect sensor
+    spatial = answers[("Cảm biến nghi lỗi và sự kiện khu vực / Suspect sensors and area events", "A")]
+    reasons = {(s["tags"]["sensor"], s["tags"]["reason"]) for s in spatial if max(v[1] for v in s["values"]) > 0}
+    assert (faults["episode"][0], "area_event") in reasons and ("aq-005", "sensor_suspect") in reasons
+    # why flagged: one row per reading and detector, newest first, with what it was compared with
+    why = table_rows(answers[("Vì sao bị đánh dấu / Why a reading was flagged", "A")])
+    assert set(gb.WHY_COLUMNS) - {"Time"} <= set(why[0]) and [r["time"] for r in why] == sorted(
+        (r["time"] for r in why), reverse=True)
+    seen_kinds = {(r["sensor"], r["detector"]) for r in why}
+    assert {(faults["stuck"][0], "stuck"), (faults["spike"][0], "spike"), (dead, "traffic_zero")} <= seen_kinds
+    assert all(r["level"] in (1, 2) and 0 <= r["score"] <= 1 for r in why)
+    # overview: active area events are the episode's, and the offline count is the silent sensor
+    events = table_rows(answers[("Sự kiện khu vực / Area events", "A")])
+    assert events and all(r["level_code"] > 0 for r in events)
+    assert {r["sensor"] for r in events} <= {s for s, reason in reasons if reason == "area_event"}
+    down, = table_rows(answers[(f"Thiết bị mất tín hiệu / Sensors offline of {len(registry.sensors)}", "A")])
+    assert down["offline"] == sum(v == 2 for v in state.values()) >= 1
+    assert down["late"] == sum(v == 1 for v in state.values())
 
 
 def check_forecast_overlays(answers: dict[tuple[str, str], list[dict]], registry: Registry) -> None:
