@@ -83,14 +83,12 @@ NOVELTY_FIELDS: dict[str, tuple[type, float]] = {
 }
 
 
-def envelope_step(hi: np.ndarray, lo: np.ndarray, started: np.ndarray, x: np.ndarray, memory: float,
-                  min_width: float = 0.0) -> np.ndarray:
-    """Signed novelty of x against the envelope [lo, hi] (+ above, - below, as a fraction of its width,
-    taken as at least `min_width`), then the envelope update, in place. Where `started` is False the
-    envelope starts at x."""
+def envelope_step(hi: np.ndarray, lo: np.ndarray, started: np.ndarray, x: np.ndarray, memory: float) -> np.ndarray:
+    """Signed novelty of x against the envelope [lo, hi] (+ above, - below, as a fraction of its width),
+    then the envelope update, in place. Where `started` is False the envelope starts at x."""
     hi0 = np.where(started, hi, x)
     lo0 = np.where(started, lo, x)
-    tiny = np.maximum(1e-12 * (1.0 + np.abs(hi0) + np.abs(lo0)), min_width)
+    tiny = 1e-12 * (1.0 + np.abs(hi0) + np.abs(lo0))
     above = np.maximum(x - hi0, 0.0)
     below = np.maximum(lo0 - x, 0.0)
     novelty = np.where(above >= below, above, -below) / np.maximum(hi0 - lo0, tiny)

@@ -369,15 +369,3 @@ def test_state_is_bounded_per_series(name):
     snap = det.snapshot()
     per_series = sum(v.nbytes for k, v in snap.items() if not k.startswith("__")) / 100
     assert per_series <= 2048
-
-
-def test_envelope_novelty_is_measured_in_at_least_min_width():
-    """Known answers: against an envelope [0, 0.2] a reading of 1.0 is 4 widths beyond it, or 0.8
-    widths of 1.0 when the width is taken as at least 1.0; the envelope then holds the reading."""
-    from citywatch.detectors.range_novelty import envelope_step
-
-    for min_width, expected in ((0.0, 4.0), (1.0, 0.8)):
-        hi, lo = np.array([0.2]), np.array([0.0])
-        nov = envelope_step(hi, lo, np.array([True]), np.array([1.0]), 1e9, min_width)
-        assert nov[0] == pytest.approx(expected)
-        assert hi[0] == pytest.approx(1.0) and lo[0] == pytest.approx(1e-9, abs=1e-8)
