@@ -85,11 +85,11 @@ of Numenta HTM's published score on the full corpus (before the sigma floor and 
 refractory period: 65.5 / 57.0 / 70.3). The defaults were chosen on this same subset (memories,
 scales, refractory period, sigma floor), so the figures are optimistic for unseen data. Leave one
 category out (7 categories; the threshold chosen on the other 6 and applied to the held-out one):
-65.3 with these defaults; 61.4 when the sigma floor (0 to 3 %) and the refractory period (100 to
+65.3 with these defaults (62.2 before the sigma floor and the longer refractory period); 61.4 when the sigma floor (0 to 3 %) and the refractory period (100 to
 400) are chosen on the other 6 as well - that choice is unstable, the full-subset score moving by
 less than 1.8 points across the grid. `benchmarks/nab_bench.py` reproduces the full-subset figures.
 
-State: 26 float64 per series (208 bytes). Sample configuration: see `SAMPLE_CONFIG`.
+State: 24 float64 per series (192 bytes). Sample configuration: see `SAMPLE_CONFIG`.
 
 Example: a river-level probe, noise around 2 m, that jumps by 0.8 m at reading 300:
 
