@@ -136,7 +136,8 @@ def test_restart_keeps_open_alerts_and_sends_nothing_twice(make_engine, device, 
     device.publish_all([("city/air/aq-001/telemetry", [no2(0, 250.0), no2(2, 255.0)])])
     wait_for(lambda: first.kinds() == ["firing"], 10, "firing")
     open_before = engine.alerting.manager.open_alerts()
-    assert engine.stats.get("alerts_open") == 1 and engine.stats.get("notifications") == 1
+    # the gauges are set right after the notifications are handed over
+    wait_for(lambda: engine.stats.get("alerts_open") == 1 and engine.stats.get("notifications") == 1, 5, "gauges")
     engine.stop()
     # as after a crash before the detectors' last snapshot: the detectors forget the alert, and the
     # device (or the broker) delivers the same readings again
