@@ -25,9 +25,11 @@ metric) the manager keeps at most one open alert and moves it through
   rule, metric) when the alert's reading time, or the current time, falls in the window. When the
   window is over (in wall-clock and in event time), an alert it muted that is still open is reported.
 * **Grouping, inhibition** (`grouping.py`), **routing, escalation, storm control** (`routing.py`).
-* **Persistence**: `save()` writes the whole state atomically to a JSON file and records the ids of
-  the notifications already sent; after a restart, replayed readings change nothing and nothing is
-  sent twice.
+* **Persistence**: the whole state (open alerts, flap history, group buffers, silences, audit log,
+  ids of the notifications already sent) goes atomically to a JSON file - at once after notifications
+  were handed to the sink, otherwise at most every `save_interval`, and on `save()`. After a restart,
+  replayed readings change nothing and nothing is sent twice; notifications still waiting in a group
+  go out.
 
 Event time drives the alert's own clock (for-duration, hold-down, flapping, group wait); the injectable
 wall `clock` drives what is about people (repeats, escalation, storm windows, the duty rota).
