@@ -572,3 +572,23 @@ def test_state_is_saved_at_once_when_something_was_sent_and_throttled_otherwise(
     assert state.read_bytes() == saved
     m.save()
     assert state.read_bytes() != saved
+
+
+def test_devices_going_late_then_offline_as_the_no_data_detector_reports_them():
+    m, sink, _ = manager()
+
+    def device(sensor: str, level: str, t_s: float, reason: str) -> AlertEvent:
+        e = ev(sensor, level, t_s, detector="no_data", metric="device", value=t_s)
+        e.reason = reason
+        return e
+
+    m.ingest([device("aq-001", "warning", 0, "late"), device("aq-002", "warning", 10, "late")], event_now_ns=at(40))
+    assert sink.summary() == [("firing", "duty-officer", ["aq-001|no_data:device", "aq-002|no_data:device"])]
+    m.ingest([device("aq-001", "critical", 600, "offline"), device("aq-002", "critical", 610, "offline"),
+              ev("aq-003", "critical", 620)], event_now_ns=at(700))
+    # two of the four tan-phong devices offline: the area is; their own rise to critical and the
+    # neighbour's threshold alert are explained by it
+    assert sink.summary()[1:] == [("firing", "duty-officer", [area_offline_key("tan-phong")])]
+    assert {a.key: a.inhibited_by for a in m.open_alerts() if a.scope == "sensor"} == {
+        "aq-001|no_data:device": area_offline_key("tan-phong"), "aq-002|no_data:device": area_offline_key("tan-phong"),
+        "aq-003|threshold:no2": area_offline_key("tan-phong")}
