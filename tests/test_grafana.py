@@ -37,7 +37,9 @@ LAB_SPAN = 27 * DAY  # weekly lab samples of every water station before that: VN
 FAULTS = [
     ("stuck", "aq-008", "pm25", -SPAN + 1200, 3600, None),  # a flatline: stuck
     ("spike", "aq-012", "pm25", -1800, -1740, 300.0),  # a single reading far off: spike
-    ("dropout", "aq-020", None, -1500, 3600, None),  # silent for 25 min: offline (no_data)
+    # silent for 80 min: offline (no_data: ten times the expected interval, which is the device's
+    # upload step when it sends several readings per message: up to 6 min here)
+    ("dropout", "aq-020", None, -SPAN + 600, 3600, None),
     ("drift", "tc-012", "intensity", -1200, 3600, -1e6),  # counts clipped to zero: a dead camera
     ("episode", "aq-004", None, -3000, 3600, 150.0),  # PM rises at neighbouring stations: area event
 ]
