@@ -128,6 +128,9 @@ def run(args) -> int:
     broker.start()
     influx.start()
     settings.mqtt.url, settings.influxdb.url, settings.data_dir = broker.url, influx.url, str(work / "engine")
+    limit = settings.validation.max_messages_per_sensor_per_s
+    if limit is not None:  # replaying history faster than real time: devices publish `speedup` times faster
+        settings.validation.max_messages_per_sensor_per_s = max(limit, args.speedup / 10.0)
     # Each demo replays the last day from scratch: state from an earlier run would make it "late".
     if settings.detectors.state_file:
         settings.data_path(settings.detectors.state_file).unlink(missing_ok=True)
