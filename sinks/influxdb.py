@@ -108,19 +108,17 @@ Stats: counters `influx_points_written`, `influx_writes` (accepted requests), `i
 
 from __future__ import annotations
 
-import email.utils
 import gzip
-import ssl
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Callable, Sequence
 
 import httpx
 import structlog
 
 from citywatch.config import BatchingConfig, InfluxConfig
+from citywatch.sinks.http import influx_client_options, parse_retry_after
 from citywatch.sinks.line_protocol import split_lines
 from citywatch.sinks.spool import Spool
 from citywatch.stats import RateLimitedLog, Stats
@@ -140,23 +138,6 @@ class _Result:
 
 
 _OK = _Result("ok")
-
-
-def _retry_after_seconds(value: str | None) -> float | None:
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
 
 
 def _quote_identifier(name: str) -> str:
@@ -210,28 +191,9 @@ class InfluxWriter:
         self._params = {"db": cfg.database, "precision": "ns"}
         if cfg.retention_policy:
             self._params["rp"] = cfg.retention_policy
-        headers = {"User-Agent": "citywatch"}
-        auth = None
-        if cfg.token is not None and cfg.token.get_secret_value():
-            headers["Authorization"] = f"Token {cfg.token.get_secret_value()}"
-        elif cfg.username:
-            auth = httpx.BasicAuth(cfg.username, cfg.password.get_secret_value() if cfg.password else "")
-        verify: bool | ssl.SSLContext
-        if not cfg.verify_tls:
-            verify = False
-        elif cfg.ca_file:
-            verify = ssl.create_default_context(cafile=cfg.ca_file)
-        else:
-            verify = True
         pool = batching.concurrent_writes + 2  # writers, the replay thread, ensure_database
-        self._client = httpx.Client(
-            base_url=cfg.url.rstrip("/"),
-            headers=headers,
-            auth=auth,
-            verify=verify,
-            timeout=httpx.Timeout(cfg.timeout),
-            limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool),
-        )
+        self._client = httpx.Client(**influx_client_options(cfg, "citywatch"),
+                                    limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool))
 
     # -- state ---------------------------------------------------------------------------------------
 
@@ -341,7 +303,7 @@ class InfluxWriter:
                     self._loud(f"http{status}", f"influxdb refused {what}: points are spooled until this is fixed",
                                url=self.cfg.url, database=self.cfg.database, kind=kind, error=error)
                     return _Result("unavailable", error)
-                retry_after = _retry_after_seconds(r.headers.get("Retry-After"))
+                retry_after = parse_retry_after(r.headers.get("Retry-After"))
             self.stats.inc("influx_write_errors")
             if attempt >= retries or self._closed:
                 return _Result("unavailable", error, retry_after)

@@ -70,12 +70,12 @@ def test_rate_limit_lets_a_steady_device_through():
     assert len(batch) == 200 and rejections == []
 
 
-def test_rate_limit_is_off_by_default_and_in_the_sample_config():
+def test_rate_limit_is_off_unless_configured_and_on_in_the_sample_config():
     v = make()
     batch, rejections = v.validate([_msg("aq-001", i, ARRIVAL) for i in range(5000)])
     assert len(batch) == 5000 and not rejections
     s = load_settings(SAMPLE, env={})
-    assert s.validation.max_messages_per_sensor_per_s is None and s.validation.rate_limit_burst == 60
+    assert s.validation.max_messages_per_sensor_per_s == 5 and s.validation.rate_limit_burst == 600
 
 
 @pytest.mark.integration

@@ -7,12 +7,12 @@ validated before they get there (sensor ids by the registry's pattern, time rang
 
 from __future__ import annotations
 
-import ssl
 from typing import Any
 
 import httpx
 
 from citywatch.config import InfluxConfig
+from citywatch.sinks.http import influx_client_options
 
 
 class InfluxUnavailable(RuntimeError):
@@ -33,23 +33,6 @@ def literal(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def client_options(cfg: InfluxConfig) -> dict[str, Any]:
-    """httpx options for the configured server: base URL, token or basic auth, TLS verification."""
-    headers = {"User-Agent": "citywatch-public"}
-    auth = None
-    if cfg.token is not None and cfg.token.get_secret_value():
-        headers["Authorization"] = f"Token {cfg.token.get_secret_value()}"
-    elif cfg.username:
-        auth = httpx.BasicAuth(cfg.username, cfg.password.get_secret_value() if cfg.password else "")
-    verify: bool | ssl.SSLContext = True
-    if not cfg.verify_tls:
-        verify = False
-    elif cfg.ca_file:
-        verify = ssl.create_default_context(cafile=cfg.ca_file)
-    return {"base_url": cfg.url.rstrip("/"), "headers": headers, "auth": auth, "verify": verify,
-            "timeout": httpx.Timeout(cfg.timeout)}
-
-
 Row = dict[str, Any]
 
 
@@ -62,7 +45,7 @@ class InfluxReader:
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
-            self._client = httpx.AsyncClient(**client_options(self.cfg),
+            self._client = httpx.AsyncClient(**influx_client_options(self.cfg, "citywatch-public"),
                                              limits=httpx.Limits(max_connections=8, max_keepalive_connections=8))
         return self._client
 

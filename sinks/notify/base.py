@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from email.utils import parsedate_to_datetime
-from datetime import datetime, timezone
 from collections.abc import Mapping
 from typing import Literal, Protocol, runtime_checkable
 
 from citywatch.alerting.model import Notification
 from citywatch.config import StrictModel, read_secret_file
+from citywatch.sinks.http import parse_retry_after  # noqa: F401  (the channels' Retry-After)
 
 Language = Literal["vi", "en"]
 
@@ -37,24 +36,6 @@ class Channel(Protocol):
 
 class ChannelOptions(StrictModel):
     language: Language | None = None  # overrides the recipient's language for this channel
-
-
-def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
-    """Seconds from a Retry-After header: delta-seconds or an HTTP date (RFC 9110 10.2.3)."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - (now or datetime.now(timezone.utc))).total_seconds())
 
 
 def secret(var: str | None, env: Mapping[str, str]) -> str | None:
