@@ -179,7 +179,10 @@ class DetectorsConfig(StrictModel):
     anomaly: Section[AnomalyConfig] = Field(default_factory=lambda: AnomalyConfig())
     seasonal: Section[SeasonalConfig] = Field(default_factory=lambda: SeasonalConfig(metrics=["intensity"]))
     traffic_zero: Section[TrafficZeroConfig] = Field(default_factory=lambda: TrafficZeroConfig())
-    spatial: Section[SpatialConfig] = Field(default_factory=lambda: SpatialConfig())
+    # Turbidity rises along the whole river after rain (runoff: weather, not pollution or a broken
+    # sensor): in the engine it would raise area events on every storm, so it is left out here.
+    spatial: Section[SpatialConfig] = Field(default_factory=lambda: SpatialConfig(
+        metrics=["pm25", "no2", "dissolvedOxygen"]))
     # The statistics the default profile (`anomaly`) combines, as detectors of their own: off by default.
     robust_zscore: Section[RobustZConfig] = None
     ewma_cusum: Section[CusumConfig] = None

@@ -20,10 +20,11 @@ from citywatch.batch import FLAG_DUPLICATE, FLAG_LATE, ReadingBatch
 from citywatch.detectors.base import LEVEL_CRITICAL, LEVEL_NOT_EVALUATED, LEVEL_OK, LEVEL_WARNING
 from citywatch.detectors.drift import DriftConfig, DriftDetector
 from citywatch.detectors.no_data import NoDataConfig, NoDataDetector
-from citywatch.detectors.spike import DEFAULT_IDLE, SpikeConfig, SpikeDetector
-from citywatch.detectors.stuck import DEFAULT_EXEMPT, StuckConfig, StuckDetector, segmented_linear_scan
+from citywatch.detectors.spike import SpikeConfig, SpikeDetector
+from citywatch.detectors.stuck import StuckConfig, StuckDetector, segmented_linear_scan
 from citywatch.registry import MetricSpec, Registry, SeriesIndex, Sensor
 from citywatch.simulator import Fault, Simulator
+from scenario_scoring import spike_clipped, stuck_value_exempt
 
 S = 10**9
 MINUTE = 60 * S
@@ -609,8 +610,11 @@ def score(run: Run, kind: str, grace_s: float = 3600.0) -> Score:
         rows = rows_of[sid]
         inside = rows[(r.ts[rows] >= lo) & (r.ts[rows] < hi)]
         differs = inside[r.value[inside] != r.clean[inside]]
-        if len(differs) == 0 or (kind == "stuck" and _exempt(run, sid, r.value[inside[0]])) \
-                or (kind == "spike" and _clipped_spike(run, sid, f, inside, rows)):
+        metric = run.series.metrics[sid]
+        after = rows[(r.ts[rows] >= hi) & (r.ts[rows] <= hi + int(iv * NS))]
+        if len(differs) == 0 or (kind == "stuck" and stuck_value_exempt(metric, r.value[inside[0]])) \
+                or (kind == "spike" and spike_clipped(metric, r.value[inside], r.clean[inside],
+                                                      f.params["magnitude"], len(after) > 0)):
             sc.unobservable += 1
             continue
         sc.faults += 1
@@ -637,27 +641,9 @@ def score(run: Run, kind: str, grace_s: float = 3600.0) -> Score:
     return sc
 
 
-def _clipped_spike(run: Run, sid: int, fault: Fault, inside: np.ndarray, rows: np.ndarray) -> bool:
-    """A spike that is no longer one in the data: clipped by the physical range to under a quarter of its
-    size, or into the idle range of its metric (occupancy 0 with no vehicles), or never followed by a
-    reading that could come back (the data ends, or the sensor falls silent right after it)."""
-    r = run.readings
-    size = np.max(np.abs(r.value[inside] - r.clean[inside]))
-    idle = DEFAULT_IDLE.get(run.series.metrics[sid])
-    into_idle = idle is not None and bool(np.all((r.value[inside] >= idle.min) & (r.value[inside] <= idle.max)))
-    iv_ns = int(run.interval_s[fault.sensors[0]] * NS)
-    after = rows[(r.ts[rows] >= _ns(fault.end)) & (r.ts[rows] <= _ns(fault.end) + iv_ns)]
-    return size < 0.25 * abs(fault.params["magnitude"]) or into_idle or len(after) == 0
-
-
 def _ns(t_s: float) -> int:
     """Epoch seconds (as the simulator keeps them, ms resolution) to ns."""
     return int(round(t_s * 1000)) * 1_000_000
-
-
-def _exempt(run: Run, sid: int, value: float) -> bool:
-    rng = DEFAULT_EXEMPT.get(run.series.metrics[sid])
-    return rng is not None and rng.min <= value <= rng.max
 
 
 def false_alerts(run: Run) -> dict[str, list[tuple[str, str, int]]]:

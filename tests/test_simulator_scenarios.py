@@ -1,69 +1,125 @@
 """The engine's whole default detector set on a simulated city with injected faults and events.
 
-One warm-up day, then a day in which the simulator (seed 7) injects, per sensor, about one spike,
-stuck run, drift and dropout, and pollution episodes over neighbouring air stations. The readings go
-through `Evaluator` exactly as in the engine (event-time batches of one minute, devices checked on
-the event clock), and the alerts it raises are scored against the simulator's ground truth:
+One warm-up day, then a day in which the simulator injects, per sensor, about one spike, stuck run,
+drift and dropout, and pollution episodes over neighbouring air stations; seeds 7, 3 and 21 (three
+different schedules, so that defaults are not fitted to one). The readings go through `Evaluator`
+exactly as in the engine (event-time batches of one minute, devices checked on the event clock), and
+the alerts it raises are scored against the simulator's ground truth, with the clean signal (the same
+seed, no faults) to tell what the readings show (rules in `scenario_scoring`):
 
 * an *alert* is a detector's alert event that leaves ok (or, for the spatial detector, changes
   between "sensor suspect" and "area event"); regulatory and index alerts are not fault alerts;
-* precision: alerts on a sensor with a labelled fault or event that overlaps them (until an hour
-  after its end), over all alerts after the warm-up;
-* recall: faults with an alert on one of their sensors from their start until five sample
-  intervals after their end (a dropout: the device going late or offline);
-* delay: from the fault's start to its first alert, in the sensor's sample intervals.
+* an alert is *on* a fault if it is on one of the fault's sensors and one of the metrics it touches
+  (any metric for a dropout; the device for the no-data detector);
+* precision: alerts on a labelled fault or event from its start until an hour after its end, over
+  all alerts after the warm-up;
+* unobservable faults are counted apart and not scored for recall: a dropout inside an earlier one,
+  a stuck run at a value the metric legitimately holds, a spike clipped by the physical range (or
+  into the idle range, or followed by silence), a drift or episode that never deviates from the
+  clean signal by more than 3 noise sd;
+* recall: observable faults with an alert on them from their start until five sample intervals
+  after their end (a dropout: the device going late or offline);
+* delay: from the fault's *observable onset* to its first alert, in the sensor's sample intervals
+  (0 if the alert comes first). The onset is the fault's start for a dropout, its first reading that
+  differs from the clean signal for a spike or a stuck run (a stuck run's first frozen reading is a
+  true one), and for a drift or an episode the first reading whose deviation from the clean signal
+  exceeds 3 noise sd (the clean series' reading-to-reading noise: 1.4826 MAD of its first
+  differences / sqrt 2).
 
-Figures on this seed (printed with -s): 967 alerts, precision 0.92; recall dropout 0.98, stuck
-0.92, spike 0.85, drift 0.81, episodes 1.00; median delay dropout 1.3, spike 0, stuck 3 (2 after the
-first repeated value, since the first frozen reading is a true one), drift about 70 (a drift starts
-at zero), episodes 7.5 (they build up). Inside episodes 83 % of the spatial alerts say "area event";
-elsewhere most say "sensor suspect". The issue's target (0.95 / 0.95 / 2 intervals) is met for
-dropouts only; the assertions below hold what is reached, so that it cannot slip back unnoticed.
+Figures (printed with -s; seed 7 / 3 / 21): precision 0.91 / 0.86 / 0.81 (of 961 / 761 / 812
+alerts); recall (median delay in intervals) dropout 1.00 (1.3) / 0.99 (1.2) / 1.00 (1.3), stuck 0.99
+(3) on all three, spike 0.94 / 0.93 / 0.89 (0), drift 0.74 (40) / 0.71 (37) / 0.68 (57), episodes
+1.0 (7.4 / none scheduled / 5.0). Unobservable: 17 / 16 / 16 spikes, 9 / 5 / 8 stuck runs, 4 / 8 /
+13 drifts. Most false alerts come from the `anomaly` profile on weather-driven series (turbidity and
+conductivity after rain, precipitation, traffic counts) and from drift against neighbours on PM.
+Inside episodes most spatial alerts say "area event"; elsewhere most say "sensor suspect". The
+issue's target (0.95 / 0.95 / 2 intervals) is met for dropouts, for stuck recall and for spike delays
+only; the assertions below hold what is reached on every seed, so that it cannot slip back unnoticed.
 """
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from citywatch.alerts import AlertEvent
 from citywatch.batch import ReadingBatch
 from citywatch.config import Settings
 from citywatch.evaluate import Evaluator
 from citywatch.registry import Registry, SeriesIndex
-from citywatch.simulator import FAULT_KINDS, Simulator
+from citywatch.simulator import FAULT_KINDS, Fault, Simulator
+from scenario_scoring import K_NOISE, noise_sd, onset_index, spike_clipped, stuck_value_exempt
 
 REGISTRY = Path(__file__).resolve().parents[1] / "config" / "sensors" / "bienhoa.yaml"
 NS = 10**9
 START = 1_780_000_000.0  # a fixed day, so that the figures are reproducible
+SEEDS = (7, 3, 21)
 FAULT_DETECTORS = {"stuck", "spike", "drift", "no_data", "anomaly", "seasonal", "traffic_zero", "spatial"}
 PRECISION_GRACE_S = 3600.0
 RECALL_GRACE_INTERVALS = 5
 
 
-@pytest.fixture(scope="module")
-def city_day():
+@dataclass
+class Series:
+    ts: np.ndarray  # epoch s
+    value: np.ndarray
+    clean: np.ndarray  # the same reading without faults
+    sd: float  # noise sd of the clean series (scenario_scoring.noise_sd)
+
+
+@dataclass
+class CityDay:
+    events: list[AlertEvent]
+    faults: list[Fault]
+    interval: dict[str, float]
+    series: dict[tuple[str, str], Series]
+
+
+@dataclass
+class KindScore:
+    observable: int = 0
+    unobservable: int = 0
+    delays: list[float] = field(default_factory=list)  # of the detected faults, from the observable onset
+
+    @property
+    def recall(self) -> float:
+        return len(self.delays) / self.observable if self.observable else 1.0
+
+    @property
+    def median_delay(self) -> float:
+        return float(np.median(self.delays)) if self.delays else float("nan")
+
+
+def simulate_city_day(seed: int) -> CityDay:
     registry = Registry.load(REGISTRY)
-    series = SeriesIndex(registry)
-    series.add_registry()
+    index = SeriesIndex(registry)
+    index.add_registry()
     settings = Settings.model_validate({
         "detectors": {"write_scores": "none", "state_file": None},
         "indices": {"air": False, "fire": False, "traffic": False, "water": False},
         "forecasts": {"enabled": False},
     })
-    evaluator = Evaluator(settings, series)
-    sim = Simulator(registry, seed=7, start=START, faults=list(FAULT_KINDS))
+    evaluator = Evaluator(settings, index)
+    sim = Simulator(registry, seed=seed, start=START, faults=list(FAULT_KINDS))
+    clean_sim = Simulator(registry, seed=seed, start=START, faults=[])
     t0, t1 = START - 86400.0, START + 86400.0
-    cols = []
+    cols, series = [], {}
     for sensor_id in sim.sims:
         ts, values = sim.readings(sensor_id, t0, t1)
+        cts, clean = clean_sim.readings(sensor_id, t0, t1)
+        where = np.searchsorted(cts, ts)
         for metric, v in values.items():
-            sid = series.get(sensor_id, metric)
+            sid = index.get(sensor_id, metric)
             ok = np.isfinite(v)
-            if sid is not None and ok.any():
-                cols.append((np.full(int(ok.sum()), sid, np.int32), ts[ok].astype(np.int64) * 1_000_000, v[ok]))
+            if sid is None or not ok.any():
+                continue
+            c = clean[metric][where]
+            series[(sensor_id, metric)] = Series(ts[ok] / 1000.0, v[ok], c[ok], noise_sd(clean[metric]))
+            cols.append((np.full(int(ok.sum()), sid, np.int32), ts[ok].astype(np.int64) * 1_000_000, v[ok]))
     s, t, v = (np.concatenate(parts) for parts in zip(*cols))
     order = np.lexsort((s, t))
     s, t, v = s[order], t[order], v[order]
@@ -76,57 +132,106 @@ def city_day():
             events += evaluator.ingest(batch, now_ns=0)[1]
         events += evaluator.check_devices()[1]
     interval = {x.id: float(x.interval) for x in registry.sensors.values() if x.interval}
-    return events, sim.faults(START, t1), interval
+    return CityDay(events, sim.faults(START, t1), interval, series)
 
 
-def _alerts(events):
+@pytest.fixture(scope="module", params=SEEDS, ids=[f"seed{s}" for s in SEEDS])
+def city_day(request) -> CityDay:
+    return simulate_city_day(request.param)
+
+
+def alerts(events: list[AlertEvent]) -> list[AlertEvent]:
     return [e for e in events if e.detector in FAULT_DETECTORS and e.ts_ns >= START * NS and e.level != "ok"
             and (e.previous_level == "ok" or e.detector == "spatial")]
 
 
-def _score(events, faults, interval):
-    alerts = _alerts(events)
-    true = [a for a in alerts if any(a.sensor in f.sensors and f.start * NS <= a.ts_ns <= (f.end + PRECISION_GRACE_S) * NS
-                                     for f in faults)]
-    by_kind: dict[str, list[float | None]] = defaultdict(list)
-    for f in faults:
-        iv = interval[f.sensors[0]]
+def _on_fault(a: AlertEvent, f: Fault) -> bool:
+    """The alert is on a sensor and metric the fault touches (a dropout: any metric of the sensor;
+    a device alert of the no-data detector: any fault of the device)."""
+    return a.sensor in f.sensors and (f.kind == "dropout" or a.metric in f.metrics or a.detector == "no_data")
+
+
+def onset(day: CityDay, f: Fault) -> float | None:
+    """Event time (s) of the fault's observable onset; None if it is unobservable (module docstring)."""
+    if f.kind == "dropout":
+        earlier = [g for g in day.faults if g.kind == "dropout" and g.sensors == f.sensors and g.start < f.start < g.end]
+        return None if earlier else f.start  # silent already: nothing new to see
+    iv = day.interval[f.sensors[0]]
+    first = []
+    for sensor in f.sensors:
+        for metric in f.metrics:
+            x = day.series.get((sensor, metric))
+            if x is None:
+                continue
+            inside = (x.ts >= f.start) & (x.ts < f.end)
+            v, c = x.value[inside], x.clean[inside]
+            if not len(v):
+                continue
+            if f.kind == "stuck" and stuck_value_exempt(metric, v[0]):
+                continue
+            if f.kind == "spike":
+                comes_back = bool(((x.ts >= f.end) & (x.ts <= f.end + iv)).any())
+                if spike_clipped(metric, v, c, f.params["magnitude"], comes_back):
+                    continue
+            # a spike or a stuck run shows in its first differing reading; a drift or an episode once
+            # it exceeds K_NOISE noise sd
+            i = onset_index(v, c, 0.0 if f.kind in ("spike", "stuck") else x.sd)
+            if i is not None:
+                first.append(float(x.ts[inside][i]))
+    return min(first) if first else None
+
+
+def score(day: CityDay) -> tuple[list[AlertEvent], list[AlertEvent], dict[str, KindScore]]:
+    found = alerts(day.events)
+    true = [a for a in found if any(_on_fault(a, f) and f.start * NS <= a.ts_ns <= (f.end + PRECISION_GRACE_S) * NS
+                                    for f in day.faults)]
+    kinds: dict[str, KindScore] = defaultdict(KindScore)
+    for f in day.faults:
+        ks = kinds[f.kind]
+        t_on = onset(day, f)
+        if t_on is None:
+            ks.unobservable += 1
+            continue
+        ks.observable += 1
+        iv = day.interval[f.sensors[0]]
         until = (f.end + RECALL_GRACE_INTERVALS * iv) * NS
-        hits = [a.ts_ns for a in alerts if a.sensor in f.sensors and f.start * NS <= a.ts_ns <= until
+        hits = [a.ts_ns for a in found if _on_fault(a, f) and f.start * NS <= a.ts_ns <= until
                 and (f.kind != "dropout" or a.detector == "no_data")]
-        by_kind[f.kind].append((min(hits) / NS - f.start) / iv if hits else None)
-    return alerts, true, by_kind
+        if hits:
+            ks.delays.append(max(0.0, (min(hits) / NS - t_on) / iv))
+    return found, true, kinds
 
 
 def test_fault_and_event_alerts_on_a_simulated_city(city_day):
-    events, faults, interval = city_day
-    alerts, true, by_kind = _score(events, faults, interval)
-    precision = len(true) / len(alerts)
-    per_detector = Counter(a.detector for a in alerts)
-    print(f"\nalerts {len(alerts)} precision {precision:.3f} by detector {dict(per_detector)}")
-    recall, delay = {}, {}
-    for kind, delays in sorted(by_kind.items()):
-        found = [d for d in delays if d is not None]
-        recall[kind] = len(found) / len(delays)
-        delay[kind] = float(np.median(found)) if found else float("nan")
-        print(f"{kind:8s} faults {len(delays):4d} recall {recall[kind]:.3f} median delay {delay[kind]:.1f} intervals")
-    assert set(by_kind) == set(FAULT_KINDS) and min(len(d) for d in by_kind.values()) >= 3
-    assert precision >= 0.9
-    assert recall["dropout"] >= 0.98 and delay["dropout"] <= 2.0
-    assert recall["stuck"] >= 0.9
-    assert recall["spike"] >= 0.82 and delay["spike"] <= 1.0
-    assert recall["drift"] >= 0.78
-    assert recall["episode"] == 1.0
-
+    found, true, kinds = score(city_day)
+    precision = len(true) / len(found)
+    false = Counter((a.detector, a.metric, a.reason) for a in found if a not in true)
+    print(f"\nalerts {len(found)} precision {precision:.3f} by detector {dict(Counter(a.detector for a in found))}")
+    print(f"false alerts by (detector, metric, reason): {dict(false.most_common(12))}")
+    for kind, ks in sorted(kinds.items()):
+        print(f"{kind:8s} faults {ks.observable:4d} (+{ks.unobservable} unobservable) recall {ks.recall:.3f} "
+              f"median delay {ks.median_delay:.1f} intervals from the observable onset")
+    assert set(kinds) - {"episode"} == set(FAULT_KINDS) - {"episode"}  # seed 3 happens to schedule no episode
+    assert min(ks.observable for kind, ks in kinds.items() if kind != "episode") >= 80
+    # What is reached on every seed (module docstring); the issue's 0.95 / 0.95 / 2 intervals is met
+    # by dropouts, by stuck recall and by spike delays only.
+    assert precision >= 0.8
+    assert kinds["dropout"].recall >= 0.99 and kinds["dropout"].median_delay <= 2.0
+    assert kinds["stuck"].recall >= 0.98 and kinds["stuck"].median_delay <= 3.0
+    assert kinds["spike"].recall >= 0.88 and kinds["spike"].median_delay <= 1.0
+    assert kinds["drift"].recall >= 0.65
+    if "episode" in kinds:
+        assert kinds["episode"].recall == 1.0 and kinds["episode"].median_delay <= 10.0
 
 def test_an_area_event_and_a_suspect_sensor_reach_people_as_different_alerts(city_day):
-    events, faults, _ = city_day
-    spatial = [e for e in _alerts(events) if e.detector == "spatial"]
+    faults = city_day.faults
+    spatial = [e for e in alerts(city_day.events) if e.detector == "spatial"]
     episodes = [f for f in faults if f.kind == "episode"]
     in_episode = [e for e in spatial if any(e.sensor in f.sensors and f.start * NS <= e.ts_ns <= f.end * NS for f in episodes)]
     lone = [e for e in spatial if not any(e.sensor in f.sensors and f.start * NS <= e.ts_ns <= (f.end + 3600) * NS
                                           for f in episodes)]
     reasons_in, reasons_lone = Counter(e.reason for e in in_episode), Counter(e.reason for e in lone)
     print(f"\nin episodes {dict(reasons_in)}, elsewhere {dict(reasons_lone)}")
-    assert reasons_in["area_event"] >= 0.8 * len(in_episode) > 0
+    if episodes:
+        assert reasons_in["area_event"] >= 0.8 * len(in_episode) > 0
     assert reasons_lone["sensor_suspect"] > reasons_lone["area_event"]
