@@ -212,7 +212,9 @@ class ForecastStage:
     # -- outputs ---------------------------------------------------------------------------------
     def _emit(self, kind: _Kind, ids: np.ndarray, lines: list[str], events: list[AlertEvent]) -> None:
         f = kind.forecaster
-        median, lower, upper = f.forecast(ids)
+        lo, hi = self._physical_range(kind, ids)
+        # an index or a concentration is never forecast below zero (or beyond its physical range)
+        median, lower, upper = (np.clip(a, lo[:, None], hi[:, None]) for a in f.forecast(ids))
         last = f.latest_hour(ids)
         H = f.horizon
         issued_s = (last + 1) * 3600
@@ -240,6 +242,19 @@ class ForecastStage:
     @staticmethod
     def _local(hour: int) -> str:
         return datetime.fromtimestamp(hour * 3600, tz=_LOCAL).strftime("%H:%M %d/%m")
+
+    def _physical_range(self, kind: _Kind, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per key: the registry's physical min/max of its metric (AQI: 0 to 500); +-inf where none."""
+        lo, hi = np.full(len(ids), -np.inf), np.full(len(ids), np.inf)
+        for i, key in enumerate(ids.tolist()):
+            if kind.name == "aqi":
+                lo[i], hi[i] = 0.0, 500.0
+                continue
+            sid = self.series.get(kind.keys.sensor_ids[key], kind.keys.metrics[key])
+            if sid is not None:
+                lo[i] = np.nan_to_num(self.series.physical_min[sid], nan=-np.inf)
+                hi[i] = np.nan_to_num(self.series.physical_max[sid], nan=np.inf)
+        return lo, hi
 
     def _aqi_warnings(self, kind: _Kind, ids: np.ndarray, median: np.ndarray, lower: np.ndarray, upper: np.ndarray,
                       last: np.ndarray, events: list[AlertEvent]) -> None:

@@ -363,3 +363,23 @@ def test_the_evaluator_writes_forecasts_and_forecast_alerts():
     warned = [e for e in events if e.detector == "forecast"]
     assert warned and warned[0].level == "warning"
     assert any(ln.startswith("alerts,") and "detector=forecast" in ln and "metric=NH4" in ln for ln in lines)
+
+
+def test_forecasts_stay_within_the_physical_range():
+    """A falling concentration near zero: no forecast, nor interval bound, below zero (the registry's min)."""
+    reg = RegistryFile.model_validate({"sensors": [
+        {"id": "wq-1", "domain": "water", "area": "A", "lat": 11, "lon": 107, "interval": 300,
+         "metrics": {"NH4": {"unit": "mg/L", "min": 0, "max": 100}}}]})
+    series = SeriesIndex(Registry({s.id: s for s in reg.sensors}))
+    series.add_registry()
+    air = AirIndices(series)
+    stage = ForecastStage(series, ForecastsConfig(horizon=6), IndicesConfig(water_class="B"), air)
+    base = 1000 * 24
+    lines, _ = _run_hours(series, air, stage, range(base, base + 24 * 10),
+                          lambda h: {("wq-1", "NH4"): max(0.0, 0.02 + 0.05 * np.sin(h * 2 * np.pi / 24)
+                                                         + 0.02 * np.sin(h * 1.3) - 0.0002 * (h - base))})
+    fields = [dict(kv.split("=") for kv in ln.split(" ")[1].split(",")) for ln in lines if ln.startswith("forecasts,")]
+    assert fields and any("lower" in f for f in fields)
+    values = [float(f[k]) for f in fields for k in ("value", "lower", "upper") if k in f]
+    assert min(values) == 0.0  # the unclipped forecasts of this series go below zero
+    assert all(0.0 <= v <= 100.0 for v in values)
