@@ -21,12 +21,13 @@ def setup_logging(level: str = "info", json_logs: bool = False, file: Path | Non
     """Structured logs (structlog) to stderr, or to a file (the demo keeps the terminal for its status)."""
     lvl = getattr(logging, level.upper())
     renderer = structlog.processors.JSONRenderer() if json_logs or file else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
-    out = file.open("a") if file else sys.stderr
+    # stderr is looked up at each call, not kept: whoever replaced it (a test runner) may close the old one
+    factory = structlog.PrintLoggerFactory(file.open("a")) if file else (lambda *_: structlog.PrintLogger(sys.stderr))
     structlog.configure(
         processors=[structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso", utc=True),
                     structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
-        logger_factory=structlog.PrintLoggerFactory(out),
+        logger_factory=factory,
         cache_logger_on_first_use=False,
     )
 

@@ -6,6 +6,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import structlog
 
 from citywatch.services import InfluxDB, Mosquitto, missing_binaries
 
@@ -40,3 +41,10 @@ def influxdb(services_dir) -> InfluxDB:
 def db_name() -> str:
     """A fresh database name per test, so tests never see each other's points."""
     return "t_" + uuid.uuid4().hex[:12]
+
+
+@pytest.fixture(autouse=True)
+def _default_logging():
+    """A command run in-process configures logging for the whole process: undo it after each test."""
+    yield
+    structlog.reset_defaults()
