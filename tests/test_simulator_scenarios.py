@@ -1,11 +1,11 @@
 """The engine's whole default detector set on a simulated city with injected faults and events.
 
-One warm-up day, then a day in which the simulator injects, per sensor, about one spike, stuck run,
-drift and dropout, and pollution episodes over neighbouring air stations; seeds 7, 3 and 21 (three
-different schedules, so that defaults are not fitted to one). The readings go through `Evaluator`
-exactly as in the engine (event-time batches of one minute, devices checked on the event clock), and
-the alerts it raises are scored against the simulator's ground truth, with the clean signal (the same
-seed, no faults) to tell what the readings show (rules in `scenario_scoring`):
+Three warm-up days, then a day in which the simulator injects, per sensor, about one spike, stuck
+run, drift and dropout, and pollution episodes over neighbouring air stations; seeds 7, 3 and 21
+(three different schedules, so that defaults are not fitted to one). The readings go through
+`Evaluator` exactly as in the engine (event-time batches of one minute, devices checked on the event
+clock), and the alerts it raises are scored against the simulator's ground truth, with the clean
+signal (the same seed, no faults) to tell what the readings show (rules in `scenario_scoring`):
 
 * an *alert* is a detector's alert event that leaves ok (or, for the spatial detector, changes
   between "sensor suspect" and "area event"); regulatory and index alerts are not fault alerts;
@@ -26,15 +26,19 @@ seed, no faults) to tell what the readings show (rules in `scenario_scoring`):
   exceeds 3 noise sd (the clean series' reading-to-reading noise: 1.4826 MAD of its first
   differences / sqrt 2).
 
-Figures (printed with -s; seed 7 / 3 / 21): precision 0.91 / 0.86 / 0.81 (of 961 / 761 / 812
+Figures (printed with -s; seed 7 / 3 / 21): precision 0.947 / 0.935 / 0.884 (of 987 / 774 / 820
 alerts); recall (median delay in intervals) dropout 1.00 (1.3) / 0.99 (1.2) / 1.00 (1.3), stuck 0.99
-(3) on all three, spike 0.94 / 0.93 / 0.89 (0), drift 0.74 (40) / 0.71 (37) / 0.68 (57), episodes
-1.0 (7.4 / none scheduled / 5.0). Unobservable: 17 / 16 / 16 spikes, 9 / 5 / 8 stuck runs, 4 / 8 /
-13 drifts. Most false alerts come from the `anomaly` profile on weather-driven series (turbidity and
-conductivity after rain, precipitation, traffic counts) and from drift against neighbours on PM.
-Inside episodes most spatial alerts say "area event"; elsewhere most say "sensor suspect". The
-issue's target (0.95 / 0.95 / 2 intervals) is met for dropouts, for stuck recall and for spike delays
-only; the assertions below hold what is reached on every seed, so that it cannot slip back unnoticed.
+(3 / 3 / 2), spike 0.96 / 0.94 / 0.90 (0), drift 0.74 (26) / 0.71 (36) / 0.68 (59), episodes 1.0
+(7.4 / none scheduled / 4.5). Unobservable: 17 / 16 / 16 spikes, 9 / 5 / 8 stuck runs, 4 / 8 / 13
+drifts, 2 / 4 / 3 dropouts. What is left: false alerts of the `anomaly` profile on water series
+after rain (conductivity, turbidity: most of seed 21's) and precipitation, and drifts against
+neighbours on PM beside an episode; drifts of weather metrics (temperature, humidity, vehicle speed)
+are compared with their own baseline only, which judges after eight days, so most of the missed
+drifts are theirs; a stuck run needs about three repeats at a 90-day false-alarm budget. After a
+single warm-up day precision is 0.93 / 0.91 / 0.86 (the profile's ranges are young). Inside
+episodes about 80 % of the spatial alerts say "area event"; elsewhere most say "sensor suspect". The
+issue's target (0.95 / 0.95 / 2 intervals) is met for dropouts, stuck recall and spike delays; the
+assertions below hold what is reached on every seed, so that it cannot slip back unnoticed.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ REGISTRY = Path(__file__).resolve().parents[1] / "config" / "sensors" / "bienhoa
 NS = 10**9
 START = 1_780_000_000.0  # a fixed day, so that the figures are reproducible
 SEEDS = (7, 3, 21)
+WARMUP_DAYS = 3.0  # an engine runs for days: the anomaly profile's ranges are young on its first day
 FAULT_DETECTORS = {"stuck", "spike", "drift", "no_data", "anomaly", "seasonal", "traffic_zero", "spatial"}
 PRECISION_GRACE_S = 3600.0
 RECALL_GRACE_INTERVALS = 5
@@ -106,7 +111,7 @@ def simulate_city_day(seed: int) -> CityDay:
     evaluator = Evaluator(settings, index)
     sim = Simulator(registry, seed=seed, start=START, faults=list(FAULT_KINDS))
     clean_sim = Simulator(registry, seed=seed, start=START, faults=[])
-    t0, t1 = START - 86400.0, START + 86400.0
+    t0, t1 = START - WARMUP_DAYS * 86400.0, START + 86400.0
     cols, series = [], {}
     for sensor_id in sim.sims:
         ts, values = sim.readings(sensor_id, t0, t1)
@@ -143,6 +148,11 @@ def city_day(request) -> CityDay:
 def alerts(events: list[AlertEvent]) -> list[AlertEvent]:
     return [e for e in events if e.detector in FAULT_DETECTORS and e.ts_ns >= START * NS and e.level != "ok"
             and (e.previous_level == "ok" or e.detector == "spatial")]
+
+
+def ns(t_s: float) -> int:
+    """Epoch seconds as the simulator keeps them (ms resolution) to ns, exactly (t_s * NS is not)."""
+    return int(round(t_s * 1000)) * 1_000_000
 
 
 def _on_fault(a: AlertEvent, f: Fault) -> bool:
@@ -183,7 +193,7 @@ def onset(day: CityDay, f: Fault) -> float | None:
 
 def score(day: CityDay) -> tuple[list[AlertEvent], list[AlertEvent], dict[str, KindScore]]:
     found = alerts(day.events)
-    true = [a for a in found if any(_on_fault(a, f) and f.start * NS <= a.ts_ns <= (f.end + PRECISION_GRACE_S) * NS
+    true = [a for a in found if any(_on_fault(a, f) and ns(f.start) <= a.ts_ns <= ns(f.end + PRECISION_GRACE_S)
                                     for f in day.faults)]
     kinds: dict[str, KindScore] = defaultdict(KindScore)
     for f in day.faults:
@@ -194,11 +204,11 @@ def score(day: CityDay) -> tuple[list[AlertEvent], list[AlertEvent], dict[str, K
             continue
         ks.observable += 1
         iv = day.interval[f.sensors[0]]
-        until = (f.end + RECALL_GRACE_INTERVALS * iv) * NS
-        hits = [a.ts_ns for a in found if _on_fault(a, f) and f.start * NS <= a.ts_ns <= until
+        until = ns(f.end + RECALL_GRACE_INTERVALS * iv)
+        hits = [a.ts_ns for a in found if _on_fault(a, f) and ns(f.start) <= a.ts_ns <= until
                 and (f.kind != "dropout" or a.detector == "no_data")]
         if hits:
-            ks.delays.append(max(0.0, (min(hits) / NS - t_on) / iv))
+            ks.delays.append(max(0.0, (min(hits) - ns(t_on)) / NS / iv))
     return found, true, kinds
 
 
@@ -214,24 +224,25 @@ def test_fault_and_event_alerts_on_a_simulated_city(city_day):
     assert set(kinds) - {"episode"} == set(FAULT_KINDS) - {"episode"}  # seed 3 happens to schedule no episode
     assert min(ks.observable for kind, ks in kinds.items() if kind != "episode") >= 80
     # What is reached on every seed (module docstring); the issue's 0.95 / 0.95 / 2 intervals is met
-    # by dropouts, by stuck recall and by spike delays only.
-    assert precision >= 0.8
+    # by dropouts, by stuck and spike recall on some seeds and by spike delays only.
+    assert precision >= 0.88
     assert kinds["dropout"].recall >= 0.99 and kinds["dropout"].median_delay <= 2.0
-    assert kinds["stuck"].recall >= 0.98 and kinds["stuck"].median_delay <= 3.0
-    assert kinds["spike"].recall >= 0.88 and kinds["spike"].median_delay <= 1.0
-    assert kinds["drift"].recall >= 0.65
+    assert kinds["stuck"].recall >= 0.99 and kinds["stuck"].median_delay <= 3.0
+    assert kinds["spike"].recall >= 0.9 and kinds["spike"].median_delay <= 1.0
+    assert kinds["drift"].recall >= 0.68 and kinds["drift"].median_delay <= 60.0
     if "episode" in kinds:
-        assert kinds["episode"].recall == 1.0 and kinds["episode"].median_delay <= 10.0
+        assert kinds["episode"].recall == 1.0 and kinds["episode"].median_delay <= 8.0
+
 
 def test_an_area_event_and_a_suspect_sensor_reach_people_as_different_alerts(city_day):
     faults = city_day.faults
     spatial = [e for e in alerts(city_day.events) if e.detector == "spatial"]
     episodes = [f for f in faults if f.kind == "episode"]
-    in_episode = [e for e in spatial if any(e.sensor in f.sensors and f.start * NS <= e.ts_ns <= f.end * NS for f in episodes)]
-    lone = [e for e in spatial if not any(e.sensor in f.sensors and f.start * NS <= e.ts_ns <= (f.end + 3600) * NS
+    in_episode = [e for e in spatial if any(e.sensor in f.sensors and ns(f.start) <= e.ts_ns <= ns(f.end) for f in episodes)]
+    lone = [e for e in spatial if not any(e.sensor in f.sensors and ns(f.start) <= e.ts_ns <= ns(f.end + 3600)
                                           for f in episodes)]
     reasons_in, reasons_lone = Counter(e.reason for e in in_episode), Counter(e.reason for e in lone)
     print(f"\nin episodes {dict(reasons_in)}, elsewhere {dict(reasons_lone)}")
     if episodes:
-        assert reasons_in["area_event"] >= 0.8 * len(in_episode) > 0
+        assert reasons_in["area_event"] >= 0.75 * len(in_episode) > 0
     assert reasons_lone["sensor_suspect"] > reasons_lone["area_event"]
