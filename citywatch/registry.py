@@ -131,8 +131,33 @@ def remap_ids(saved: np.ndarray, index_of: dict[str, int]) -> tuple[list[int], l
     return [a for a, _ in pairs], [b for _, b in pairs]
 
 
+class KeyedSeries:
+    """Snapshot keys of dense (sensor, metric) ids: what per-series state needs to survive a restart.
+
+    Subclasses keep `_ids` ((sensor, metric) -> id), `sensor_ids` and `metrics`.
+    """
+
+    _ids: dict[tuple[str, str], int]
+    sensor_ids: list[str]
+    metrics: list[str]
+
+    def snapshot_keys(self) -> dict[str, np.ndarray]:
+        """The (sensor, metric) of every series id, stored beside per-series state in snapshots."""
+        return {"__sensor": np.asarray(self.sensor_ids, dtype=str), "__metric": np.asarray(self.metrics, dtype=str)}
+
+    def remap(self, snap: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(rows of a snapshot, series ids now) for the snapshot's series this index still knows."""
+        src, dst = [], []
+        for i, key in enumerate(zip(snap["__sensor"].tolist(), snap["__metric"].tolist())):
+            sid = self._ids.get(key)
+            if sid is not None:
+                src.append(i)
+                dst.append(sid)
+        return np.asarray(src, dtype=np.int64), np.asarray(dst, dtype=np.int64)
+
+
 @dataclass
-class SeriesIndex:
+class SeriesIndex(KeyedSeries):
     """Dense ids for (sensor, metric) series, with per-series attributes as NumPy arrays."""
 
     registry: Registry
@@ -202,16 +227,3 @@ class SeriesIndex:
     def keys(self) -> list[tuple[str, str]]:
         return list(zip(self.sensor_ids, self.metrics))
 
-    def snapshot_keys(self) -> dict[str, np.ndarray]:
-        """The (sensor, metric) of every series id, stored beside per-series state in snapshots."""
-        return {"__sensor": np.asarray(self.sensor_ids, dtype=str), "__metric": np.asarray(self.metrics, dtype=str)}
-
-    def remap(self, snap: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """(rows of a snapshot, series ids now) for the snapshot's series this index still knows."""
-        src, dst = [], []
-        for i, key in enumerate(zip(snap["__sensor"].tolist(), snap["__metric"].tolist())):
-            sid = self._ids.get(key)
-            if sid is not None:
-                src.append(i)
-                dst.append(sid)
-        return np.asarray(src, dtype=np.int64), np.asarray(dst, dtype=np.int64)

@@ -47,13 +47,14 @@ from typing import ClassVar
 import numpy as np
 
 from citywatch.detectors.base import SeriesState
+from citywatch.registry import KeyedSeries
 
 __all__ = ["Forecaster", "SeriesKeys", "empirical_quantiles"]
 
 NO_HOUR = -(1 << 62)
 
 
-class SeriesKeys:
+class SeriesKeys(KeyedSeries):
     """Dense ids for (sensor, metric) keys: the part of `SeriesIndex` that `SeriesState` uses."""
 
     def __init__(self, keys: list[tuple[str, str]] | None = None) -> None:
@@ -77,17 +78,6 @@ class SeriesKeys:
     def get(self, sensor: str, metric: str) -> int | None:
         return self._ids.get((sensor, metric))
 
-    def snapshot_keys(self) -> dict[str, np.ndarray]:
-        return {"__sensor": np.asarray(self.sensor_ids, dtype=str), "__metric": np.asarray(self.metrics, dtype=str)}
-
-    def remap(self, snap: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        src, dst = [], []
-        for i, key in enumerate(zip(snap["__sensor"].tolist(), snap["__metric"].tolist())):
-            sid = self._ids.get(key)
-            if sid is not None:
-                src.append(i)
-                dst.append(sid)
-        return np.asarray(src, dtype=np.int64), np.asarray(dst, dtype=np.int64)
 
 
 def empirical_quantiles(errors: np.ndarray, probs: tuple[float, ...], min_count: int) -> list[np.ndarray]:
