@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import orjson
 import paho.mqtt.client as paho
+import yaml
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from citywatch.config import Settings, ThresholdRule
@@ -132,3 +135,26 @@ def count(influx: InfluxDB, db: str, measurement: str, field: str, where: str = 
     except Exception:
         return 0
     return int(r[0]["count"]) if r else 0
+
+
+def write_engine_config(tmp_path: Path, mqtt_url: str, influx_url: str, db: str, **detectors) -> str:
+    """A config file and registry for `citywatch run` on the test services; returns the config's path."""
+    (tmp_path / "sensors").mkdir()
+    (tmp_path / "sensors" / "test.yaml").write_text(yaml.safe_dump(REGISTRY_DOC, allow_unicode=True))
+    cfg = {
+        "registry": "sensors/test.yaml",
+        "data_dir": str(tmp_path / "data"),
+        "mqtt": {"url": mqtt_url, "client_id": f"{db}-engine"},
+        "influxdb": {"url": influx_url, "database": db},
+        "batching": {"max_age": "100ms"},
+        "detectors": {"thresholds": [NO2_RULE.model_dump(by_alias=True)], **detectors},
+    }
+    path = tmp_path / "citywatch.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def start_citywatch_run(config: str, log) -> subprocess.Popen:
+    """`citywatch run` as users start it, logging JSON to `log`."""
+    return subprocess.Popen([sys.executable, "-m", "citywatch", "run", "--config", config, "--json-logs"],
+                            stdout=log, stderr=subprocess.STDOUT)

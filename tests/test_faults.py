@@ -15,22 +15,19 @@ from __future__ import annotations
 
 import random
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from citywatch.pipeline import Engine
 from citywatch.services import InfluxDB, Mosquitto
 from citywatch.sinks.line_protocol import split_lines
 
-from pipeline_helpers import NO2_RULE, REGISTRY_DOC, Device, Listener, count, engine_settings, rows, small_registry, \
-    wait_for
+from pipeline_helpers import Device, Listener, count, engine_settings, rows, small_registry, \
+    start_citywatch_run, wait_for, write_engine_config
 
 pytestmark = pytest.mark.integration
 
@@ -99,30 +96,9 @@ def stored_values(influx: InfluxDB, db: str) -> list[float]:
 # -- the engine SIGKILLed ----------------------------------------------------------------------------
 
 
-def write_config(tmp_path: Path, mqtt_url: str, influx_url: str, db: str) -> str:
-    (tmp_path / "sensors").mkdir()
-    (tmp_path / "sensors" / "test.yaml").write_text(yaml.safe_dump(REGISTRY_DOC, allow_unicode=True))
-    cfg = {
-        "registry": "sensors/test.yaml",
-        "data_dir": str(tmp_path / "data"),
-        "mqtt": {"url": mqtt_url, "client_id": f"{db}-engine"},
-        "influxdb": {"url": influx_url, "database": db},
-        "batching": {"max_age": "100ms"},
-        "detectors": {"thresholds": [NO2_RULE.model_dump(by_alias=True)], "snapshot_interval": "1s"},
-    }
-    path = tmp_path / "citywatch.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return str(path)
-
-
-def start_engine(config: str, log) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "citywatch", "run", "--config", config, "--json-logs"],
-                            stdout=log, stderr=subprocess.STDOUT)
-
-
 def test_engine_sigkilled_at_random_moments_loses_and_duplicates_nothing(mosquitto, influxdb, db_name, tmp_path):
     rng = random.Random(20261127)
-    config = write_config(tmp_path, mosquitto.url, influxdb.url, db_name)
+    config = write_engine_config(tmp_path, mosquitto.url, influxdb.url, db_name, snapshot_interval="1s")
     log_path = tmp_path / "engine.log"
     log = log_path.open("ab")
     kills = 4
@@ -131,7 +107,7 @@ def test_engine_sigkilled_at_random_moments_loses_and_duplicates_nothing(mosquit
     def up(n: int) -> None:  # the n-th engine is subscribed and storing
         wait_for(lambda: log_path.read_text(errors="replace").count("mqtt connected") >= n, 30, f"engine {n} up")
 
-    engine = start_engine(config, log)
+    engine = start_citywatch_run(config, log)
     up(1)
     time.sleep(0.5)  # SUBACK: the persistent session exists from here on
     t0_ms = (int(time.time()) - 4 * 3600) * 1000  # reading k at t0 + k s: all in the past
@@ -146,7 +122,7 @@ def test_engine_sigkilled_at_random_moments_loses_and_duplicates_nothing(mosquit
             assert engine.wait(10) == -signal.SIGKILL
             stored_at_kill.append(count(influxdb, db_name, "air", "co"))
             time.sleep(rng.uniform(0.0, 0.5))  # the stream goes on while the engine is dead
-            engine = start_engine(config, log)
+            engine = start_citywatch_run(config, log)
             up(k + 2)
         stored_at_kill.pop(0)
         assert stream.done.wait(60), "the device could not publish everything"
