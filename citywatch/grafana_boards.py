@@ -821,14 +821,13 @@ def category_label(c) -> str:
     return f"{c.label_vi} / {c.label_en}"
 
 
-def overview_aqi_section(settings: Settings, registry: Registry) -> Section:
-    """Overview: a map of the air stations coloured by their latest VN_AQI category, stations per category."""
-    stations = index_stations(registry)
+def station_index_map(stations: list, latest: InfluxQL, name: str, value: str, marker: str, title: str,
+                      description: str, categories, category_steps, value_steps,
+                      extra: list[tuple[str, list]] = ()) -> geomap.Panel:
+    """A Geomap of stations coloured by the category of their latest index (query A), joined with the
+    registry's coordinates (a snapshot frame B), the index value written beside each marker."""
     lat = round(sum(s.lat for s in stations) / len(stations), 4)
     lon = round(sum(s.lon for s in stations) / len(stations), 4)
-    latest = InfluxQL(_latest("vn_aqi_hourly", {"value": "vn_aqi", "category": "category", "label_vi": "label_vi",
-                                                "label_en": "label_en", "dominant": "dominant"},
-                              f"time > now() - {CURRENT_AQI_WINDOW}") + ' GROUP BY "sensor"', ref_id="A", fmt="table")
     frame = Snapshot("B", {
         "sensor": ("string", [s.id for s in stations]),
         "name": ("string", [s.name or s.id for s in stations]),
@@ -837,34 +836,45 @@ def overview_aqi_section(settings: Settings, registry: Registry) -> Section:
         "longitude": ("number", [s.lon for s in stations]),
     })
     layer = common.MapLayerOptions(
-        type_val="markers", name="VN_AQI", tooltip=True,
+        type_val="markers", name=name, tooltip=True,
         location=common.FrameGeometrySource(mode=common.FrameGeometrySourceMode.COORDS, latitude="latitude",
                                             longitude="longitude"),
         config={"showLegend": True, "style": {
             "color": {"field": "category", "fixed": NO_DATA_COLOUR}, "size": {"fixed": 10},
-            "symbol": {"fixed": "img/icons/marker/circle.svg", "mode": "fixed"}, "opacity": 0.9,
-            "text": {"field": "vn_aqi", "fixed": "", "mode": "field"},
+            "symbol": {"fixed": f"img/icons/marker/{marker}.svg", "mode": "fixed"}, "opacity": 0.9,
+            "text": {"field": value, "fixed": "", "mode": "field"},
             "textConfig": {"fontSize": 10, "offsetY": -14, "textAlign": "center", "textBaseline": "bottom"}}})
+    panel = (geomap.Panel().title(title).datasource(MIXED_DS).span(14).height(14).description(description)
+             .with_target(latest).with_target(frame)
+             .with_transformation(dm.DataTransformerConfig(id_val="joinByField",
+                                                           options={"byField": "sensor", "mode": "outer"}))
+             .thresholds(thresholds(category_steps)).color_scheme(dash.FieldColor().mode(dm.FieldColorModeId.THRESHOLDS))
+             .no_value("không có dữ liệu / no data")
+             .override_by_name("category", [dm.DynamicConfigValue(id_val="mappings", value=category_mappings(
+                 categories, no_data=True))])
+             .override_by_name(value, [dm.DynamicConfigValue(id_val="thresholds", value=dm.ThresholdsConfig(
+                 mode=dm.ThresholdsMode.ABSOLUTE, steps=[dm.Threshold(value=v, color=c) for v, c in value_steps]))]))
+    for field_name, properties in extra:
+        panel = panel.override_by_name(field_name, properties)
+    return (panel.view(geomap.MapViewConfig().id("coords").lat(lat).lon(lon).zoom(12))
+            .controls(geomap.ControlsOptions().show_zoom(True).mouse_wheel_zoom(True).show_scale(True))
+            .basemap(_Built(common.MapLayerOptions(type_val="default", name="Bản đồ nền / Basemap")))
+            .layers([_Built(layer)]).tooltip(geomap.TooltipOptions().mode(gm.TooltipMode.DETAILS)))
+
+
+def overview_aqi_section(settings: Settings, registry: Registry) -> Section:
+    """Overview: a map of the air stations coloured by their latest VN_AQI category, stations per category."""
+    stations = index_stations(registry)
+    latest = InfluxQL(_latest("vn_aqi_hourly", {"value": "vn_aqi", "category": "category", "label_vi": "label_vi",
+                                                "label_en": "label_en", "dominant": "dominant"},
+                              f"time > now() - {CURRENT_AQI_WINDOW}") + ' GROUP BY "sensor"', ref_id="A", fmt="table")
     vn_steps = [(None if c.number == 1 else float(c.number), hex_colour(c.rgb)) for c in vn_aqi.CATEGORIES]
-    the_map = (geomap.Panel().title("VN_AQI hiện tại / Current VN_AQI").datasource(MIXED_DS).span(14).height(14)
-               .description(f"Air stations coloured by the category of their latest hourly VN_AQI (last "
-                            f"{CURRENT_AQI_WINDOW}) in the official colours; grey: no index (fewer than 2 of the "
-                            "last 3 hours of PM data).")
-               .with_target(latest).with_target(frame)
-               .with_transformation(dm.DataTransformerConfig(id_val="joinByField",
-                                                             options={"byField": "sensor", "mode": "outer"}))
-               .thresholds(thresholds(vn_steps)).color_scheme(dash.FieldColor().mode(dm.FieldColorModeId.THRESHOLDS))
-               .no_value("không có dữ liệu / no data")
-               .override_by_name("category", [dm.DynamicConfigValue(id_val="mappings", value=category_mappings(
-                   vn_aqi.CATEGORIES, no_data=True))])
-               .override_by_name("vn_aqi", [dm.DynamicConfigValue(id_val="thresholds", value=dm.ThresholdsConfig(
-                   mode=dm.ThresholdsMode.ABSOLUTE,
-                   steps=[dm.Threshold(value=v, color=c) for v, c in aqi_steps(vn_aqi.CATEGORIES)]))])
-               .override_by_name("dominant", [dm.DynamicConfigValue(id_val="mappings", value=pollutant_mappings())])
-               .view(geomap.MapViewConfig().id("coords").lat(lat).lon(lon).zoom(12))
-               .controls(geomap.ControlsOptions().show_zoom(True).mouse_wheel_zoom(True).show_scale(True))
-               .basemap(_Built(common.MapLayerOptions(type_val="default", name="Bản đồ nền / Basemap")))
-               .layers([_Built(layer)]).tooltip(geomap.TooltipOptions().mode(gm.TooltipMode.DETAILS)))
+    the_map = station_index_map(
+        stations, latest, "VN_AQI", "vn_aqi", "circle", "VN_AQI hiện tại / Current VN_AQI",
+        f"Air stations coloured by the category of their latest hourly VN_AQI (last {CURRENT_AQI_WINDOW}) in the "
+        "official colours; grey: no index (fewer than 2 of the last 3 hours of PM data).",
+        vn_aqi.CATEGORIES, vn_steps, aqi_steps(vn_aqi.CATEGORIES),
+        extra=[("dominant", [dm.DynamicConfigValue(id_val="mappings", value=pollutant_mappings())])])
     per_category = (bargauge.Panel().title("Số trạm theo mức VN_AQI / Stations per VN_AQI category")
                     .datasource(DATASOURCE).span(10).height(14)
                     .description(f"Air stations by the category of their latest hourly VN_AQI (last "
@@ -1274,45 +1284,15 @@ def overview_wqi_section(settings: Settings, registry: Registry) -> Section:
     from citywatch.detectors.indices import vn_wqi
 
     stations = wqi_stations(registry)
-    lat = round(sum(s.lat for s in stations) / len(stations), 4)
-    lon = round(sum(s.lon for s in stations) / len(stations), 4)
     latest = InfluxQL(_latest(WQI_INDEX, {"value": "vn_wqi", "category": "category", "label_vi": "label_vi",
                                           "label_en": "label_en", "dominant": "dominant"},
                               f"time > now() - {CURRENT_WQI_WINDOW}") + ' GROUP BY "sensor"', ref_id="A", fmt="table")
-    frame = Snapshot("B", {
-        "sensor": ("string", [s.id for s in stations]),
-        "name": ("string", [s.name or s.id for s in stations]),
-        "area": ("string", [s.area for s in stations]),
-        "latitude": ("number", [s.lat for s in stations]),
-        "longitude": ("number", [s.lon for s in stations]),
-    })
-    layer = common.MapLayerOptions(
-        type_val="markers", name="VN_WQI", tooltip=True,
-        location=common.FrameGeometrySource(mode=common.FrameGeometrySourceMode.COORDS, latitude="latitude",
-                                            longitude="longitude"),
-        config={"showLegend": True, "style": {
-            "color": {"field": "category", "fixed": NO_DATA_COLOUR}, "size": {"fixed": 10},
-            "symbol": {"fixed": "img/icons/marker/triangle.svg", "mode": "fixed"}, "opacity": 0.9,
-            "text": {"field": "vn_wqi", "fixed": "", "mode": "field"},
-            "textConfig": {"fontSize": 10, "offsetY": -14, "textAlign": "center", "textBaseline": "bottom"}}})
-    the_map = (geomap.Panel().title("VN_WQI hiện tại / Current VN_WQI").datasource(MIXED_DS).span(14).height(14)
-               .description(f"Water stations coloured by the class of their latest hourly VN_WQI (last "
-                            f"{CURRENT_WQI_WINDOW}) in the colours of Decision 1460/QĐ-TCMT; grey: no index (the "
-                            "data rules need 3 groups, group IV with 3 parameters: lab samples too old or missing).")
-               .with_target(latest).with_target(frame)
-               .with_transformation(dm.DataTransformerConfig(id_val="joinByField",
-                                                             options={"byField": "sensor", "mode": "outer"}))
-               .thresholds(thresholds(wqi_class_steps())).color_scheme(dash.FieldColor().mode(dm.FieldColorModeId.THRESHOLDS))
-               .no_value("không có dữ liệu / no data")
-               .override_by_name("category", [dm.DynamicConfigValue(id_val="mappings", value=category_mappings(
-                   vn_wqi.CATEGORIES, no_data=True))])
-               .override_by_name("vn_wqi", [dm.DynamicConfigValue(id_val="thresholds", value=dm.ThresholdsConfig(
-                   mode=dm.ThresholdsMode.ABSOLUTE,
-                   steps=[dm.Threshold(value=v, color=c) for v, c in wqi_value_steps()]))])
-               .view(geomap.MapViewConfig().id("coords").lat(lat).lon(lon).zoom(12))
-               .controls(geomap.ControlsOptions().show_zoom(True).mouse_wheel_zoom(True).show_scale(True))
-               .basemap(_Built(common.MapLayerOptions(type_val="default", name="Bản đồ nền / Basemap")))
-               .layers([_Built(layer)]).tooltip(geomap.TooltipOptions().mode(gm.TooltipMode.DETAILS)))
+    the_map = station_index_map(
+        stations, latest, "VN_WQI", "vn_wqi", "triangle", "VN_WQI hiện tại / Current VN_WQI",
+        f"Water stations coloured by the class of their latest hourly VN_WQI (last {CURRENT_WQI_WINDOW}) in the "
+        "colours of Decision 1460/QĐ-TCMT; grey: no index (the data rules need 3 groups, group IV with 3 "
+        "parameters: lab samples too old or missing).",
+        vn_wqi.CATEGORIES, wqi_class_steps(), wqi_value_steps())
     labels = [category_label(c) for c in vn_wqi.CATEGORIES]
     per_class = (bargauge.Panel().title("Số trạm theo mức VN_WQI / Water stations per VN_WQI class")
                  .datasource(DATASOURCE).span(10).height(14)
