@@ -13,7 +13,11 @@ faulty readings and the clean signal (the same simulator, same seed, no faults),
   a spike is far outside the noise, a stuck run's first frozen reading is a true one);
 * unobservable: a stuck run at a value the metric legitimately holds for hours (`stuck_value_exempt`),
   a spike clipped by the physical range or into the metric's idle range or never followed by a
-  reading (`spike_clipped`), and any fault whose deviation never exceeds `K_NOISE` noise sd.
+  reading (`spike_clipped`), a spike inside a stuck run of the same metric (the frozen value
+  overrides it), a spike that stays within the range the clean series itself spans within
+  `SPIKE_CONTEXT` readings either side (`spike_within_clean_range`: heavy-tailed series such as road
+  occupancy jump that far from minute to minute), and any fault whose deviation never exceeds
+  `K_NOISE` noise sd.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from citywatch.detectors.spike import DEFAULT_IDLE
 from citywatch.detectors.stuck import DEFAULT_EXEMPT
 
 K_NOISE = 3.0  # a deviation of 3 noise sd: under 0.3 % of clean readings exceed it by chance
+SPIKE_CONTEXT = 10  # readings either side of a spike that tell whether it leaves the series' own range
 
 
 def stuck_value_exempt(metric: str, value: float) -> bool:
@@ -40,6 +45,12 @@ def spike_clipped(metric: str, faulty: np.ndarray, clean: np.ndarray, magnitude:
     idle = DEFAULT_IDLE.get(metric)
     into_idle = idle is not None and bool(np.all((faulty >= idle.min) & (faulty <= idle.max)))
     return size < 0.25 * abs(magnitude) or into_idle or not comes_back
+
+
+def spike_within_clean_range(faulty: np.ndarray, clean_around: np.ndarray) -> bool:
+    """Every reading of the spike lies within the range of the clean readings around it."""
+    c = clean_around[np.isfinite(clean_around)]
+    return len(c) > 0 and bool(np.all((faulty >= c.min()) & (faulty <= c.max())))
 
 
 def noise_sd(clean: np.ndarray) -> float:
