@@ -862,6 +862,19 @@ def station_index_map(stations: list, latest: InfluxQL, name: str, value: str, m
             .layers([_Built(layer)]).tooltip(geomap.TooltipOptions().mode(gm.TooltipMode.DETAILS)))
 
 
+def stations_per_category(title: str, description: str, query: str, n_stations: int, categories) -> bargauge.Panel:
+    """A bar gauge of how many stations are in each category of an index, in the category's colour."""
+    panel = (bargauge.Panel().title(title).datasource(DATASOURCE).span(10).height(14).description(description)
+             .with_target(InfluxQL(query, fmt="table"))
+             .reduce_options(common_b.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
+             .orientation(common.VizOrientation.HORIZONTAL).display_mode(common.BarGaugeDisplayMode.BASIC)
+             .show_unfilled(True).min(0).max(n_stations).decimals(0).unit("short").no_value("0"))
+    for c in categories:
+        panel = panel.override_by_name(category_label(c), [dm.DynamicConfigValue(
+            id_val="color", value={"mode": "fixed", "fixedColor": hex_colour(c.rgb)})])
+    return panel
+
+
 def overview_aqi_section(settings: Settings, registry: Registry) -> Section:
     """Overview: a map of the air stations coloured by their latest VN_AQI category, stations per category."""
     stations = index_stations(registry)
@@ -875,17 +888,10 @@ def overview_aqi_section(settings: Settings, registry: Registry) -> Section:
         "official colours; grey: no index (fewer than 2 of the last 3 hours of PM data).",
         vn_aqi.CATEGORIES, vn_steps, aqi_steps(vn_aqi.CATEGORIES),
         extra=[("dominant", [dm.DynamicConfigValue(id_val="mappings", value=pollutant_mappings())])])
-    per_category = (bargauge.Panel().title("Số trạm theo mức VN_AQI / Stations per VN_AQI category")
-                    .datasource(DATASOURCE).span(10).height(14)
-                    .description(f"Air stations by the category of their latest hourly VN_AQI (last "
-                                 f"{CURRENT_AQI_WINDOW}), of {len(stations)} stations.")
-                    .with_target(InfluxQL(category_count_query(), fmt="table"))
-                    .reduce_options(common_b.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
-                    .orientation(common.VizOrientation.HORIZONTAL).display_mode(common.BarGaugeDisplayMode.BASIC)
-                    .show_unfilled(True).min(0).max(len(stations)).decimals(0).unit("short").no_value("0"))
-    for c in vn_aqi.CATEGORIES:
-        per_category = per_category.override_by_name(category_label(c), [dm.DynamicConfigValue(
-            id_val="color", value={"mode": "fixed", "fixedColor": hex_colour(c.rgb)})])
+    per_category = stations_per_category(
+        "Số trạm theo mức VN_AQI / Stations per VN_AQI category",
+        f"Air stations by the category of their latest hourly VN_AQI (last {CURRENT_AQI_WINDOW}), "
+        f"of {len(stations)} stations.", category_count_query(), len(stations), vn_aqi.CATEGORIES)
     return Section("Chỉ số chất lượng không khí / Air quality index", [the_map, per_category])
 
 
@@ -1294,18 +1300,12 @@ def overview_wqi_section(settings: Settings, registry: Registry) -> Section:
         "parameters: lab samples too old or missing).",
         vn_wqi.CATEGORIES, wqi_class_steps(), wqi_value_steps())
     labels = [category_label(c) for c in vn_wqi.CATEGORIES]
-    per_class = (bargauge.Panel().title("Số trạm theo mức VN_WQI / Water stations per VN_WQI class")
-                 .datasource(DATASOURCE).span(10).height(14)
-                 .description(f"Water stations by the class of their latest hourly VN_WQI (last {CURRENT_WQI_WINDOW}), "
-                              f"of {len(stations)} stations.")
-                 .with_target(InfluxQL(level_count_query(WQI_INDEX, [c.number for c in vn_wqi.CATEGORIES], labels,
-                                                         CURRENT_WQI_WINDOW), fmt="table"))
-                 .reduce_options(common_b.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
-                 .orientation(common.VizOrientation.HORIZONTAL).display_mode(common.BarGaugeDisplayMode.BASIC)
-                 .show_unfilled(True).min(0).max(len(stations)).decimals(0).unit("short").no_value("0"))
-    for c in vn_wqi.CATEGORIES:
-        per_class = per_class.override_by_name(category_label(c), [dm.DynamicConfigValue(
-            id_val="color", value={"mode": "fixed", "fixedColor": hex_colour(c.rgb)})])
+    per_class = stations_per_category(
+        "Số trạm theo mức VN_WQI / Water stations per VN_WQI class",
+        f"Water stations by the class of their latest hourly VN_WQI (last {CURRENT_WQI_WINDOW}), "
+        f"of {len(stations)} stations.",
+        level_count_query(WQI_INDEX, [c.number for c in vn_wqi.CATEGORIES], labels, CURRENT_WQI_WINDOW),
+        len(stations), vn_wqi.CATEGORIES)
     return Section("Chỉ số chất lượng nước / Water quality index", [the_map, per_class])
 
 
