@@ -27,7 +27,7 @@ from citywatch.fire_index import FireDanger
 from citywatch.forecast_stage import ForecastStage
 from citywatch.registry import SeriesIndex
 from citywatch.reorder import ReorderBuffer
-from citywatch.sinks.line_protocol import encode_line, escape_tag, series_prefix
+from citywatch.sinks.line_protocol import encode_line, escape_tag, format_field_value, series_prefix
 from citywatch.stats import Stats
 from citywatch.traffic_index import TrafficLos
 from citywatch.water_index import WaterQuality
@@ -75,6 +75,7 @@ class PointEncoder:
         self.series = series
         self._reading_prefix: list[str] = []
         self._score_prefix: list[str] = []
+        self._anomaly_prefix: dict[tuple[int, str, int], str] = {}
         self._baseline_prefix: list[str] = []
 
     def _grow(self) -> None:
@@ -133,20 +134,25 @@ class PointEncoder:
 
     def anomalies(self, batch: ReadingBatch, detectors: list[Detector], outputs: list[DetectorOutput]) -> list[str]:
         """Why a reading was flagged: one point per (reading, detector) whose level is above ok."""
-        self._grow()
         s = self.series
+        prefixes = self._anomaly_prefix
         lines: list[str] = []
         for det, out in zip(detectors, outputs):
             rows = np.flatnonzero(out.level > 0)
-            for r in rows.tolist():
-                sid = int(batch.series[r])
-                tags = {"sensor": s.sensor_ids[sid], "area": s.areas[sid], "domain": s.domains[sid],
-                        "metric": s.metrics[sid], "detector": det.name, "reason": det.reasons[int(out.reason[r])]}
-                fields: dict[str, object] = {"score": float(np.nan_to_num(out.score[r])), "level": int(out.level[r]),
-                                             "value": float(batch.value[r])}
-                if not np.isnan(out.threshold[r]):
-                    fields["threshold"] = float(out.threshold[r])
-                lines.append(encode_line("anomalies", tags, fields, int(batch.ts[r])))
+            if len(rows) == 0:
+                continue
+            for sid, code, score, level, value, threshold, ts in zip(
+                    batch.series[rows].tolist(), out.reason[rows].tolist(), np.nan_to_num(out.score[rows]).tolist(),
+                    out.level[rows].tolist(), batch.value[rows].tolist(), out.threshold[rows].tolist(),
+                    batch.ts[rows].tolist()):
+                prefix = prefixes.get((sid, det.name, code))
+                if prefix is None:
+                    prefix = prefixes[(sid, det.name, code)] = series_prefix("anomalies", {
+                        "sensor": s.sensor_ids[sid], "area": s.areas[sid], "domain": s.domains[sid],
+                        "metric": s.metrics[sid], "detector": det.name, "reason": det.reasons[code]})
+                limit = "" if threshold != threshold else f"threshold={format_field_value(threshold)},"
+                lines.append(f"{prefix} level={level}i,score={format_field_value(score)},{limit}"
+                             f"value={format_field_value(value)} {ts}")
         return lines
 
     @staticmethod
