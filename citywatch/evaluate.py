@@ -3,8 +3,9 @@
 `Evaluator` takes validated, (series, ts)-sorted micro-batches and returns the line-protocol points
 and alert events they produce: per-series watermarks (LATE and DUPLICATE flags), the reorder buffer
 of `detectors.allowed_lateness`, the detectors, the alert tracker and the index stages. The engine
-(`citywatch.pipeline`) wraps it with MQTT, InfluxDB and acknowledgements; replays, backtests and
-tests drive it directly, so they exercise exactly the engine's logic.
+(`citywatch.pipeline`) wraps it with MQTT, InfluxDB and acknowledgements; tests (the simulated
+city of `tests/test_simulator_scenarios.py`) drive it directly, so they exercise exactly the
+engine's logic.
 
 Event time: each series has a watermark, the newest event time it has processed. Readings at or
 before it are LATE (a resend, or a backlog older than what was seen): they are stored - data is
