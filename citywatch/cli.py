@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import signal
@@ -141,37 +142,25 @@ def build_parser() -> argparse.ArgumentParser:
     simulator.add_arguments(p)
     p.set_defaults(func=cmd_simulate)
 
-    p = sub.add_parser("index", help="compute an official index (VN_AQI, US AQI, VN_WQI, fire, traffic) over a CSV",
-                       description="Compute an official index over a CSV of readings, for staff recomputing history.")
-    from citywatch import index_cli
-
-    index_cli.add_arguments(p)
-    p.set_defaults(func=lambda args: index_cli.run(args))
-
-    p = sub.add_parser("forecast", help="forecast hourly series of a CSV with prediction intervals",
-                       description="Forecast the next hours of each value column of a CSV (hourly means), with intervals.")
-    from citywatch import forecast_cli
-
-    forecast_cli.add_arguments(p)
-    p.set_defaults(func=lambda args: forecast_cli.run(args))
-
-    p = sub.add_parser("replay", help="run the detectors as a stream over historical CSVs and write per-row scores",
-                       description="Replay CSV files (timestamp,value or wide timestamp,<metric>,...; a file or a "
-                                   "folder) through the default detector profile, row by row in event time, and "
-                                   "write per-row scores; --nab-output writes NAB's results layout instead.")
-    from citywatch import replay
-
-    replay.add_arguments(p)
-    p.set_defaults(func=lambda args: replay.run(args))
-
-    p = sub.add_parser("backtest", help="score detector output against NAB windows or the simulator's ground truth",
-                       description="Score replayed detector output against labels: NAB windows (the three NAB "
-                                   "profiles) or the simulator's ground-truth faults (precision, recall, detection "
-                                   "delay); writes report.md, summary.json and a PNG per series.")
-    from citywatch import backtest
-
-    backtest.add_arguments(p)
-    p.set_defaults(func=lambda args: backtest.run(args))
+    # Commands whose module brings its own `add_arguments(parser)` and `run(args)`.
+    for name, module, help_text, description in (
+        ("index", "index_cli", "compute an official index (VN_AQI, US AQI, VN_WQI, fire, traffic) over a CSV",
+         "Compute an official index over a CSV of readings, for staff recomputing history."),
+        ("forecast", "forecast_cli", "forecast hourly series of a CSV with prediction intervals",
+         "Forecast the next hours of each value column of a CSV (hourly means), with intervals."),
+        ("replay", "replay", "run the detectors as a stream over historical CSVs and write per-row scores",
+         "Replay CSV files (timestamp,value or wide timestamp,<metric>,...; a file or a folder) through the default "
+         "detector profile, row by row in event time, and write per-row scores; --nab-output writes NAB's results "
+         "layout instead."),
+        ("backtest", "backtest", "score detector output against NAB windows or the simulator's ground truth",
+         "Score replayed detector output against labels: NAB windows (the three NAB profiles) or the simulator's "
+         "ground-truth faults (precision, recall, detection delay); writes report.md, summary.json and a PNG per "
+         "series."),
+    ):
+        mod = importlib.import_module(f"citywatch.{module}")
+        p = sub.add_parser(name, help=help_text, description=description)
+        mod.add_arguments(p)
+        p.set_defaults(func=mod.run)
 
     p = sub.add_parser("grafana", help="export or push the Grafana provisioning and dashboards",
                        description="Write the Grafana provisioning and dashboards generated from the config and "
