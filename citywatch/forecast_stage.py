@@ -215,6 +215,9 @@ class ForecastStage:
         lo, hi = self._physical_range(kind, ids)
         # an index or a concentration is never forecast below zero (or beyond its physical range)
         median, lower, upper = (np.clip(a, lo[:, None], hi[:, None]) for a in f.forecast(ids))
+        # The interval comes from the series' own past errors: for a model biased one way it can miss
+        # the point forecast, which is drawn inside it; widen it to hold the forecast.
+        lower, upper = np.minimum(lower, median), np.maximum(upper, median)  # NaN (no interval yet) stays
         last = f.latest_hour(ids)
         H = f.horizon
         issued_s = (last + 1) * 3600
