@@ -234,6 +234,34 @@ class ForecastsConfig(StrictModel):
     ar_deseasonalised: dict[Literal["order", "forgetting", "profile_gain"], float] = Field(default_factory=dict)
 
 
+class NatsConfig(StrictModel):
+    """The NATS JetStream source (`source: nats`; see ingest/nats_source.py and README "Scaling out")."""
+
+    url: str = "nats://127.0.0.1:4222"
+    instance_id: str | None = None  # unique per instance; default <hostname>-<pid>
+    partitions: int = Field(default=8, ge=1, le=1024)  # must equal the server mapping's partition(n, ...)
+    stream: str = "CITYWATCH_TELEMETRY"
+    subject_prefix: str = "citywatch.telemetry"  # mapped subjects: <prefix>.<partition>.<domain>.<sensor>
+    create_stream: bool = True
+    lease_bucket: str = "citywatch_leases"
+    state_bucket: str = "citywatch_state"
+    lease_ttl: Duration = Field(default=10.0, ge=1.0)  # a dead instance's partitions move after at most this
+    snapshot_interval: Duration = Field(default=5.0, ge=0.0)  # partition state saved after a stored batch at most this often
+    # How long partitions may stay without a live owner (all instances down) and still lose nothing.
+    max_failover_time: Duration = Field(default=3600.0, ge=0.0)
+    stream_max_age: Duration = Field(default=86400.0, gt=0.0)  # stream retention
+    fetch_batch: int = Field(default=1000, ge=1)
+    max_ack_pending: int = Field(default=20000, ge=1)  # per partition consumer: bounds what is in flight
+
+    @model_validator(mode="after")
+    def _check(self) -> "NatsConfig":
+        need = self.snapshot_interval + self.lease_ttl + self.max_failover_time
+        if self.stream_max_age < need:
+            raise ValueError(f"nats.stream_max_age ({self.stream_max_age:g}s) must cover snapshot_interval + lease_ttl "
+                             f"+ max_failover_time ({need:g}s): older readings would be gone when a partition is replayed")
+        return self
+
+
 class AlertsConfig(StrictModel):
     mqtt: bool = True
     influxdb: bool = True
@@ -250,6 +278,9 @@ class Settings(StrictModel):
     indices: IndicesConfig = Field(default_factory=IndicesConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     forecasts: ForecastsConfig = Field(default_factory=ForecastsConfig)
+    # Where readings come from: the MQTT broker directly, or NATS JetStream partitions (`nats:`).
+    source: Literal["mqtt", "nats"] = "mqtt"
+    nats: NatsConfig = Field(default_factory=NatsConfig)
     # The alert lifecycle, notifications, the alert API and command topic (citywatch.alerting): on when
     # the config has an `alerting:` section (unless it says `enabled: false`), off without one.
     alerting: AlertingConfig = Field(default_factory=lambda: AlertingConfig(enabled=False))
