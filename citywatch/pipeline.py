@@ -30,6 +30,7 @@ from citywatch.alerts import AlertEvent
 from citywatch.config import Settings
 from citywatch.evaluate import Evaluator
 from citywatch.ingest.mqtt import InboundMessage, MqttConsumer
+from citywatch.ingest.sources.mapper import SourceMapper, load_profiles
 from citywatch.ingest.topics import TopicPattern
 from citywatch.ingest.validate import Rejection, Validator
 from citywatch.registry import Registry, SeriesIndex
@@ -55,7 +56,8 @@ class _Pending:
 
 
 class Engine:
-    def __init__(self, settings: Settings, registry: Registry | None = None, logger=None) -> None:
+    def __init__(self, settings: Settings, registry: Registry | None = None, logger=None,
+                 source: Callable[["Engine"], MqttConsumer] | None = None) -> None:
         self.settings = settings
         self.log = logger or structlog.get_logger("citywatch.engine")
         self.registry = registry or Registry.load(settings.resolve(settings.registry))
@@ -65,7 +67,11 @@ class Engine:
         self.topic = TopicPattern(settings.mqtt.topic)
         self.alert_topic = TopicPattern(settings.mqtt.alert_topic)
         self.deadletter_topic = TopicPattern(settings.mqtt.deadletter_topic)
-        self.validator = Validator(self.registry, self.series, settings.validation, self.topic, self.stats)
+        src = settings.sources
+        self.sources = (SourceMapper(load_profiles(src.profiles, settings.base_dir), self.registry, self.stats)
+                        if src.enabled and src.profiles else None)
+        self.validator = Validator(self.registry, self.series, settings.validation, self.topic, self.stats,
+                                   sources=self.sources)
         self.evaluator = Evaluator(settings, self.series, self.stats)
         self.encoder = self.evaluator.encoder
         self.spool = Spool(settings.data_path(settings.spool.directory), settings.spool.max_bytes,
@@ -73,7 +79,9 @@ class Engine:
         self.writer = InfluxWriter(settings.influxdb, settings.batching, self.spool, self.stats,
                                    logger=self.log, on_rejected=self._on_rejected_points,
                                    replay_interval=settings.spool.replay_interval)
-        self.consumer = MqttConsumer(settings.mqtt, self.topic.subscription, self.stats, logger=self.log)
+        # `source` builds another input with the consumer's interface (ingest/nats_source.py).
+        self.consumer = (source(self) if source is not None else
+                         MqttConsumer(settings.mqtt, self.topic.subscription, self.stats, logger=self.log))
         # The alert lifecycle: notifications (through this MQTT connection too), the API, the command topic.
         self.alerting = (AlertingStage(settings, self.registry, self.stats, logger=self.log,
                                        mqtt_client=self.consumer.client) if settings.alerting.enabled else None)
@@ -89,6 +97,7 @@ class Engine:
         self._last_snapshot = time.monotonic()
         self._last_health = time.monotonic()
         self._last_device_check = time.monotonic()
+        self._last_source_poll = time.monotonic()
         self.latencies_ns: deque[int] = deque(maxlen=10_000)  # arrival -> stored, per batch
         # Benchmarks: called with (event times of a stored batch, time it was stored), both in ns.
         self.latency_probe: Callable[[np.ndarray, int], None] | None = None
@@ -173,6 +182,7 @@ class Engine:
         self._dead_letter(rejections)
         batch = batch.sorted_by_series_time()
         lines, events = self.evaluator.ingest(batch, time.time_ns())
+        lines.extend(self._device_reports())
         self.stats.inc("batches")
         future = self._pool.submit(self.writer.write, lines) if lines else _done()
         future.add_done_callback(lambda _: self.consumer.wake.set())  # acknowledge promptly
@@ -182,6 +192,35 @@ class Engine:
         # Bounded concurrency: never more batches in flight than writer threads (plus one being built).
         while len(self._pending) > self.settings.batching.concurrent_writes:
             self._complete_one()
+
+    def _device_reports(self) -> list[str]:
+        """What device families said besides readings: health points, and online/offline to no-data."""
+        v = self.validator
+        lines = [encode_line("sensor_health", {"sensor": s.id, "domain": s.domain, "area": s.area, "family": family},
+                             fields, ts) for s, family, ts, fields in v.health]
+        if self.evaluator.no_data is not None:
+            for sensor_id, online, ts in v.availability:
+                self.evaluator.no_data.announce(sensor_id, online, ts)
+        v.health.clear()
+        v.availability.clear()
+        return lines
+
+    def _poll_sources(self) -> None:
+        """Readings due by the clock alone (Frigate's closed intervals) and commands to devices."""
+        if self.sources is None:
+            return
+        now = time.time_ns()
+        records = self.sources.tick(now)
+        if records:
+            batch, rejections = self.validator.validate_records(records, now)
+            self._dead_letter(rejections)
+            lines, events = self.evaluator.ingest(batch.sorted_by_series_time(), now)
+            lines.extend(self._device_reports())
+            if lines or events:
+                self._pending.append(_Pending(self._pool.submit(self.writer.write, lines) if lines else _done(),
+                                              [], events, len(batch), now, state=self._state_after(events)))
+        for topic, payload in self.sources.commands():
+            self.consumer.publish(topic, payload, qos=0)
 
     def _release_held(self, drain: bool = False) -> None:
         """Process readings of the reorder buffer whose wait is over (all of them when draining)."""
@@ -220,6 +259,10 @@ class Engine:
         """Lifecycle transitions (firing, acknowledged, resolved, ...) as points of `alerts`."""
         if lines and self.settings.alerts.influxdb:
             self._pending.append(_Pending(self._pool.submit(self.writer.write, lines), [], [], 0, time.time_ns()))
+
+    def settle(self) -> None:
+        """Wait until every batch processed so far is stored and acknowledged (pipeline thread only)."""
+        self._complete(block=True)
 
     def _complete(self, block: bool) -> None:
         while self._pending and (block or self._pending[0].future.done()):
@@ -261,6 +304,9 @@ class Engine:
     # -- state and health --------------------------------------------------------------------------
     def _periodic(self) -> None:
         now = time.monotonic()
+        between_batches = getattr(self.consumer, "between_batches", None)
+        if between_batches is not None:
+            between_batches(self)  # e.g. partition hand-over: restores, checkpoints (on this thread)
         if self.alerting is not None and now - self._last_alert_tick >= 1.0:
             self._last_alert_tick = now  # timers: for-durations, hold-downs, repeats, escalation, digests
             self._write_alert_transitions(self.alerting.tick())
@@ -271,6 +317,9 @@ class Engine:
             self._last_health = now
             self._write_health()
             self._flush_quiet_hours()
+        if now - self._last_source_poll >= 1.0:
+            self._last_source_poll = now
+            self._poll_sources()
         if now - self._last_device_check >= 5.0:
             self._last_device_check = now
             lines, events = self.evaluator.check_devices(time.time_ns())
