@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import ConfigDict, Field, SecretStr, ValidationError, model_validator
@@ -234,6 +234,18 @@ class ForecastsConfig(StrictModel):
     ar_deseasonalised: dict[Literal["order", "forgetting", "profile_gain"], float] = Field(default_factory=dict)
 
 
+class SourcesConfig(StrictModel):
+    """Device families that publish in their own formats (citywatch.ingest.sources).
+
+    ``profiles`` lists shipped profiles by name (tasmota, esphome, ttn, chirpstack, zigbee2mqtt,
+    sensor_community, sparkplug, frigate), paths to profile YAML files (relative to this config
+    file), or inline profiles. Their topics are subscribed beside ``mqtt.topic``.
+    """
+
+    enabled: bool = True
+    profiles: list[str | dict[str, Any]] = Field(default_factory=list)
+
+
 class NatsConfig(StrictModel):
     """The NATS JetStream source (`source: nats`; see ingest/nats_source.py and README "Scaling out")."""
 
@@ -274,6 +286,7 @@ class Settings(StrictModel):
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     spool: SpoolConfig = Field(default_factory=SpoolConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    sources: SourcesConfig = Field(default_factory=SourcesConfig)
     detectors: DetectorsConfig = Field(default_factory=DetectorsConfig)
     indices: IndicesConfig = Field(default_factory=IndicesConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)

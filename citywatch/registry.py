@@ -49,6 +49,13 @@ class Profile(StrictModel):
     metrics: dict[str, MetricSpec]
 
 
+class SensorSource(StrictModel):
+    """Which device publishes this sensor's readings in a device family's own format (issue: sources)."""
+
+    family: str  # a source profile's family (see citywatch.ingest.sources), e.g. tasmota
+    device: str  # the id as the device publishes it (topic segment, DevEUI, friendly name ...)
+
+
 class Sensor(StrictModel):
     id: str
     domain: Domain
@@ -60,6 +67,7 @@ class Sensor(StrictModel):
     profile: str | None = None
     metrics: dict[str, MetricSpec] = Field(default_factory=dict)
     road_class: Literal["main", "secondary", "side"] | None = None
+    source: SensorSource | None = None
     auto_registered: bool = False
 
     @field_validator("id")
@@ -77,10 +85,16 @@ class RegistryFile(StrictModel):
     @model_validator(mode="after")
     def _resolve_profiles(self) -> "RegistryFile":
         seen: set[str] = set()
+        sources: dict[tuple[str, str], str] = {}
         for i, s in enumerate(self.sensors):
             if s.id in seen:
                 raise ValueError(f"sensors.{i}.id: duplicate sensor id {s.id!r}")
             seen.add(s.id)
+            if s.source is not None:
+                key = (s.source.family, s.source.device)
+                if key in sources:
+                    raise ValueError(f"sensors.{i}.source: device {key[1]!r} of {key[0]} is already sensor {sources[key]!r}")
+                sources[key] = s.id
             if s.profile is not None:
                 prof = self.profiles.get(s.profile)
                 if prof is None:
@@ -114,6 +128,14 @@ class Registry:
 
     def get(self, sensor_id: str) -> Sensor | None:
         return self.sensors.get(sensor_id)
+
+    def by_source(self, family: str, device: str) -> Sensor | None:
+        """The sensor whose `source` names this device of this family."""
+        index = self.__dict__.get("_by_source")
+        if index is None or len(index) != sum(1 for s in self.sensors.values() if s.source):
+            index = self.__dict__["_by_source"] = {(s.source.family, s.source.device): s
+                                                    for s in self.sensors.values() if s.source}
+        return index.get((family, device))
 
     def by_domain(self, domain: str | None = None) -> list[Sensor]:
         return [s for s in self.sensors.values() if domain is None or s.domain == domain]

@@ -28,6 +28,9 @@ CANONICAL_ALIASES: dict[str, tuple[str, ...]] = {
     "hPa": ("hpa", "mbar", "A97"),
     "m": ("MTR",),
     "V": ("VLT",),
+    "mV": ("mv", "2Z"),
+    "Pa": ("pa", "PAL"),
+    "kPa": ("kpa", "KPA"),
 }
 
 _ALIAS_TO_CANONICAL = {alias: canon for canon, aliases in CANONICAL_ALIASES.items() for alias in aliases}
@@ -46,6 +49,11 @@ CONVERSIONS: dict[tuple[str, str], tuple[float, float]] = {
     ("uS/cm", "mS/cm"): (0.001, 0.0),
     ("m/s", "km/h"): (3.6, 0.0),
     ("km/h", "m/s"): (1 / 3.6, 0.0),
+    ("mV", "V"): (0.001, 0.0),
+    ("V", "mV"): (1000.0, 0.0),
+    ("Pa", "hPa"): (0.01, 0.0),
+    ("kPa", "hPa"): (10.0, 0.0),
+    ("hPa", "Pa"): (100.0, 0.0),
 }
 
 

@@ -15,6 +15,10 @@ engine has processed, or the wall clock when live):
 * ``late``    - silent for more than ``late_factor x expected``;
 * ``offline`` - silent for more than ``offline_after = max(offline_factor x expected, offline_min)``.
 
+A device's own announcement (an MQTT last will, an ESPHome status topic, a Sparkplug DEATH, relayed
+by the device-family sources through `announce`) makes it ``offline`` at the next check, until it
+reports a reading again.
+
 Silence is measured from the newest event time seen for the sensor, or, for a sensor of the registry
 that has never reported, from when the detector started (its first `check`, or `start_ns`). A
 reading after silence brings the sensor back to ``ok`` at the next `check`. Sensors without an
@@ -130,6 +134,7 @@ class NoDataDetector:
         "upload_step": (np.float64, np.nan),  # seconds the newest event time moves per upload
         "state": (np.int8, STATE_OK),
         "seen": (np.int64, 0),
+        "offline_since": (np.int64, NEVER),  # a device's own "offline" (LWT, status, DEATH), until it reports again
     }
 
     def __init__(self, series: SeriesIndex, config: NoDataConfig | None = None, start_ns: int | None = None) -> None:
@@ -212,6 +217,20 @@ class NoDataDetector:
         st["last_seen"][moved] = newest[moved]
         np.add.at(st["seen"], sensor, 1)
 
+    def announce(self, sensor_id: str, online: bool, ts_ns: int) -> None:
+        """A device said it went offline (MQTT last will, status topic, Sparkplug DEATH) or came back.
+
+        Offline holds from then until the sensor's next reading, so a dead device is reported at the
+        next check instead of after ``offline_after``. Online only cancels that; being ``ok`` still
+        takes a reading.
+        """
+        self._sync()
+        i = self._sensor_index.get(sensor_id)
+        if i is None:
+            return
+        st = self.state
+        st["offline_since"][i] = NEVER if online else max(int(ts_ns), int(st["last_seen"][i]))
+
     def expected_s(self) -> np.ndarray:
         """Seconds between reports expected from each sensor: max(interval, learned upload step)."""
         return np.fmax(self._interval, self.state["upload_step"])
@@ -230,6 +249,8 @@ class NoDataDetector:
         state = np.where(silent_s > offline_after, STATE_OFFLINE,
                          np.where(silent_s > late_after, STATE_LATE, STATE_OK)).astype(np.int8)
         state[self._interval <= 0] = STATE_OK  # no expected interval: not judged
+        announced = (st["offline_since"] != NEVER) & (st["last_seen"] <= st["offline_since"])
+        state[announced] = STATE_OFFLINE
         return state
 
     def check(self, now_ns: int) -> list[NoDataTransition]:

@@ -67,9 +67,11 @@ class InboundMessage:
 
 
 class MqttConsumer:
-    def __init__(self, cfg: MqttConfig, subscription: str, stats: Stats, logger=None) -> None:
+    def __init__(self, cfg: MqttConfig, subscription: str | list[str], stats: Stats, logger=None) -> None:
         self.cfg = cfg
-        self.subscription = subscription
+        # the house topic, plus the topics of the device families' source profiles
+        self.subscription = subscription if isinstance(subscription, str) else ",".join(subscription)
+        self._filters = [subscription] if isinstance(subscription, str) else list(subscription)
         self.stats = stats
         self.log = logger or structlog.get_logger("citywatch.mqtt")
         self.inbox: deque[InboundMessage] = deque()
@@ -103,7 +105,7 @@ class MqttConsumer:
             self.log.error("mqtt connect refused", reason=str(reason_code))
             return
         self.generation += 1
-        client.subscribe(self.subscription, qos=self.cfg.qos)
+        client.subscribe([(f, self.cfg.qos) for f in self._filters])
         self.stats.inc("mqtt_connects")
         self.log.info("mqtt connected", session_present=bool(flags.session_present),
                       subscription=self.subscription, generation=self.generation)

@@ -93,6 +93,7 @@ import orjson
 from citywatch.batch import FLAG_TS_FROM_ARRIVAL, ReadingBatch
 from citywatch.config import ValidationConfig
 from citywatch.ingest.payloads import decode_payload
+from citywatch.ingest.sources.mapper import MappedRecord, SourceMapper
 from citywatch.ingest.topics import TopicPattern
 from citywatch.registry import DOMAINS, SENSOR_ID_PATTERN, Registry, SeriesIndex, Sensor
 from citywatch.stats import Stats
@@ -118,6 +119,10 @@ REASONS: tuple[str, ...] = (
     "too_old",
     "rate_limited",
     "internal_error",
+    # device families (citywatch.ingest.sources): messages matched by a source profile
+    "unknown_device",
+    "malformed_text",
+    "bad_availability",
 )
 METRIC_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -259,7 +264,7 @@ class Validator:
     """Decode + validate micro-batches of MQTT messages. Not thread-safe: one per ingest loop."""
 
     def __init__(self, registry: Registry, series: SeriesIndex, cfg: ValidationConfig, topic: TopicPattern,
-                 stats: Stats) -> None:
+                 stats: Stats, sources: SourceMapper | None = None) -> None:
         missing = {"domain", "sensor"} - set(topic.names)
         if missing:
             raise ValueError(f"topic pattern {topic.pattern!r} needs the segments {sorted(missing)}")
@@ -280,6 +285,11 @@ class Validator:
         self._burst = float(cfg.rate_limit_burst)
         self._buckets: dict[str, list] = {}  # sensor -> [tokens, last arrival ns, in a dropped run]
         self._rate_dropped = 0
+        self.sources = sources
+        # What device families said besides readings, taken by the engine after each `validate`:
+        # (sensor, family, ts_ns, {field: value}) and (sensor id, online, ts_ns).
+        self.health: list[tuple[Sensor, str, int, dict[str, float]]] = []
+        self.availability: list[tuple[str, bool, int]] = []
 
     def _over_limit(self, sensor_id: str, arrival_ns: int) -> int:
         """0: within the sensor's rate; 1: the first message of a dropped run; 2: later in the run."""
@@ -315,25 +325,31 @@ class Validator:
 
     def validate(self, messages: list[tuple[str, bytes, int]]) -> tuple[ReadingBatch, list[Rejection]]:
         rejections: list[Rejection] = []
-        col_sid: list[int] = []
-        col_ts: list[int] = []
-        col_val: list[float] = []
-        col_flags: list[int] = []
-        col_arrival: list[int] = []
-        col_ref: list[tuple[_Msg, str, object]] = []  # for rejections found on the columns
+        cols: tuple[list, ...] = ([], [], [], [], [], [])  # series, ts, value, flags, arrival, (msg, metric, raw)
         for topic, payload, arrival_ns in messages:
-            start = len(col_sid)
+            start = len(cols[0])
             n_rej = len(rejections)
             try:
-                self._message(topic, payload, arrival_ns, rejections,
-                              col_sid, col_ts, col_val, col_flags, col_arrival, col_ref)
+                self._message(topic, payload, arrival_ns, rejections, cols)
             except Exception as exc:  # pragma: no cover - a bug; keep the ingest loop alive
-                for col in (col_sid, col_ts, col_val, col_flags, col_arrival, col_ref):
+                for col in cols:
                     del col[start:]
                 del rejections[n_rej:]
                 msg = _Msg(topic, None, None, arrival_ns, payload)
                 rejections.append(msg.reject("internal_error", f"{type(exc).__name__}: {exc}"))
+        return self._columns_to_batch(cols, rejections, len(messages))
 
+    def validate_records(self, records: list[MappedRecord], now_ns: int) -> tuple[ReadingBatch, list[Rejection]]:
+        """Records a source produced on its own clock (Frigate's closed intervals), judged at `now_ns`."""
+        rejections: list[Rejection] = []
+        cols: tuple[list, ...] = ([], [], [], [], [], [])
+        for record in records:
+            self._mapped(record, f"<{record.family}>", b"", now_ns, rejections, cols)
+        return self._columns_to_batch(cols, rejections, 0)
+
+    def _columns_to_batch(self, cols: tuple[list, ...], rejections: list[Rejection],
+                          n_messages: int) -> tuple[ReadingBatch, list[Rejection]]:
+        col_sid, col_ts, col_val, col_flags, col_arrival, col_ref = cols
         batch = ReadingBatch.empty()
         if col_sid:
             ts = np.array(col_ts, dtype=np.int64)
@@ -369,7 +385,7 @@ class Validator:
                 batch = ReadingBatch.from_columns(np.array(col_sid, dtype=np.int32), ts, value,
                                                   np.array(col_flags, dtype=np.uint8))
 
-        self._count(len(messages), batch, rejections)
+        self._count(n_messages, batch, rejections)
         if self._rate_dropped:
             self.stats.inc("rate_limited_dropped", self._rate_dropped)
             self._rate_dropped = 0
@@ -388,8 +404,7 @@ class Validator:
             for reason, n in Counter(r.reason for r in rejections).items():
                 stats.inc(f"rejected_{reason}", n)
 
-    def _message(self, topic, payload, arrival_ns, rejections, col_sid, col_ts, col_val, col_flags, col_arrival,
-                 col_ref) -> None:
+    def _message(self, topic, payload, arrival_ns, rejections, cols) -> None:
         m = self.topic.match(topic)
         domain = m["domain"] if m else None
         sensor_id = m["sensor"] if m else None
@@ -400,7 +415,13 @@ class Validator:
                                          f"payload is {size} bytes, max_payload_bytes is {self._max_bytes}"))
             return
         if m is None:
-            rejections.append(msg.reject("topic_mismatch", f"topic does not match {self.topic.pattern!r}"))
+            mapped = self.sources.map(topic, payload, arrival_ns) if self.sources is not None else None
+            if mapped is None:
+                rejections.append(msg.reject("topic_mismatch", f"topic does not match {self.topic.pattern!r}"
+                                             + (" nor any source profile" if self.sources is not None else "")))
+                return
+            for record in mapped:
+                self._mapped(record, topic, payload, arrival_ns, rejections, cols)
             return
         if not SENSOR_ID_PATTERN.match(sensor_id):
             rejections.append(msg.reject(
@@ -445,7 +466,37 @@ class Validator:
             return
         if sensor is None:
             sensor = self.registry.auto_register(sensor_id, domain)
+        self._readings(msg, sensor, readings, rejections, cols)
 
+    def _mapped(self, record: MappedRecord, topic, payload, arrival_ns, rejections, cols) -> None:
+        """One device record of a source profile: the same checks as the house format from here on."""
+        sensor = record.sensor
+        msg = _Msg(topic, sensor.domain if sensor else None, sensor.id if sensor else None, arrival_ns, payload)
+        for err in record.errors:
+            reason, _, detail = err.partition(": ")
+            rejections.append(msg.reject(reason, f"{record.family} device {record.device!r}: {detail}"))
+        if sensor is None:
+            if record.readings or record.health or record.available is not None:
+                rejections.append(msg.reject(
+                    "unknown_device",
+                    f"{record.family} device {record.device!r} is not in the registry: give a sensor "
+                    f"`source: {{family: {record.family}, device: {record.device!r}}}` or add an alias to the profile"))
+            return
+        if record.health:
+            self.health.append((sensor, record.family, record.ts_ns, record.health))
+        if record.available is not None:
+            self.availability.append((sensor.id, record.available, record.ts_ns))
+        if not record.readings:
+            return
+        if self._rate_per_ns and self._over_limit(sensor.id, arrival_ns):
+            self._rate_dropped += 1
+            return
+        self._readings(msg, sensor, record.readings, rejections, cols)
+
+    def _readings(self, msg: _Msg, sensor: Sensor, readings, rejections, cols) -> None:
+        col_sid, col_ts, col_val, col_flags, col_arrival, col_ref = cols
+        sensor_id = sensor.id
+        arrival_ns = msg.arrival_ns
         metrics = sensor.metrics
         accept_unknown = sensor.auto_registered or self._accept_metrics
         series = self.series

@@ -25,9 +25,10 @@ or on ``tick(now_ns)`` when the wall clock does. Events that arrive for a bucket
 an error record ``frigate_late_event`` and are dropped; out-of-order events within the grace count.
 
 True zeros and dead cameras: a bucket with no vehicles is emitted as 0 for every camera and zone seen
-so far, but only when Frigate was known to be running for the whole bucket. ``offline`` (and the
-time before the first message, or while the engine was stopped between `snapshot` and `restore`)
-is a gap: a bucket that overlaps a gap is emitted only if it saw vehicles (a lower bound), never as
+so far, but only when Frigate was known to be running for the whole bucket. ``offline`` (until
+``online`` or the next event), the time before the first message (or before the earliest event
+time seen, for a backlog) and the time the engine was stopped between `snapshot` and `restore` are
+gaps: a bucket that overlaps a gap is emitted only if it saw vehicles (a lower bound), never as
 0, so the no-data logic sees a silent camera rather than an empty road. ``offline`` also yields
 ``DeviceRecord(available=False)`` for every known camera and zone, ``online`` (or any event, which
 proves Frigate runs) ``available=True``.
@@ -351,6 +352,7 @@ class FrigateVehicleCounter:
                 )
             )
             return out
+        self._known_running_at(message_ns)
 
         out.extend(self._count(after, camera, message_ns, start_ns, arrival_ns))
         if camera in self._watermarks:
@@ -493,6 +495,12 @@ class FrigateVehicleCounter:
             self._gaps.append((self._restored_clock_ns, clock_ns))  # the engine was stopped
         self._restored_clock_ns = None
         self._clock_ns = clock_ns if self._clock_ns is None else max(self._clock_ns, clock_ns)
+
+    def _known_running_at(self, event_ns: int) -> None:
+        """An event proves Frigate ran at its time: the unknown period before the first message ends there."""
+        for i, (start, end) in enumerate(self._gaps):
+            if start is None and end is not None and end > event_ns:
+                self._gaps[i] = (None, event_ns)
 
     def _set_online(self, arrival_ns: int) -> None:
         for i, (start, end) in enumerate(self._gaps):
