@@ -349,6 +349,33 @@ def test_values_by_datatype() -> None:
     assert record.readings == [(t, "i8", -5, None), (t, "null float", 3.25, None)]
 
 
+# A DBIRTH serialised by the protobuf classes generated from Eclipse Tahu's sparkplug_b.proto (not by
+# this project's schema): Temperature Float 28.4 °C (own timestamp), pH Double 7.12, an Int8 -5
+# sign-extended to 32 bits, a UInt64 counter, a null Float, a Boolean and a DataSet.
+TAHU_DBIRTH = bytes.fromhex(
+    "0880e892e0a13412390a1353656e736f72732f54656d7065726174757265100a18ece792e0a13420094a120a07656e"
+    "67556e69741207080c4203c2b043653333e34112190a0a53656e736f72732f7048100b200a697b14ae47e17a1c4012"
+    "180a0c4c6576656c2f4f6666736574100c200150fbffffff0f12160a0a466c6f772f546f74616c100d200858b5b8f0"
+    "fe2d12120a0a53656e736f72732f444f100e2009380112140a0c50756d702f52756e6e696e67100f200b7001121b0a"
+    "0b43616c6962726174696f6e101020108a0107080112016118091801"
+)
+
+
+def test_a_payload_from_an_independent_encoder_decodes_field_by_field() -> None:
+    decoder = SparkplugDecoder()
+    decoder.decode(topic("NBIRTH"), nbirth(), arrival_ns=0)
+    [record] = decoder.decode(topic("DBIRTH", DEVICE), TAHU_DBIRTH, arrival_ns=0)
+    t = T0 * NS
+    assert record == DeviceRecord(device=DEVICE_ID, available=True, ts_ns=t, readings=[
+        ((T0 - 20) * NS, "Sensors/Temperature", 28.4, "°C"),
+        (t, "Sensors/pH", 7.12, None),
+        (t, "Level/Offset", -5, None),
+        (t, "Flow/Total", 12_345_678_901, None),
+        (t, "Sensors/DO", None, None),
+        (t, "Pump/Running", True, None),
+    ], errors=["sparkplug_unsupported_type: 'Calibration': a DataSet value is not a reading"])
+
+
 def test_no_timestamp_anywhere_means_the_message_time() -> None:
     decoder = SparkplugDecoder()
     p = new_payload(seq=0)
