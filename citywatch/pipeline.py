@@ -80,8 +80,9 @@ class Engine:
                                    logger=self.log, on_rejected=self._on_rejected_points,
                                    replay_interval=settings.spool.replay_interval)
         # `source` builds another input with the consumer's interface (ingest/nats_source.py).
+        subscriptions = [self.topic.subscription] + (self.sources.subscriptions if self.sources else [])
         self.consumer = (source(self) if source is not None else
-                         MqttConsumer(settings.mqtt, self.topic.subscription, self.stats, logger=self.log))
+                         MqttConsumer(settings.mqtt, subscriptions, self.stats, logger=self.log))
         # The alert lifecycle: notifications (through this MQTT connection too), the API, the command topic.
         self.alerting = (AlertingStage(settings, self.registry, self.stats, logger=self.log,
                                        mqtt_client=self.consumer.client) if settings.alerting.enabled else None)
