@@ -99,6 +99,29 @@ def test_module_doctests() -> None:
     assert doctest.testmod(sparkplug_module).failed == 0
 
 
+def test_the_sample_profile_in_the_docs_is_a_valid_profile_that_builds_the_decoder() -> None:
+    import textwrap
+
+    import yaml
+
+    from citywatch.ingest.sources.profile import SourceProfile
+
+    doc = sparkplug_module.__doc__ or ""
+    block = textwrap.dedent(doc.split("sources.profiles``;", 1)[1].split("::\n", 1)[1])
+    [raw] = yaml.safe_load(block)
+    profile = SourceProfile.model_validate(raw)
+    assert profile.family == "sparkplug" and profile.topics[0].decoder == "sparkplug"
+    assert profile.metrics["Sensors/PM2.5"].metric == "pm25"
+    assert SparkplugDecoder(**profile.options).rebirth_interval_s == 60
+
+
+def test_options_are_checked() -> None:
+    with pytest.raises(ValueError, match="rebirth_interval_s must be > 0"):
+        SparkplugDecoder(rebirth_interval_s=0)
+    with pytest.raises(TypeError):
+        SparkplugDecoder(rebirth_every=5)  # type: ignore[call-arg]
+
+
 # ----------------------------------------------------------------------------------------- births
 def test_nbirth_puts_the_node_online_with_its_current_values() -> None:
     decoder = SparkplugDecoder()

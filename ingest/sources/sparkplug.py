@@ -133,7 +133,9 @@ def _ns(ms: int | None) -> int | None:
 class SparkplugDecoder:
     """Sparkplug B messages -> `DeviceRecord`s, keeping each edge node's session (aliases, seq)."""
 
-    def __init__(self, rebirth_interval_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, *, rebirth_interval_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        if not rebirth_interval_s > 0:
+            raise ValueError(f"sparkplug option rebirth_interval_s must be > 0 seconds, got {rebirth_interval_s!r}")
         self.rebirth_interval_s = float(rebirth_interval_s)
         self._clock = clock
         self._nodes: dict[tuple[str, str], _NodeSession] = {}

@@ -210,7 +210,7 @@ Payload: Any = _CLASSES["Payload"]
 def parse_payload(data: bytes) -> Any:
     """A `Payload` from its bytes; protobuf's `DecodeError` when they are not one."""
     payload = Payload()
-    payload.ParseFromString(data)
+    payload.ParseFromString(bytes(data))
     return payload
 
 
