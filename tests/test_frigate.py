@@ -477,6 +477,8 @@ def test_restore_refuses_another_interval_or_format(frigate):
         FrigateVehicleCounter(interval_s=300).restore(state)
     with pytest.raises(ValueError, match="format"):
         FrigateVehicleCounter().restore({**state, "format": 99})
+    with pytest.raises(ValueError, match="not a Frigate counter snapshot"):
+        FrigateVehicleCounter().restore({**state, "ids": [["a", "cam"]]})
 
 
 # ---- options, documentation, fixture

@@ -47,6 +47,7 @@ Not handled: Frigate gives parked cars new ids when it restarts, and counts them
 Example: a car on camera ``cam1`` entering zone ``lane_in`` at 10:00:12, then a person at 10:01:45
 on the same camera moves its watermark past 10:01:00 + 30 s, which closes the 10:00 bucket:
 
+>>> import json
 >>> counter = FrigateVehicleCounter(interval_s=60, grace_s=30)
 >>> t0 = 1_700_042_400                      # 2023-11-15 10:00:00 UTC
 >>> def event(kind, oid, label, frame_time, zones):
@@ -72,7 +73,7 @@ sensor's source, e.g. ``source: {family: frigate, device: nga_tu_vung_tau}``): s
 
 from __future__ import annotations
 
-import json  # noqa: F401  (the doctest builds its payloads with it)
+import datetime as dt
 import math
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
@@ -174,9 +175,7 @@ def _seconds_to_ns(value: Any, name: str) -> int:
 
 
 def _iso(ns: int) -> str:
-    import datetime as _dt
-
-    return _dt.datetime.fromtimestamp(ns // _NS, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.datetime.fromtimestamp(ns // _NS, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class FrigateVehicleCounter:
@@ -297,19 +296,22 @@ class FrigateVehicleCounter:
                 f"snapshot was taken with an interval of {state['interval_ns'] / _NS:g} s, "
                 f"this counter counts per {self.interval_ns / _NS:g} s"
             )
-        self._devices = {
-            d["device"]: _Device(d["camera"], int(d["cursor"]), {int(k): int(n) for k, n in d["counts"]})
-            for d in state["devices"]
-        }
-        self._watermarks = {camera: int(ns) for camera, ns in state["watermarks"].items()}
-        self._objects = OrderedDict(
-            (oid, _TrackedObject(camera, bool(counted), set(zones), int(last)))
-            for oid, camera, counted, zones, last in state["ids"]
-        )
-        self._gaps = [(start, end) for start, end in state["gaps"]]
-        self._online = state["online"]
-        self._clock_ns = state["clock_ns"]
-        self._restored_clock_ns = state["clock_ns"]
+        try:
+            devices = {
+                d["device"]: _Device(d["camera"], int(d["cursor"]), {int(k): int(n) for k, n in d["counts"]})
+                for d in state["devices"]
+            }
+            watermarks = {camera: int(ns) for camera, ns in state["watermarks"].items()}
+            objects = OrderedDict(
+                (oid, _TrackedObject(camera, bool(counted), set(zones), int(last)))
+                for oid, camera, counted, zones, last in state["ids"]
+            )
+            gaps = [(start, end) for start, end in state["gaps"]]
+            online, clock = state["online"], state["clock_ns"]
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"not a Frigate counter snapshot: {exc!r}") from None
+        self._devices, self._watermarks, self._objects, self._gaps = devices, watermarks, objects, gaps
+        self._online, self._clock_ns, self._restored_clock_ns = online, clock, clock
 
     # ---- messages
 
