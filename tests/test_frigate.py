@@ -485,23 +485,35 @@ def test_restore_refuses_another_interval_or_format(frigate):
 
 
 def test_options_parse_durations_and_build_the_counter():
-    options = FrigateOptions.model_validate({"interval": "5m", "grace": "45s", "labels": ["car", "bus"], "id_retention": "2h"})
+    options = FrigateOptions.model_validate({"interval_s": "5m", "grace_s": "45s", "labels": ["car", "bus"], "id_retention_s": "2h"})
     counter = FrigateVehicleCounter.from_options(options)
     assert (counter.interval_ns, counter.grace_ns, counter.id_retention_ns) == (300 * NS, 45 * NS, 7200 * NS)
     assert counter.labels == {"car", "bus"}
-    for bad in ({"interval": 0}, {"interval": "soon"}, {"labels": []}, {"topic_prefix": "frigate/#"}, {"colour": "red"}):
+    # a profile's options: passed to the constructor as keyword arguments, validated the same way
+    counter = FrigateVehicleCounter(**{"interval_s": "5m", "grace_s": 10, "labels": ["car"], "zones": False})
+    assert (counter.interval_ns, counter.grace_ns, counter.labels, counter.zones) == (300 * NS, 10 * NS, {"car"}, False)
+    for bad in ({"interval_s": 0}, {"interval_s": "soon"}, {"labels": []}, {"labels": "car"}, {"labels": [""]}, {"topic_prefix": "frigate/#"}):
         with pytest.raises(ValidationError):
             FrigateOptions.model_validate(bad)
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            FrigateVehicleCounter(**bad)
+    with pytest.raises(ValidationError):
+        FrigateOptions.model_validate({"colour": "red"})
 
 
-def test_sample_config_options_are_valid():
+def test_sample_config_is_a_valid_source_profile():
     import yaml
 
+    from citywatch.ingest.sources.profile import SourceProfile
+
     sample = yaml.safe_load(frigate_module.SAMPLE_CONFIG)
-    (profile,) = sample["sources"]
-    assert profile["family"] == "frigate"
-    assert profile["topics"] == ["frigate/events", "frigate/available"]
-    FrigateOptions.model_validate(profile["options"])
+    (raw,) = sample["sources"]["profiles"]
+    profile = SourceProfile.model_validate(raw)
+    assert profile.family == "frigate"
+    assert [(t.filter, t.decoder) for t in profile.topics] == [("frigate/events", "frigate"), ("frigate/available", "frigate")]
+    counter = FrigateVehicleCounter(**profile.options)
+    assert (counter.interval_ns, counter.id_retention_ns, counter.max_clock_skew_ns) == (60 * NS, 6 * 3600 * NS, 300 * NS)
+    assert (counter.events_topic, counter.available_topic) == ("frigate/events", "frigate/available")
 
 
 def test_module_docstring_example_runs():
@@ -524,8 +536,7 @@ def _shift(message: dict, delta_s: int) -> dict:
 
 
 def _replay(sequence: dict, delta_s: int, arrival) -> list[DeviceRecord]:
-    options = FrigateOptions.model_validate(sequence["options"])
-    counter = FrigateVehicleCounter.from_options(options)
+    counter = FrigateVehicleCounter(**sequence["options"])
     out: list[DeviceRecord] = []
     for i, message in enumerate(sequence["messages"]):
         message = _shift(message, delta_s)

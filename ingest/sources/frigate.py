@@ -67,7 +67,7 @@ cam1/lane_in [(1700042400000000000, 'vehicles', 1, 'veh')]
 cam1 [(1700042460000000000, 'vehicles', 0, 'veh')]
 cam1/lane_in [(1700042460000000000, 'vehicles', 0, 'veh')]
 
-Sample source profile (a sketch of the ``sources:`` entry; the registry names the camera as the
+Sample source profile (``sources.profiles`` in the engine config; the registry names the camera as a
 sensor's source, e.g. ``source: {family: frigate, device: nga_tu_vung_tau}``): see `SAMPLE_CONFIG`.
 """
 
@@ -98,38 +98,52 @@ _EVENT_TYPES = frozenset({"new", "update", "end"})
 
 SAMPLE_CONFIG = """\
 sources:
-  ## Sketch: vehicle counts from a Frigate NVR (one entry per Frigate instance / topic prefix).
-  - family: frigate
-    topics: [frigate/events, frigate/available]
-    options:
-      interval: 60s                # count per fixed interval, aligned to the epoch
-      labels: [car, motorcycle, bus, truck, bicycle]   # Frigate labels counted as vehicles
-      grace: 30s                   # a bucket closes this long after its end (late events still count)
-      zones: true                  # also count per zone: device "<camera>/<zone>"
-      id_retention: 6h             # how long an event id is remembered after its last message
-      max_clock_skew: 5m           # event times further ahead of arrival are rejected
-    metrics: {vehicles: intensity} # source metric -> registry metric (unit veh)
+  profiles:
+    ## Vehicle counts from a Frigate NVR (one profile per Frigate instance, i.e. per topic prefix).
+    - family: frigate
+      description: Frigate NVR, vehicles counted per camera and zone
+      topics:
+        - {filter: frigate/events, decoder: frigate}
+        - {filter: frigate/available, kind: availability, decoder: frigate}
+      options:                       # FrigateVehicleCounter's arguments
+        topic_prefix: frigate        # the prefix of the two topics above
+        interval_s: 60               # count per fixed interval, aligned to the epoch ("60s", "5m" work too)
+        labels: [car, motorcycle, bus, truck, bicycle]   # Frigate labels counted as vehicles
+        grace_s: 30                  # a bucket closes this long after its end (late events still count)
+        zones: true                  # also count per zone: device "<camera>/<zone>"
+        id_retention_s: 6h           # how long an event id is remembered after its last message
+        max_clock_skew_s: 5m         # event times further ahead of their arrival are rejected
+      metrics: {vehicles: intensity} # source metric -> registry metric (unit veh)
+      # the registry names a camera (or "<camera>/<zone>") as a sensor's source, e.g. on tc-001:
+      #   source: {family: frigate, device: nga_tu_vung_tau}
 """
 
 
 class FrigateOptions(StrictModel):
-    """The options of a Frigate source profile (``options:`` in `SAMPLE_CONFIG`)."""
+    """The options of a Frigate source profile (``options:`` in `SAMPLE_CONFIG`): the counter's arguments."""
 
     topic_prefix: str = "frigate"
-    interval: Duration = 60.0
+    interval_s: Duration = 60.0
     labels: list[str] = Field(default_factory=lambda: list(DEFAULT_LABELS), min_length=1)
-    grace: Duration = 30.0
+    grace_s: Duration = 30.0
     zones: bool = True
-    id_retention: Duration = 6 * 3600.0
-    max_clock_skew: Duration = 300.0
+    id_retention_s: Duration = 6 * 3600.0
+    max_clock_skew_s: Duration = 300.0
     max_ids: int = Field(default=200_000, ge=1)
     max_devices: int = Field(default=1_000, ge=1)
 
-    @field_validator("interval")
+    @field_validator("interval_s", "id_retention_s")
     @classmethod
-    def _positive_interval(cls, value: float) -> float:
+    def _positive(cls, value: float) -> float:
         if value <= 0:
-            raise ValueError("interval must be positive")
+            raise ValueError("must be positive")
+        return value
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, value: list[str]) -> list[str]:
+        if not all(label.strip() for label in value):
+            raise ValueError("labels are Frigate object labels such as 'car'")
         return value
 
     @field_validator("topic_prefix")
@@ -183,33 +197,43 @@ class FrigateVehicleCounter:
 
     def __init__(
         self,
-        interval_s: float = 60,
+        interval_s: float | str = 60,
         labels: tuple[str, ...] | list[str] = DEFAULT_LABELS,
-        grace_s: float = 30,
+        grace_s: float | str = 30,
         zones: bool = True,
         *,
         topic_prefix: str = "frigate",
-        id_retention_s: float = 6 * 3600,
-        max_clock_skew_s: float = 300,
+        id_retention_s: float | str = 6 * 3600,
+        max_clock_skew_s: float | str = 300,
         max_ids: int = 200_000,
         max_devices: int = 1_000,
         logger: Any = None,
     ) -> None:
-        if interval_s <= 0 or grace_s < 0 or id_retention_s <= 0 or max_clock_skew_s < 0:
-            raise ValueError("interval and id_retention must be positive, grace and max_clock_skew not negative")
-        if max_ids < 1 or max_devices < 1:
-            raise ValueError("max_ids and max_devices must be at least 1")
-        self.interval_ns = int(round(interval_s * _NS))
-        self.grace_ns = int(round(grace_s * _NS))
-        self.labels = frozenset(labels)
-        self.zones = zones
-        self.topic_prefix = topic_prefix
-        self.events_topic = f"{topic_prefix}/events"
-        self.available_topic = f"{topic_prefix}/available"
-        self.id_retention_ns = int(round(id_retention_s * _NS))
-        self.max_clock_skew_ns = int(round(max_clock_skew_s * _NS))
-        self.max_ids = max_ids
-        self.max_devices = max_devices
+        # The profile's `options:` arrive here as keyword arguments: validated like any config section
+        # (pydantic's ValidationError is a ValueError naming the option).
+        o = FrigateOptions(
+            topic_prefix=topic_prefix,
+            interval_s=interval_s,
+            labels=labels if isinstance(labels, str) else list(labels),
+            grace_s=grace_s,
+            zones=zones,
+            id_retention_s=id_retention_s,
+            max_clock_skew_s=max_clock_skew_s,
+            max_ids=max_ids,
+            max_devices=max_devices,
+        )
+        self.options = o
+        self.interval_ns = int(round(o.interval_s * _NS))
+        self.grace_ns = int(round(o.grace_s * _NS))
+        self.labels = frozenset(o.labels)
+        self.zones = o.zones
+        self.topic_prefix = o.topic_prefix
+        self.events_topic = f"{o.topic_prefix}/events"
+        self.available_topic = f"{o.topic_prefix}/available"
+        self.id_retention_ns = int(round(o.id_retention_s * _NS))
+        self.max_clock_skew_ns = int(round(o.max_clock_skew_s * _NS))
+        self.max_ids = o.max_ids
+        self.max_devices = o.max_devices
         self._max_catchup = max(1, -(-self.id_retention_ns // self.interval_ns))
         self.log = logger or structlog.get_logger("citywatch.sources.frigate")
         self.stats: Counter[str] = Counter()
@@ -224,18 +248,7 @@ class FrigateVehicleCounter:
 
     @classmethod
     def from_options(cls, options: FrigateOptions, logger: Any = None) -> "FrigateVehicleCounter":
-        return cls(
-            interval_s=options.interval,
-            labels=tuple(options.labels),
-            grace_s=options.grace,
-            zones=options.zones,
-            topic_prefix=options.topic_prefix,
-            id_retention_s=options.id_retention,
-            max_clock_skew_s=options.max_clock_skew,
-            max_ids=options.max_ids,
-            max_devices=options.max_devices,
-            logger=logger,
-        )
+        return cls(**options.model_dump(), logger=logger)
 
     # ---- public API
 
