@@ -24,7 +24,8 @@ What the mapper does, in order, for each record:
 7. device: topic captures or a payload field, then the profile's ``aliases``, then the registry's
    ``source: {family, device}`` entries;
 8. health: radio and battery fields (rssi, snr, battery, linkquality ...), converted to their unit,
-   the best of several gateways; and availability (LWT, status, DEATH) as online/offline.
+   the best of several gateways (a metric-table entry ``health.<field>`` sends a value there too,
+   e.g. ESPHome's ``wifi_signal`` entity); and availability (LWT, status, DEATH) as online/offline.
 """
 
 from __future__ import annotations
@@ -269,7 +270,10 @@ class SourceMapper:
                     values.append((name, value))
             else:
                 psel, pivot = prof.pivots[id(rule)]
-                for el in psel.values(rec):
+                found = psel.values(rec)
+                if len(found) == 1 and type(found[0]) is list:  # the list itself was selected: its elements
+                    found = found[0]
+                for el in found:
                     if type(el) is dict and isinstance(el.get(pivot.key), str):
                         values.append((el[pivot.key], el.get(pivot.value)))
         return values
@@ -281,14 +285,22 @@ class SourceMapper:
             if not vals:
                 continue
             v = {"max": max, "min": min, "first": lambda xs: xs[0], "mean": lambda xs: sum(xs) / len(xs)}[rule.reduce](vals)
-            target = HEALTH_UNITS.get(name)
-            if rule.unit and target and rule.unit != target:
-                conv = conversion(rule.unit, target)
-                if conv is None:
-                    continue
-                v = v * conv[0] + conv[1]
-            out[name] = float(v)
+            self._health_value(out, name, v, rule.unit)
         return out
+
+    @staticmethod
+    def _health_value(out: dict[str, float], name: str, raw: object, unit: str | None) -> None:
+        """A health field in its own unit (battery_voltage in V, battery in %); unusable values are skipped."""
+        v = _number(raw)
+        if v is None:
+            return
+        target = HEALTH_UNITS.get(name)
+        if unit and target and unit != target:
+            conv = conversion(unit, target)
+            if conv is None:
+                return
+            v = v * conv[0] + conv[1]
+        out[name] = float(v)
 
     # -- from source terms to registry terms ---------------------------------------------------------
     def _finish(self, prof: _Profile, dr: DeviceRecord, ctx: tuple | None, arrival_ns: int) -> MappedRecord:
@@ -301,6 +313,10 @@ class SourceMapper:
                                         else (arrival_ns, True))
         out = MappedRecord(family, dr.device, sensor, health=dr.health, available=dr.available, ts_ns=rec_ts,
                            errors=list(dr.errors))
+        if sensor is None and prof.p.unknown_device == "ignore":
+            self.stats.inc("source_unknown_devices_ignored")
+            out.health, out.available, out.errors = {}, None, []
+            return out
         metrics = prof.p.metrics
         for ts, name, raw, unit in dr.readings:
             rule = metrics.get(name)
@@ -317,6 +333,9 @@ class SourceMapper:
                 number = _number(raw)
                 if number is not None:
                     raw = number
+            if rule.metric.startswith("health."):  # e.g. ESPHome's wifi_signal entity: sensor health
+                self._health_value(out.health, rule.metric[7:], raw, rule.unit)
+                continue
             if ts is None:
                 ts, flags = rec_ts, (_ARRIVAL if rec_from_arrival else 0)
             else:

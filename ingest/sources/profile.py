@@ -159,6 +159,9 @@ class SourceProfile(StrictModel):
     health: dict[str, str | HealthRule] = Field(default_factory=dict)
     timestamp: TimestampRule = Field(default_factory=TimestampRule)
     aliases: dict[str, str] = Field(default_factory=dict)  # device id -> registry sensor id
+    # A device that is in neither `aliases` nor the registry: dead-lettered (reject), or only counted
+    # (ignore; for families that report more devices than the city registers, e.g. Frigate's zones).
+    unknown_device: Literal["reject", "ignore"] = "reject"
     counter_max_gap: Duration = 600.0  # a counter silent for longer starts over (no increase across the gap)
     options: dict[str, Any] = Field(default_factory=dict)  # decoder options (frigate: interval_s, labels ...)
 
