@@ -175,6 +175,14 @@ def test_zones_off_counts_cameras_only():
     assert f.counter.devices == [CAM]
 
 
+def test_zones_listed_are_the_only_zones_counted():
+    f = Frigate(FrigateVehicleCounter(interval_s=60, grace_s=30, zones=["huong_bien_hoa"]))
+    f.event("new", obj("a", frame=T0 + 5.0, zones=["huong_bien_hoa", "via_he"]))
+    f.event("new", obj("b", frame=T0 + 6.0, zones=["via_he"]))
+    assert readings(f.tick(T0 + 90)) == [(CAM, 0, 2), (f"{CAM}/huong_bien_hoa", 0, 1)]
+    assert f.counter.devices == [CAM, f"{CAM}/huong_bien_hoa"]
+
+
 def test_zone_re_entered_counts_once(frigate):
     frigate.event("new", obj("a", frame=T0 + 10.0, zones=["lane"]))
     frigate.event("update", obj("a", frame=T0 + 20.0, zones=["lane"], current=[]))
@@ -492,7 +500,11 @@ def test_options_parse_durations_and_build_the_counter():
     # a profile's options: passed to the constructor as keyword arguments, validated the same way
     counter = FrigateVehicleCounter(**{"interval_s": "5m", "grace_s": 10, "labels": ["car"], "zones": False})
     assert (counter.interval_ns, counter.grace_ns, counter.labels, counter.zones) == (300 * NS, 10 * NS, {"car"}, False)
-    for bad in ({"interval_s": 0}, {"interval_s": "soon"}, {"labels": []}, {"labels": "car"}, {"labels": [""]}, {"topic_prefix": "frigate/#"}):
+    bad_options = (
+        {"interval_s": 0}, {"interval_s": "soon"}, {"labels": []}, {"labels": "car"}, {"labels": [""]},
+        {"topic_prefix": "frigate/#"}, {"zones": "lane"}, {"max_devices": 0},
+    )
+    for bad in bad_options:
         with pytest.raises(ValidationError):
             FrigateOptions.model_validate(bad)
         with pytest.raises(ValueError, match=next(iter(bad))):

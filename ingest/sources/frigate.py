@@ -14,9 +14,10 @@ Counting, by distinct event id (the message's ``after`` state):
   ``start_time``). Later updates and the end message of the same id never count again; an object
   whose label changes from a non-vehicle to a vehicle (or that stops being a false positive) counts
   then;
-* with ``zones`` on, each zone (device ``"<camera>/<zone>"``) counts a counted object once, the first
-  time the zone appears in its ``entered_zones``, at that message's ``frame_time``. A zone left and
-  re-entered is not counted again.
+* with ``zones`` on (true, or a list of the zone names to count), each zone (device
+  ``"<camera>/<zone>"``) counts a counted object once, the first time the zone appears in its
+  ``entered_zones``, at that message's ``frame_time``. A zone left and re-entered is not counted
+  again.
 
 Buckets: counts fall into fixed event-time intervals of ``interval`` aligned to the epoch. A bucket
 is emitted once closed, as the reading ``(bucket start ns, "vehicles", count, "veh")``: when the
@@ -110,7 +111,7 @@ sources:
         interval_s: 60               # count per fixed interval, aligned to the epoch ("60s", "5m" work too)
         labels: [car, motorcycle, bus, truck, bicycle]   # Frigate labels counted as vehicles
         grace_s: 30                  # a bucket closes this long after its end (late events still count)
-        zones: true                  # also count per zone: device "<camera>/<zone>"
+        zones: true                  # also count per zone, device "<camera>/<zone>": true, false or [names]
         id_retention_s: 6h           # how long an event id is remembered after its last message
         max_clock_skew_s: 5m         # event times further ahead of their arrival are rejected
       metrics: {vehicles: intensity} # source metric -> registry metric (unit veh)
@@ -126,7 +127,7 @@ class FrigateOptions(StrictModel):
     interval_s: Duration = 60.0
     labels: list[str] = Field(default_factory=lambda: list(DEFAULT_LABELS), min_length=1)
     grace_s: Duration = 30.0
-    zones: bool = True
+    zones: bool | list[str] = True  # every zone, none, or only these zone names
     id_retention_s: Duration = 6 * 3600.0
     max_clock_skew_s: Duration = 300.0
     max_ids: int = Field(default=200_000, ge=1)
@@ -200,7 +201,7 @@ class FrigateVehicleCounter:
         interval_s: float | str = 60,
         labels: tuple[str, ...] | list[str] = DEFAULT_LABELS,
         grace_s: float | str = 30,
-        zones: bool = True,
+        zones: bool | list[str] | tuple[str, ...] = True,
         *,
         topic_prefix: str = "frigate",
         id_retention_s: float | str = 6 * 3600,
@@ -216,7 +217,7 @@ class FrigateVehicleCounter:
             interval_s=interval_s,
             labels=labels if isinstance(labels, str) else list(labels),
             grace_s=grace_s,
-            zones=zones,
+            zones=zones if isinstance(zones, (bool, str)) else list(zones),
             id_retention_s=id_retention_s,
             max_clock_skew_s=max_clock_skew_s,
             max_ids=max_ids,
@@ -226,7 +227,8 @@ class FrigateVehicleCounter:
         self.interval_ns = int(round(o.interval_s * _NS))
         self.grace_ns = int(round(o.grace_s * _NS))
         self.labels = frozenset(o.labels)
-        self.zones = o.zones
+        self.zones = bool(o.zones)
+        self.zone_names = None if isinstance(o.zones, bool) else frozenset(o.zones)  # None: every zone
         self.topic_prefix = o.topic_prefix
         self.events_topic = f"{o.topic_prefix}/events"
         self.available_topic = f"{o.topic_prefix}/available"
@@ -441,7 +443,7 @@ class FrigateVehicleCounter:
                 out.append(late)
         if self.zones and camera in self._devices:
             for zone in after.get("entered_zones") or ():
-                if zone in obj.zones:
+                if zone in obj.zones or (self.zone_names is not None and zone not in self.zone_names):
                     continue
                 obj.zones.add(zone)
                 name = f"{camera}/{zone}"
