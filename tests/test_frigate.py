@@ -351,6 +351,16 @@ def test_availability_payload_other_than_online_offline_is_an_error(frigate):
     assert frigate.available(" online\n", T0 + 1) == []  # whitespace tolerated
 
 
+def test_a_flapping_frigate_keeps_bounded_gaps_and_never_a_false_zero(frigate):
+    frigate.event("new", obj("a", frame=T0 + 10.0))
+    for minute in range(1, 101):  # offline for ten seconds in each of the next 100 minutes
+        frigate.available("offline", T0 + 60 * minute + 10)
+        frigate.available("online", T0 + 60 * minute + 20)
+    assert len(frigate.counter.snapshot()["gaps"]) <= 65
+    out = readings(frigate.tick(T0 + 60 * 103 + 30))
+    assert out == [(CAM, 0, 1), (CAM, 101 * 60, 0), (CAM, 102 * 60, 0)]
+
+
 # ---- bad input
 
 

@@ -340,6 +340,7 @@ class FrigateVehicleCounter:
             self._online = False
         else:
             self._set_online(arrival_ns)
+        self._prune_gaps()
         return self._availability_records(text == "online", arrival_ns)
 
     def _on_event(self, payload: bytes, arrival_ns: int) -> list[DeviceRecord]:
@@ -551,7 +552,7 @@ class FrigateVehicleCounter:
         if self._devices:
             horizon = min(horizon, min(dev.cursor for dev in self._devices.values()) * self.interval_ns)
         open_gaps = [g for g in self._gaps if g[1] is None]
-        closed = [g for g in self._gaps if g[1] is not None and g[1] > horizon]
+        closed = sorted((g for g in self._gaps if g[1] is not None and g[1] > horizon), key=lambda g: g[1])
         if len(closed) > 64:  # a flapping Frigate: merge the oldest gaps into one (more zeros withheld, never fewer)
             closed = [(closed[0][0], closed[-64][1])] + closed[-63:]
         self._gaps = closed + open_gaps
