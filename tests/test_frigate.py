@@ -154,6 +154,13 @@ def test_label_change_to_a_vehicle_counts_then_and_vehicle_to_vehicle_never_agai
     assert readings(frigate.tick(T0 + 150)) == [(CAM, 60, 1), (f"{CAM}/lane", 60, 1)]
 
 
+def test_an_object_first_seen_in_its_end_message_counts_once(frigate):
+    # The engine came up while the car was being tracked: its end message is all there is.
+    frigate.event("end", obj("a", frame=T0 + 42.0, start=T0 + 20.0, zones=["lane"], end=T0 + 42.0))
+    frigate.event("end", obj("a", frame=T0 + 42.0, start=T0 + 20.0, zones=["lane"], end=T0 + 42.0))  # redelivered
+    assert readings(frigate.tick(T0 + 90)) == [(CAM, 0, 1), (f"{CAM}/lane", 0, 1)]
+
+
 def test_non_vehicle_labels_are_never_counted_and_make_no_device(frigate):
     for i, label in enumerate(["person", "dog", "bird", "cat"]):
         frigate.event("new", obj(f"x{i}", label, frame=T0 + 5.0 + i, zones=["lane"]))
@@ -489,6 +496,16 @@ def test_restart_gap_withholds_zeros_for_the_time_the_engine_was_stopped(frigate
     assert readings(restored.tick(T0 + 450)) == [(CAM, 360, 0)]
 
 
+def test_restore_keeps_frigate_offline_until_it_says_online(frigate):
+    frigate.event("new", obj("a", frame=T0 + 10.0))
+    frigate.available("offline", T0 + 100)
+    restored = Frigate(FrigateVehicleCounter(interval_s=60, grace_s=30))
+    restored.counter.restore(json.loads(json.dumps(frigate.counter.snapshot())))
+    assert readings(restored.tick(T0 + 600)) == [(CAM, 0, 1)]  # 10:01 overlaps the stop; no zeros while offline
+    assert [(r.device, r.available) for r in restored.available("online", T0 + 610)] == [(CAM, True)]
+    assert readings(restored.tick(T0 + 750)) == [(CAM, 660, 0)]
+
+
 def test_restore_refuses_another_interval_or_format(frigate):
     state = frigate.counter.snapshot()
     with pytest.raises(ValueError, match="interval of 60 s"):
@@ -557,16 +574,14 @@ def _shift(message: dict, delta_s: int) -> dict:
     return message
 
 
-def _replay(sequence: dict, delta_s: int, arrival) -> list[DeviceRecord]:
+def _replay(sequence: dict, delta_s: int, arrival) -> list[tuple[int, DeviceRecord]]:
+    """(index of the message that emitted it, record) for every record the sequence yields."""
     counter = FrigateVehicleCounter(**sequence["options"])
-    out: list[DeviceRecord] = []
+    out: list[tuple[int, DeviceRecord]] = []
     for i, message in enumerate(sequence["messages"]):
         message = _shift(message, delta_s)
         payload = message["payload"] if message["payload_is_text"] else json.dumps(message["payload"])
-        records = counter.feed(message["topic"], payload.encode(), arrival(i, message))
-        for record in records:
-            record.ts_ns = i  # which message emitted it (for the expected errors)
-        out.extend(records)
+        out.extend((i, record) for record in counter.feed(message["topic"], payload.encode(), arrival(i, message)))
     return out
 
 
@@ -584,7 +599,7 @@ def test_example_sequence_fixture(mode):
     out = _replay(sequence, delta, arrival)
     got = [
         {"device": r.device, "ts_ns": ts, "metric": metric, "value": value, "unit": unit}
-        for r in out
+        for _, r in out
         for ts, metric, value, unit in r.readings
     ]
     expected = [
@@ -592,9 +607,9 @@ def test_example_sequence_fixture(mode):
         for e in sequence["expected_readings"]
     ]
     assert got == expected
-    got_errors = [{"message_index": r.ts_ns, "device": r.device, "code": e.split(":")[0]} for r in out for e in r.errors]
+    got_errors = [{"message_index": i, "device": r.device, "code": e.split(":")[0]} for i, r in out for e in r.errors]
     assert got_errors == sequence["expected_errors"]
-    assert [r for r in out if r.available is not None] == []
+    assert [r for _, r in out if r.available is not None] == sequence["expected_availability"]
 
 
 def test_availability_fixtures():
