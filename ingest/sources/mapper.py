@@ -137,24 +137,17 @@ class _Profile:
         self.clock = SourceClock(profile.timestamp)
         self.counters = CounterDeltas(profile.counter_max_gap)
         self.stats = stats
-        self._sparkplug = None
-        self._frigate = None
-
-    @property
-    def sparkplug(self):
-        if self._sparkplug is None:
+        # Stateful decoders are built now, so that bad options fail at start-up, not on a first message.
+        decoders = {r.decoder for r in profile.topics}
+        self.sparkplug = self.frigate = None
+        if "sparkplug" in decoders:
             from citywatch.ingest.sources.sparkplug import SparkplugDecoder
 
-            self._sparkplug = SparkplugDecoder(**self.p.options)
-        return self._sparkplug
-
-    @property
-    def frigate(self):
-        if self._frigate is None:
+            self.sparkplug = SparkplugDecoder(**profile.options)
+        if "frigate" in decoders:
             from citywatch.ingest.sources.frigate import FrigateVehicleCounter
 
-            self._frigate = FrigateVehicleCounter(**self.p.options)
-        return self._frigate
+            self.frigate = FrigateVehicleCounter(**profile.options)
 
 
 class SourceMapper:
@@ -189,7 +182,7 @@ class SourceMapper:
         """Records due by the clock alone (Frigate's closed count intervals)."""
         out: list[MappedRecord] = []
         for prof in self.profiles:
-            if prof._frigate is not None:
+            if prof.frigate is not None:
                 out.extend(self._finish(prof, r, None, now_ns) for r in prof.frigate.tick(now_ns))
         return out
 
@@ -197,7 +190,7 @@ class SourceMapper:
         """Messages to publish back to devices (Sparkplug rebirth requests)."""
         out: list[tuple[str, bytes]] = []
         for prof in self.profiles:
-            if prof._sparkplug is not None:
+            if prof.sparkplug is not None:
                 out.extend(prof.sparkplug.rebirth_requests())
         return out
 
@@ -342,9 +335,9 @@ class SourceMapper:
                 ts, from_arrival = prof.clock.check(ts, arrival_ns)
                 flags = _ARRIVAL if from_arrival else 0
             unit = self._unit(prof, name, rule, ctx, unit)
-            if rule.counter and type(raw) is float:
+            if rule.counter and type(raw) in (int, float):
                 key = (sensor.id if sensor else dr.device, rule.metric)
-                delta = prof.counters.delta(key, ts, raw)
+                delta = prof.counters.delta(key, ts, float(raw))
                 for event, n in prof.counters.events.items():
                     self.stats.inc(f"counter_{event}", n)
                 prof.counters.events.clear()
