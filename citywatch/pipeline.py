@@ -350,9 +350,16 @@ class Engine:
             return
         self._write_state(self._state_arrays())
 
+    def _stateful(self) -> dict:
+        """Everything whose state outlives a restart: the evaluator's parts and the device sources'."""
+        parts = dict(self.evaluator.stateful())
+        if self.sources is not None:
+            parts["__sources"] = self.sources
+        return parts
+
     def _state_arrays(self) -> dict[str, np.ndarray]:
         arrays: dict[str, np.ndarray] = {}
-        for name, part in self.evaluator.stateful().items():
+        for name, part in self._stateful().items():
             arrays.update({f"{name}/{k}": np.array(v, copy=True) for k, v in part.snapshot().items()})
         return arrays
 
@@ -375,7 +382,7 @@ class Engine:
             for key in data.files:
                 group, _, name = key.partition("/")
                 groups.setdefault(group, {})[name] = data[key]
-        for name, part in self.evaluator.stateful().items():
+        for name, part in self._stateful().items():
             if name in groups:
                 part.restore(groups[name])
         self.log.info("detector state restored", file=str(self._state_file))

@@ -365,3 +365,16 @@ def test_availability_makes_a_device_offline_until_it_reports(registry):
     nd.announce("aq-013", False, ARRIVAL + 6 * S)
     nd.announce("aq-013", True, ARRIVAL + 7 * S)
     assert nd.states(ARRIVAL + 8 * S)[i] == 0  # online cancels the announced offline
+
+
+def test_mapper_state_survives_a_restart(registry):
+    profile = SourceProfile.model_validate({
+        "family": "counter_cam", "topics": [{"filter": "counters/{device}"}],
+        "metrics": {"total": {"metric": "intensity", "counter": True}}, "aliases": {"cam-7": "tc-002"},
+        "timestamp": {"fields": ["ts"], "max_past": 10 * 365 * 86400}})
+    first = SourceMapper([profile, *load_profiles(["frigate"])], registry)
+    first.map("counters/cam-7", b'{"ts": 1795788000, "total": 100}', ARRIVAL)
+    second = SourceMapper([profile, *load_profiles(["frigate"])], registry)
+    second.restore(first.snapshot())
+    assert readings(second.map("counters/cam-7", b'{"ts": 1795788060, "total": 107}', ARRIVAL)) == [
+        ("tc-002", 1795788060 * S, "intensity", 7.0, None, 0)]

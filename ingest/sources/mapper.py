@@ -37,6 +37,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable
 
+import numpy as np
 import orjson
 
 from citywatch.batch import FLAG_TS_FROM_ARRIVAL
@@ -193,6 +194,24 @@ class SourceMapper:
             if prof.sparkplug is not None:
                 out.extend(prof.sparkplug.rebirth_requests())
         return out
+
+    # -- state across restarts ----------------------------------------------------------------------
+    def snapshot(self) -> dict[str, np.ndarray]:
+        """Counter baselines and Frigate's open intervals, as one JSON string (the engine's state file)."""
+        state = {prof.p.family: {"counters": prof.counters.snapshot(),
+                                 "frigate": prof.frigate.snapshot() if prof.frigate is not None else None}
+                 for prof in self.profiles}
+        return {"json": np.asarray([orjson.dumps(state).decode()])}
+
+    def restore(self, snap: dict[str, np.ndarray]) -> None:
+        state = orjson.loads(str(snap["json"][0]))
+        for prof in self.profiles:
+            part = state.get(prof.p.family)
+            if part is None:
+                continue
+            prof.counters.restore(part["counters"])
+            if prof.frigate is not None and part.get("frigate"):
+                prof.frigate.restore(part["frigate"])
 
     # -- decoding ----------------------------------------------------------------------------------
     def _map(self, prof: _Profile, rule: TopicRule, caps: dict[str, str], topic: str, payload: bytes,
