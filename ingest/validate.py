@@ -31,7 +31,18 @@ future_timestamp    ts > arrival + ``max_future_skew``                          
 too_old             ts < arrival - ``max_age``                                             reading
 rate_limited        the sensor is over ``max_messages_per_sensor_per_s`` (see below)      message
 internal_error      a bug in this module (never expected; counted, message kept out)       message
+unknown_device      a device family's message from a device neither the registry           record
+                    (``source:``) nor the profile's ``aliases`` know
+malformed_text ...  errors of the device-family decoders (``citywatch.ingest.sources``):   record
+                    malformed_text, bad_availability, bad_topic, malformed_protobuf,
+                    sparkplug_* (sequence gaps, unknown aliases, ...), frigate_* (late
+                    events, implausible times, too many cameras)
 ==================  =====================================================================  =========
+
+Device families: a topic that does not fit ``mqtt.topic`` goes to the source profiles
+(`citywatch.ingest.sources.mapper.SourceMapper`) before it is a ``topic_mismatch``; their records
+get the checks below from ``unknown_metric`` on. What they say besides readings is left in
+`Validator.health` and `Validator.availability` for the engine.
 
 Units: a reading without a unit is taken to be in the registry unit. A different unit is converted
 with `citywatch.units.conversion` (e.g. 0.035 mg/m3 -> 35 ug/m3, 45 % -> 0.45 for a unit "1"); the
@@ -123,6 +134,17 @@ REASONS: tuple[str, ...] = (
     "unknown_device",
     "malformed_text",
     "bad_availability",
+    "bad_topic",
+    "malformed_protobuf",
+    "sparkplug_no_birth",
+    "sparkplug_seq_gap",
+    "sparkplug_stale_death",
+    "sparkplug_unknown_alias",
+    "sparkplug_unnamed_metric",
+    "sparkplug_unsupported_type",
+    "frigate_late_event",
+    "frigate_implausible_time",
+    "frigate_too_many_devices",
 )
 METRIC_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
