@@ -378,3 +378,29 @@ def test_mapper_state_survives_a_restart(registry):
     second.restore(first.snapshot())
     assert readings(second.map("counters/cam-7", b'{"ts": 1795788060, "total": 107}', ARRIVAL)) == [
         ("tc-002", 1795788060 * S, "intensity", 7.0, None, 0)]
+
+
+_json = st.recursive(st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=8),
+                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+                     max_leaves=20)
+_topics = st.sampled_from(["tele/aq_tasmota_01/SENSOR", "tele/x/STATE", "tele/aq_tasmota_01/LWT",
+                           "aq-esphome-01/sensor/pm_2_5/state", "aq-esphome-01/status", "v3/a@ttn/devices/wq-lora-01/up",
+                           "application/a/device/70b3d57ed005a1b2/event/up", "zigbee2mqtt/forest/station 3/soil",
+                           "zigbee2mqtt/forest/station 3/soil/availability", "sensor_community/15072310",
+                           "spBv1.0/bienhoa/DDATA/gw-dongnai-01/wq-probe-01", "spBv1.0/g/NBIRTH/n", "frigate/events",
+                           "frigate/available"])
+
+
+@given(_topics, st.one_of(_json.map(lambda d: json.dumps(d).encode()), st.binary(max_size=64)))
+def test_no_payload_makes_the_mapping_layer_raise(topic, payload):
+    registry = _FUZZ_REGISTRY
+    series = SeriesIndex(registry)
+    v = Validator(registry, series, ValidationConfig(), TopicPattern("city/{domain}/{sensor}/telemetry"), Stats(),
+                  sources=_FUZZ_MAPPER)
+    batch, rejections = v.validate([(topic, payload, ARRIVAL)])
+    assert all(r.reason != "internal_error" for r in rejections), [r.detail for r in rejections]
+    assert np.isfinite(batch.value).all()
+
+
+_FUZZ_REGISTRY = Registry.load(REGISTRY)
+_FUZZ_MAPPER = SourceMapper(load_profiles(FAMILIES), _FUZZ_REGISTRY)

@@ -559,7 +559,8 @@ class FrigateVehicleCounter:
 
     def _error(self, device: str, code: str, detail: str) -> DeviceRecord:
         self.stats[code] += 1
-        self.log.warning("frigate_message_rejected", code=code, device=device, detail=detail)
+        # debug only: the engine counts, dead-letters and logs the error (rate-limited) from the record
+        self.log.debug("frigate_message_rejected", code=code, device=device, detail=detail)
         return DeviceRecord(device=device, errors=[f"{code}: {detail}"])
 
     def _too_many(self, name: str) -> DeviceRecord:
