@@ -156,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
          "Score replayed detector output against labels: NAB windows (the three NAB profiles) or the simulator's "
          "ground-truth faults (precision, recall, detection delay); writes report.md, summary.json and a PNG per "
          "series."),
+        ("sources", "sources_cli", "try device messages against a source profile; list the source profiles",
+         "Device source profiles (Tasmota, ESPHome, TTN, ChirpStack, Zigbee2MQTT, Sensor.Community, Sparkplug B, "
+         "Frigate): `test` shows what a message maps to, or why it is rejected; `list` shows the profiles."),
     ):
         mod = importlib.import_module(f"citywatch.{module}")
         p = sub.add_parser(name, help=help_text, description=description)
