@@ -503,9 +503,17 @@ def sensor_health_board(settings: Settings, registry: Registry) -> Board:
                   'GROUP BY time($__interval) fill(none)', alias="$col")], "short", w=16, h=6,
         description="Increase per interval of the engine's rejected_<reason> counters (dead-lettered input).")
     rejected = rejected.draw_style(common.GraphDrawStyle.BARS)
+    radio = (table_panel("Sóng và pin thiết bị / Device radio and battery").span(24).height(8)
+             .description("Latest radio and battery report of each device that sends one (LoRaWAN gateways' best "
+                          "rssi/snr, Wi-Fi signal, Zigbee link quality, battery % and voltage), from the "
+                          "sensor_health measurement the device-family sources write.")
+             .with_target(InfluxQL('SELECT last("rssi") AS "rssi_dbm", last("snr") AS "snr_db", '
+                                   'last("battery") AS "battery_pct", last("battery_voltage") AS "battery_v", '
+                                   'last("linkquality") AS "linkquality" FROM "sensor_health" WHERE $timeFilter AND '
+                                   f'{tag_filter("area", "sensor")} GROUP BY "sensor", "family"', fmt="table")))
     return Board("cw-sensor-health", "Tình trạng cảm biến / Sensor health", FOLDER_OPERATIONS, "sensor-health.json",
                  "Which devices are silent or sending bad data, and why a reading was flagged.",
-                 [Section("Cảm biến / Sensors", [reporting, rejected, last_seen]),
+                 [Section("Cảm biến / Sensors", [reporting, rejected, last_seen, radio]),
                   Section("Chất lượng dữ liệu / Data quality", data_quality_panels()),
                   Section("Vì sao bị đánh dấu / Why flagged", [why_flagged_panel()])],
                  variables_from="scores", tags=["operations"], time_from="now-24h")

@@ -261,6 +261,14 @@ def select_aliases(q: str) -> set[str]:
 
 
 @pytest.mark.integration
+def ttn_uplink(at: float) -> tuple[str, bytes]:
+    """A LoRaWAN water sonde's uplink through The Things Stack (radio and battery for the health board)."""
+    doc = json.loads((Path(__file__).parent / "data" / "devices" / "ttn" / "uplink.json").read_text())
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
+    doc["payload"]["received_at"] = doc["payload"]["uplink_message"]["received_at"] = stamp
+    return doc["topic"], json.dumps(doc["payload"]).encode()
+
+
 def test_every_query_returns_data(mosquitto, influxdb, db_name, tmp_path, sample, boards):
     settings, registry = sample
     now = time.time()
@@ -268,7 +276,8 @@ def test_every_query_returns_data(mosquitto, influxdb, db_name, tmp_path, sample
     # the road-class floor of expected traffic all day: the dead camera below is judged whatever the
     # local hour the test runs at (at night a main road's zeros need a warm baseline)
     cfg = engine_settings(mosquitto.url, influxdb.url, db_name, tmp_path, "grafana-engine",
-                          detectors={"thresholds": rules, "traffic_zero": {"daytime_hours": [0, 24]}})
+                          detectors={"thresholds": rules, "traffic_zero": {"daytime_hours": [0, 24]}},
+                          sources={"profiles": ["ttn"]})
     engine = Engine(cfg, registry=registry)
     sim = Simulator(registry, seed=11, start=now - SPAN)
     # an NO2 rise at aq-005 past the QCVN warning and critical levels: state changes for the alert panels
@@ -287,7 +296,7 @@ def test_every_query_returns_data(mosquitto, influxdb, db_name, tmp_path, sample
                 + day_sim.generate(midnight - DAY, midnight + 600) + air_sim.generate(now - AIR_SPAN, now - SPAN)
                 + sim.generate(now - SPAN, now - 1))
     bad = [("city/air/aq-001/telemetry", b"{not json"), ("city/air/zz-999/telemetry", b'{"pm25": 1}'),
-           ("city/air/aq-002/telemetry", b'{"pm25": "high"}')]
+           ("city/air/aq-002/telemetry", b'{"pm25": "high"}'), ttn_uplink(now - 60)]
     engine.start()
     device = Device(mosquitto.port, client_id="grafana-sim")
     try:
