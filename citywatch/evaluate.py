@@ -14,6 +14,8 @@ never dropped for being late - but they do not move detector state or raise aler
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from citywatch.air_indices import HOUR_NS, AirIndices
@@ -28,7 +30,7 @@ from citywatch.fire_index import FireDanger
 from citywatch.forecast_stage import ForecastStage
 from citywatch.registry import SeriesIndex
 from citywatch.reorder import ReorderBuffer
-from citywatch.sinks.line_protocol import encode_line, escape_tag, format_field_value, series_prefix
+from citywatch.sinks.line_protocol import encode_line, escape_tag, series_prefix
 from citywatch.stats import Stats
 from citywatch.traffic_index import TrafficLos
 from citywatch.water_index import WaterQuality
@@ -151,9 +153,9 @@ class PointEncoder:
                     prefix = prefixes[(sid, det.name, code)] = series_prefix("anomalies", {
                         "sensor": s.sensor_ids[sid], "area": s.areas[sid], "domain": s.domains[sid],
                         "metric": s.metrics[sid], "detector": det.name, "reason": det.reasons[code]})
-                limit = "" if threshold != threshold else f"threshold={format_field_value(threshold)},"
-                lines.append(f"{prefix} level={level}i,score={format_field_value(score)},{limit}"
-                             f"value={format_field_value(value)} {ts}")
+                # Python floats, finite (score through nan_to_num, values validated): repr is their field text
+                limit = f"threshold={threshold!r}," if math.isfinite(threshold) else ""
+                lines.append(f"{prefix} level={level}i,score={score!r},{limit}value={value!r} {ts}")
         return lines
 
     @staticmethod
