@@ -30,7 +30,7 @@ from citywatch.alerts import AlertEvent
 from citywatch.config import Settings
 from citywatch.evaluate import Evaluator
 from citywatch.ingest.mqtt import InboundMessage, MqttConsumer
-from citywatch.ingest.sources.mapper import SourceMapper, load_profiles
+from citywatch.ingest.sources.mapper import SourceMapper, configuration_problems, load_profiles
 from citywatch.ingest.topics import TopicPattern
 from citywatch.ingest.validate import Rejection, Validator
 from citywatch.registry import Registry, SeriesIndex
@@ -70,6 +70,9 @@ class Engine:
         src = settings.sources
         self.sources = (SourceMapper(load_profiles(src.profiles, settings.base_dir), self.registry, self.stats)
                         if src.enabled and src.profiles else None)
+        if self.sources is not None:
+            for problem in configuration_problems([p.p for p in self.sources.profiles], self.registry):
+                self.log.warning("device source configuration", problem=problem)
         self.validator = Validator(self.registry, self.series, settings.validation, self.topic, self.stats,
                                    sources=self.sources)
         self.evaluator = Evaluator(settings, self.series, self.stats)

@@ -404,3 +404,15 @@ def test_no_payload_makes_the_mapping_layer_raise(topic, payload):
 
 _FUZZ_REGISTRY = Registry.load(REGISTRY)
 _FUZZ_MAPPER = SourceMapper(load_profiles(FAMILIES), _FUZZ_REGISTRY)
+
+
+def test_configuration_problems_name_what_would_lose_data(registry):
+    from citywatch.ingest.sources.mapper import configuration_problems
+
+    assert configuration_problems(load_profiles(FAMILIES), registry) == []
+    bad = SourceProfile.model_validate({"family": "tasmota", "topics": [{"filter": "x/{device}"}],
+                                        "aliases": {"plug": "aq-999"}})
+    problems = configuration_problems([*load_profiles(["tasmota", "esphome"]), bad], registry)
+    assert any("family 'tasmota' has 2 profiles" in p for p in problems)
+    assert any("'plug' -> 'aq-999'" in p for p in problems)
+    assert any("'wq-001' names a ttn device" in p for p in problems)

@@ -52,7 +52,7 @@ from citywatch.registry import Registry, Sensor
 from citywatch.stats import Stats
 from citywatch.units import conversion
 
-__all__ = ["SourceMapper", "MappedRecord", "load_profiles", "shipped_profile_names"]
+__all__ = ["SourceMapper", "MappedRecord", "load_profiles", "shipped_profile_names", "configuration_problems"]
 
 _ARRIVAL = int(FLAG_TS_FROM_ARRIVAL)
 MISSING_MARKERS = frozenset({"", "nan", "null", "none", "n/a", "na", "-", "--", "unavailable", "unknown", "undefined"})
@@ -99,6 +99,24 @@ def load_profiles(entries: Iterable[str | SourceProfile | dict], base_dir: Path 
         except ValueError as exc:
             raise ConfigError(f"{path}: {exc}") from None
     return out
+
+
+def configuration_problems(profiles: list[SourceProfile], registry: Registry) -> list[str]:
+    """What would silently lose a device's data: checked by `citywatch check-config` and at start-up."""
+    problems: list[str] = []
+    families = [p.family for p in profiles]
+    for family in sorted({f for f in families if families.count(f) > 1}):
+        problems.append(f"sources: family {family!r} has {families.count(family)} profiles; only the first "
+                        "one's topics can match")
+    for p in profiles:
+        for device, sensor_id in p.aliases.items():
+            if registry.get(sensor_id) is None:
+                problems.append(f"sources: {p.family} alias {device!r} -> {sensor_id!r}: no such sensor in the registry")
+    for s in registry.sensors.values():
+        if s.source is not None and s.source.family not in families:
+            problems.append(f"registry: sensor {s.id!r} names a {s.source.family} device, but no source profile of "
+                            f"that family is configured (sources.profiles)")
+    return problems
 
 
 def _loads(payload: bytes) -> Any:
