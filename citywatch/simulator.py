@@ -406,6 +406,8 @@ class SimMessage:
     time_ms: int  # event time of the newest reading in the message
     sensor: str
     readings: int
+    retain: bool = False
+    live_only: bool = False  # a device format timed on arrival: published only when due now (not in a replay)
 
 
 @dataclass
@@ -450,14 +452,18 @@ class Simulator:
     * `truth`: a path or a text file receiving one JSON line per fault (see the module docstring);
     * `sensors` / `domains`: simulate only these sensor ids / domains;
     * `topic`: the topic pattern, with ``{domain}`` and ``{sensor}``;
-    * `batch_size`: readings per upload for sensors using the ``array`` format.
+    * `batch_size`: readings per upload for sensors using the ``array`` format;
+    * `device_formats`: sensors whose registry entry names a device (``source: {family, device}``)
+      publish as that device family does (`citywatch.device_formats`), mapped back through
+      `source_profiles` (default: the shipped profile of each family).
     """
 
     def __init__(self, registry: Registry, seed: int = 0, start: float | None = None, speedup: float = 60.0,
                  formats: Sequence[str] = FORMATS, *, topic: str = DEFAULT_TOPIC, faults: Iterable[str] = (),
                  fault_rate: float = 1.0, truth: str | os.PathLike[str] | IO[str] | None = None,
                  sensors: Iterable[str] | None = None, domains: Iterable[str] | None = None,
-                 batch_size: int = 5) -> None:
+                 batch_size: int = 5, device_formats: bool = False,
+                 source_profiles: Sequence[Any] | None = None) -> None:
         formats = tuple(formats)
         if not formats or any(f not in FORMATS for f in formats):
             raise ValueError(f"formats must be taken from {FORMATS}, got {formats!r}")
@@ -517,6 +523,19 @@ class Simulator:
             self._neighbours[a.id] = sorted([(bid, d) for bid, d in near if d <= EPISODE_RADIUS_KM],
                                             key=lambda x: (x[1], x[0]))
         self.episode_centres = [a.id for a in air if len(self._neighbours[a.id]) >= 2]
+        self.devices = None
+        if device_formats:
+            from citywatch.device_formats import DeviceFormats
+            from citywatch.ingest.sources.mapper import load_profiles
+
+            families = sorted({s.sensor.source.family for s in self.sims.values() if s.sensor.source is not None})
+            self.devices = DeviceFormats([s.sensor for s in self.sims.values()],
+                                         load_profiles(families if source_profiles is None else source_profiles),
+                                         self.seed)
+            for sid, enc in self.devices.encoders.items():
+                sim = self.sims[sid]
+                sim.fmt = "device"
+                sim.phase_ms = enc.align_phase(sim.phase_ms, sim.interval_ms)
 
     # ---------------------------------------------------------------- setup
 
@@ -967,11 +986,16 @@ class Simulator:
         back = 0.0
         if complete_batches and any(s.fmt == "array" for s in self.sims.values()):
             back = B * max(s.interval_ms for s in self.sims.values()) / 1000.0
+        if any(s.fmt == "device" for s in self.sims.values()):  # a Frigate count's events follow its time
+            back = max(back, max(s.interval_ms for s in self.sims.values() if s.fmt == "device") / 1000.0)
         faults = self.faults(sim_t0 - back, sim_t1)
         self._record(f for f in faults if f.overlaps(sim_t0, sim_t1))
         out: list[SimMessage] = []
         start_ms = _ms(self.start)
         for sim in self.sims.values():
+            if sim.fmt == "device":
+                out += self._device_messages(sim, lo, hi, faults)
+                continue
             if sim.fmt == "array" and complete_batches:
                 # A batch is uploaded when its last slot is due: read back to the first slot of the
                 # batch that is due first (but not before the simulated start).
@@ -1002,6 +1026,22 @@ class Simulator:
         out += self._lab_messages(lo, hi)
         out.sort(key=lambda m: (m.time_ms, m.sensor))
         return out
+
+    def _device_messages(self, sim: _SensorSim, lo: int, hi: int, faults: list[Fault]) -> list[SimMessage]:
+        """A device-format sensor's messages with event times in [lo, hi) (a reading's messages may
+        follow its time by up to an interval: Frigate's events of the counted interval)."""
+        enc = self.devices.encoders[sim.sensor.id]
+        k, ts, vals = self._sensor_readings(sim, lo - sim.interval_ms * enc.lookback, hi, faults)
+        vals = {m: v for m, v in vals.items() if m in enc.keys}
+        return [SimMessage(m.topic, m.payload, m.time_ms, sim.sensor.id, m.readings, m.retain, m.live_only)
+                for m in enc.encode(k, ts, vals) if lo <= m.time_ms < hi]
+
+    def device_births(self) -> list[SimMessage]:
+        """What the device-format sensors publish on connecting (retained availability)."""
+        if self.devices is None:
+            return []
+        now = _ms(time.time())
+        return [SimMessage(m.topic, m.payload, now, "", 0, True) for m in self.devices.births()]
 
     def lab_samples(self, sensor_id: str, lo_ms: int, hi_ms: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Sampling times (epoch ms) and lab results of a water station's grab samples in [lo, hi):
@@ -1072,6 +1112,7 @@ class Simulator:
         n_truth = len(self.truth)
         try:
             pub.connect()
+            _publish_all(pub, self.device_births(), stats, stop)
             a = t0
             while a < t1 and not stop.is_set():
                 b = min(t1, a + chunk)
@@ -1101,6 +1142,7 @@ class Simulator:
         wall0 = None
         try:
             pub.connect()
+            _publish_all(pub, self.device_births(), stats, stop)
             wall0 = time.monotonic()
             last_progress = wall0
             prev = self.start
@@ -1152,10 +1194,14 @@ def _ms(t: float) -> int:
 
 def _publish_all(pub: "_Publisher", messages: Iterable["SimMessage"], stats: "PublishStats",
                  stop: threading.Event) -> None:
+    from citywatch.device_formats import LIVE_WINDOW_MS
+
     for m in messages:
         if stop.is_set():
             break
-        pub.publish(m.topic, m.payload)
+        if m.live_only and m.time_ms < time.time() * 1000 - LIVE_WINDOW_MS:
+            continue  # stamped on arrival: a device timed so cannot replay the past
+        pub.publish(m.topic, m.payload, m.retain)
         stats.messages += 1
         stats.readings += m.readings
 
@@ -1243,7 +1289,7 @@ class _Publisher:
                 self.client.loop_stop()
                 raise ConnectionError(f"cannot connect to MQTT broker {self.host}:{self.port}: {err}")
 
-    def publish(self, topic: str, payload: bytes) -> None:
+    def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
         if self.rate_limit:
             now = time.monotonic()
             if self._next_slot > now:
@@ -1253,7 +1299,7 @@ class _Publisher:
             with self._cond:
                 while self.sent - self.acked >= self.max_pending:
                     self._cond.wait(0.5)
-        self.client.publish(topic, payload, qos=self.qos)
+        self.client.publish(topic, payload, qos=self.qos, retain=retain)
         self.sent += 1
         if self.qos == 0:
             self.acked += 1
