@@ -15,9 +15,10 @@ health fields, availability, and every rejection with its reason (an unknown dev
 * ``--arrival`` fixes the arrival time (default: now), which decides arrival-time fallbacks and the
   plausibility windows; messages are taken to arrive 1 ms apart.
 * Frigate counts are emitted when an interval closes. After the messages, the wall clock is moved
-  to where every interval that can hold one of their events is closed (last arrival +
-  ``max_clock_skew_s`` + ``interval_s`` + ``grace_s``), as if Frigate then stayed online without
-  further events, so those intervals (and the true zeros after them) show.
+  to the last arrival + ``interval_s`` + ``grace_s``, as the engine's clock would move with no
+  further events, so every interval up to the one holding the last arrival closes and shows (a
+  true 0 for an interval without vehicles while Frigate is online). Give ``--arrival`` after the
+  events' frame times.
 
 Exit status: 0 when something came out (a reading, health or availability) and nothing was
 rejected; 1 when a message was rejected or nothing came out; 2 on usage errors.
@@ -95,6 +96,9 @@ def _config_arg(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from citywatch.cli import setup_logging
+
+    setup_logging("warning")  # decoders' debug lines would mix with the report (stdout stays the report's)
     try:
         if args.sources_command == "list":
             return _run_list(args)
@@ -257,7 +261,7 @@ def _frigate_close_time(mapper: SourceMapper, last_arrival_ns: int) -> int | Non
     counters = [prof.frigate for prof in mapper.profiles if any(r.decoder == "frigate" for r in prof.p.topics)]
     if not counters:
         return None
-    return last_arrival_ns + max(c.max_clock_skew_ns + c.interval_ns + c.grace_ns for c in counters)
+    return last_arrival_ns + max(c.interval_ns + c.grace_ns for c in counters)
 
 
 def _collect(report: TestReport, validator: Validator, series: SeriesIndex, registry: Registry, batch,
@@ -325,13 +329,15 @@ def _print_report(report: TestReport) -> None:
             how = f"house topic {rule['house_topic']}"
         else:
             caps = ", ".join(f"{k}={v!r}" for k, v in rule["captures"].items())
-            how = f"matches {rule['filter']} ({rule['kind']}, {rule['decoder']})" + (f": {caps}" if caps else "")
-        console.print(f"{m['topic']} <- {m['payload']} ({m['bytes']} bytes), arrival {m['arrival']}")
-        console.print(f"  {how}")
+            kind = rule["kind"] + (f", {rule['decoder']}" if rule["kind"] in ("readings", "health") else "")
+            how = f"matches {rule['filter']} ({kind})" + (f": {caps}" if caps else "")
+        console.print(f"{m['topic']} <- {m['payload']} ({m['bytes']} bytes), arrival {m['arrival']}", soft_wrap=True)
+        console.print(f"  {how}", soft_wrap=True)
         if "note" in m:
-            console.print(f"  {m['note']}")
+            console.print(f"  {m['note']}", soft_wrap=True)
     if report.readings:
-        table = Table(title=f"{len(report.readings)} readings")
+        n = len(report.readings)
+        table = Table(title=f"{n} reading{'' if n == 1 else 's'}")
         for col in ("sensor", "metric", "value", "unit", "timestamp (UTC)", "time from"):
             table.add_column(col, justify="right" if col == "value" else "left")
         for r in report.readings:
@@ -342,15 +348,15 @@ def _print_report(report: TestReport) -> None:
         console.print("no readings")
     for h in report.health:
         fields = ", ".join(f"{k}={_fmt(v)}" for k, v in h["fields"].items())
-        console.print(f"health {h['sensor']} ({h['family']}) at {h['ts']}: {fields}")
+        console.print(f"health {h['sensor']} ({h['family']}) at {h['ts']}: {fields}", soft_wrap=True)
     for a in report.availability:
         console.print(f"availability {a['sensor']}: {'online' if a['online'] else 'offline'} at {a['ts']}")
     for c in report.commands:
         console.print(f"command to the device: {c['topic']} ({c['bytes']} bytes)")
     if report.counters:
-        console.print("counters: " + ", ".join(f"{k}={v}" for k, v in report.counters.items()))
+        console.print("counters: " + ", ".join(f"{k}={v}" for k, v in report.counters.items()), soft_wrap=True)
     for rej in report.rejections:
-        console.print(f"rejected [{rej['reason']}] {rej['detail']}")
+        console.print(f"rejected [{rej['reason']}] {rej['detail']}", soft_wrap=True)
         if "source" in rej:
             src = rej["source"]
             console.print("  to accept it, add to the sensor's registry entry:\n"
@@ -372,7 +378,8 @@ def describe_profiles(profiles: list[SourceProfile]) -> list[dict[str, Any]]:
             "description": p.description,
             "topics": [{"filter": r.filter, "kind": r.kind, "decoder": r.decoder,
                         "subscription": TopicFilter(r.filter).subscription} for r in p.topics],
-            "device": p.device_from or p.device,
+            "device": p.device,
+            "device_from": p.device_from,
             "metrics": metrics,
             "health": {k: r.select for k, r in p.health.items()},
             "timestamp": p.timestamp.fields,
@@ -393,14 +400,16 @@ def _run_list(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     table = Table(title=f"{len(rows)} source profiles" + ("" if settings.sources.enabled else " (sources disabled)"))
-    for col in ("family", "topics", "device", "metrics (source -> registry)"):
-        table.add_column(col)
+    for col in ("family", "topics [kind]", "device id", "metrics (source -> registry [unit])", "health"):
+        table.add_column(col, overflow="fold")
     for row in rows:
         topics = "\n".join(f"{t['filter']} [{t['kind']}{', ' + t['decoder'] if t['decoder'] != 'json' else ''}]"
                            for t in row["topics"])
         metrics = "\n".join(f"{k} -> {m['metric']}" + _unit_note(m) for k, m in row["metrics"].items())
-        table.add_row(row["family"], topics, row["device"], metrics)
-    Console(width=max(140, Console().width), highlight=False, markup=False).print(table)
+        device = f"topic {row['device']}" + (f"\npayload {row['device_from']}" if row["device_from"] else "")
+        health = "\n".join(f"{k} <- {sel}" for k, sel in row["health"].items())
+        table.add_row(row["family"], topics, device, metrics, health)
+    Console(width=max(160, Console().width), highlight=False, markup=False).print(table)
     return 0
 
 
