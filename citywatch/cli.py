@@ -82,7 +82,12 @@ def cmd_run(args) -> int:
 
     settings, registry = _load(args)
     setup_logging(settings.log_level, json_logs=args.json_logs)
-    engine = Engine(settings, registry)
+    if getattr(args, "source", None):
+        settings.source = args.source
+    source = None
+    if settings.source == "nats":
+        from citywatch.ingest.nats_source import NatsSource as source
+    engine = Engine(settings, registry, source=source)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -120,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Subscribe to MQTT, detect, alert and write to InfluxDB until SIGTERM or Ctrl-C.")
     _add_config_arg(p)
     p.add_argument("--json-logs", action="store_true", help="log JSON lines instead of console text")
+    p.add_argument("--source", choices=("mqtt", "nats"), default=None,
+                   help="where readings come from (default: the config's source, mqtt): the MQTT broker, or the "
+                        "sensor partitions of NATS JetStream that this instance owns (nats: section)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("check-config", help="validate the config file and the sensor registry",
