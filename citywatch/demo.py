@@ -24,7 +24,7 @@ from citywatch.config import load_settings
 from citywatch.grafana_boards import export_files
 from citywatch.registry import Registry
 from citywatch.services import InfluxDB, Mosquitto, ServiceError, ensure_binaries
-from citywatch.simulator import Simulator
+from citywatch.simulator import Simulator, configured_source_profiles
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -137,8 +137,11 @@ def run(args) -> int:
     setup_logging(settings.log_level, file=work / "engine.log")
     engine = Engine(settings, registry)
     engine.start()
+    # Sensors that name a device publish in their family's own format, through the mapping layer.
+    profiles = configured_source_profiles(settings)
     sim = Simulator(registry, seed=args.seed, start=time.time() - 86400, speedup=args.speedup,
-                    faults=[f for f in args.faults.split(",") if f], truth=work / "ground-truth.jsonl")
+                    faults=[f for f in args.faults.split(",") if f], truth=work / "ground-truth.jsonl",
+                    device_formats=profiles is not None, source_profiles=profiles)
     # The scenario: ten simulated minutes in, an hour-long episode around aq-005 strong enough to
     # push NO2 past the QCVN 05:2023 1-hour limit (200 ug/m3) for longer than the rule's 5 minutes.
     sim.inject("episode", "aq-005", start=sim.start + 600, end=sim.start + 4200, magnitude=650)

@@ -381,6 +381,23 @@ class SparkplugEncoder(DeviceEncoder):
         """The next message is a new NBIRTH/DBIRTH (a node answering ``Node Control/Rebirth``)."""
         self.born = False
 
+    @property
+    def command_topic(self) -> str:
+        return f"spBv1.0/{self.group}/NCMD/{self.node}"
+
+    def on_command(self, payload: bytes) -> bool:
+        """An NCMD for this node: a ``Node Control/Rebirth`` = true starts a new birth. True if it did."""
+        from citywatch.ingest.sources.sparkplug_payload import DecodeError, parse_payload
+
+        try:
+            message = parse_payload(payload)
+        except (DecodeError, ValueError):
+            return False
+        if any(m.name == "Node Control/Rebirth" and m.boolean_value for m in message.metrics):
+            self.rebirth()
+            return True
+        return False
+
     def _next_seq(self) -> int:
         seq, self.seq = self.seq, (self.seq + 1) % 256
         return seq
@@ -513,6 +530,10 @@ class DeviceFormats:
             if s.source is None or s.source.family not in by_family or s.source.family not in ENCODERS:
                 continue
             self.encoders[s.id] = ENCODERS[s.source.family](s, by_family[s.source.family], seed)
+
+    def command_handlers(self) -> dict[str, Any]:
+        """Topic -> handler of the commands devices answer (Sparkplug B rebirth requests)."""
+        return {e.command_topic: e.on_command for e in self.encoders.values() if isinstance(e, SparkplugEncoder)}
 
     def births(self) -> list[DeviceMessage]:
         seen: set[str] = set()

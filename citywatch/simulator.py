@@ -1111,6 +1111,8 @@ class Simulator:
                          rate_limit=rate_limit)
         n_truth = len(self.truth)
         try:
+            if self.devices is not None:
+                pub.listen(self.devices.command_handlers())
             pub.connect()
             _publish_all(pub, self.device_births(), stats, stop)
             a = t0
@@ -1141,6 +1143,8 @@ class Simulator:
         n_truth = len(self.truth)
         wall0 = None
         try:
+            if self.devices is not None:
+                pub.listen(self.devices.command_handlers())
             pub.connect()
             _publish_all(pub, self.device_births(), stats, stop)
             wall0 = time.monotonic()
@@ -1245,10 +1249,17 @@ class _Publisher:
         self.sent = 0
         self.acked = 0
         self._next_slot = 0.0
+        self._handlers: dict[str, Callable[[bytes], Any]] = {}
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish
         self.client.on_connect_fail = self._on_connect_fail
+
+    def listen(self, handlers: dict[str, Callable[[bytes], Any]]) -> None:
+        """Subscribe (on every connect) to these topics and hand their payloads to the handlers."""
+        self._handlers = dict(handlers)
+        self.client.on_message = lambda client, userdata, msg: (
+            self._handlers[msg.topic](msg.payload) if msg.topic in self._handlers else None)
 
     def _on_connect(self, client, userdata, flags, reason_code, properties=None) -> None:
         with self._cond:
@@ -1256,6 +1267,8 @@ class _Publisher:
                 self._connect_error = str(reason_code)
             else:
                 self._connected = True
+                for topic in self._handlers:
+                    client.subscribe(topic, qos=1)
             self._cond.notify_all()
 
     def _on_connect_fail(self, client, userdata) -> None:
@@ -1421,6 +1434,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="payload format of every sensor, or mixed: each sensor gets one of the three (default)")
     g.add_argument("--batch", type=int, default=5, metavar="N",
                    help="readings per upload for sensors using the array format (default: 5)")
+    g.add_argument("--device-formats", action="store_true",
+                   help="sensors whose registry entry names a device (source: {family, device}) publish as that "
+                        "device does (Tasmota, ESPHome, TTN, ChirpStack, Zigbee2MQTT, Sensor.Community, Sparkplug B, "
+                        "Frigate); those timed on arrival (ESPHome, Sensor.Community, Frigate) only live, not in a replay")
     g = parser.add_argument_group("faults and events")
     g.add_argument("--faults", default="", metavar="LIST",
                    help=f"comma-separated kinds to inject at random: {','.join(FAULT_KINDS)}, or 'all' "
@@ -1457,6 +1474,16 @@ def _load_settings(config: Path | None):
     settings = Settings.model_validate(raw)
     settings.base_dir = Path(__file__).resolve().parent.parent / "config"
     return settings
+
+
+def configured_source_profiles(settings) -> list[Any] | None:
+    """The engine config's source profiles (so the simulator speaks what the engine maps), else the shipped ones."""
+    from citywatch.ingest.sources.mapper import load_profiles
+
+    src = getattr(settings, "sources", None)
+    if src is None or not src.enabled or not src.profiles:
+        return None
+    return load_profiles(src.profiles, settings.base_dir)
 
 
 def _pick_sensors(registry: Registry, domains: list[str] | None, spec: str | None) -> list[str] | None:
@@ -1511,7 +1538,8 @@ def run(args: argparse.Namespace) -> int:
         sim = Simulator(registry, seed=args.seed, start=start, speedup=args.speedup, formats=formats, topic=topic,
                         faults=faults, fault_rate=args.fault_rate, truth=args.truth,
                         sensors=_pick_sensors(registry, domains, args.sensors), domains=domains,
-                        batch_size=args.batch)
+                        batch_size=args.batch, device_formats=getattr(args, "device_formats", False),
+                        source_profiles=configured_source_profiles(settings) if getattr(args, "device_formats", False) else None)
     except (ValueError, OSError) as exc:
         return err(str(exc))
     if not sim.sims:

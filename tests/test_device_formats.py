@@ -188,3 +188,82 @@ def test_live_only_messages_are_not_replayed():
     assert len(esphome) > len(fresh)
     assert {t for t, _, _ in pub.sent if t.startswith("aq-esphome-01/")} == {m.topic for m in fresh}
     assert len([t for t, _, _ in pub.sent if t == "tele/aq_tasmota_01/SENSOR"]) >= 9  # timed devices replay
+
+
+# -- through the broker and the engine into InfluxDB ---------------------------------------------------
+
+@pytest.mark.integration
+def test_simulated_devices_reach_influxdb_through_the_engine(mosquitto, influxdb, db_name, tmp_path):
+    import threading
+
+    from citywatch.device_formats import SparkplugEncoder
+    from citywatch.ingest.sources.sparkplug_payload import DataType, add_metric, new_payload
+    from citywatch.pipeline import Engine
+    from pipeline_helpers import engine_settings, rows, wait_for
+    from sources_helpers import MqttDevice, RawListener
+
+    # Frigate counting per 10 s with a 5 s grace, so that counts close within seconds.
+    frigate = load_profiles(["frigate"])[0].model_dump()
+    frigate["options"].update(interval_s=10, grace_s=5)
+    entries = ["tasmota", "sparkplug", frigate]
+    sensors = {sid: REGISTRY.get(sid) for sid in ("aq-013", "wq-002", "tc-001")}
+    sensors["tc-001"] = sensors["tc-001"].model_copy(update={"interval": 10.0})
+    registry = Registry(sensors)
+    settings = engine_settings(mosquitto.url, influxdb.url, db_name, tmp_path / "engine", f"{db_name}-engine",
+                               sources={"profiles": entries})
+    engine = Engine(settings, registry)
+    sim = Simulator(registry, seed=2, start=time.time() - 600, speedup=300.0, device_formats=True,
+                    source_profiles=load_profiles(entries))
+    births = RawListener(mosquitto.port, "spBv1.0/+/NBIRTH/+", f"{db_name}-births")
+    commander = MqttDevice(mosquitto.port, f"{db_name}-host")
+    stop = threading.Event()
+    publisher = threading.Thread(target=sim.publish_forever, args=(mosquitto.url,),
+                                 kwargs={"stop": stop, "client_id": f"{db_name}-devices"}, daemon=True)
+    engine.start()
+    try:
+        wait_for(engine.consumer.connected.is_set, 10, "engine connected")
+        publisher.start()
+
+        def points(measurement: str, sensor: str) -> list[dict]:
+            try:
+                return rows(influxdb, db_name, f"SELECT * FROM \"{measurement}\" WHERE sensor = '{sensor}'")
+            except Exception:
+                return []
+
+        air = wait_for(lambda: len(points("air", "aq-013")) >= 5 and points("air", "aq-013"), 30, "aq-013 readings")
+        traffic = wait_for(lambda: points("traffic", "tc-001"), 45, "tc-001 counts")
+        water = wait_for(lambda: points("water", "wq-002"), 30, "wq-002 readings")
+
+        ts, vals = sim.readings("aq-013", sim.start, time.time())
+        by_time = {int(t) * 1_000_000: i for i, t in enumerate(ts.tolist())}
+        for p in air:
+            i = by_time[p["time"]]
+            assert p["pm25"] == pytest.approx(vals["pm25"][i]) and p["pm10"] == pytest.approx(vals["pm10"][i])
+            assert p["relativeHumidity"] == pytest.approx(vals["relativeHumidity"][i])
+            assert p["temperature"] == pytest.approx(vals["temperature"][i])
+        ts, vals = sim.readings("tc-001", sim.start, time.time())
+        counts = {int(t) * 1_000_000: x for t, x in zip(ts.tolist(), vals["intensity"].tolist())}
+        for p in traffic:
+            assert p["intensity"] == counts.get(p["time"], 0.0)  # the vehicles simulated in that interval
+        ts, vals = sim.readings("wq-002", sim.start, time.time())
+        assert {p["time"] for p in water} <= {int(t) * 1_000_000 for t in ts.tolist()}
+
+        # A host's rebirth request: the node publishes a new NBIRTH (and carries on with seq 0, 1, ...).
+        n_births = len(births.messages)
+        enc = sim.devices.encoders["wq-002"]
+        assert isinstance(enc, SparkplugEncoder)
+        request = new_payload(timestamp_ms=int(time.time() * 1000))
+        add_metric(request, DataType.Boolean, True, name="Node Control/Rebirth")
+        commander.publish_all([(enc.command_topic, request.SerializeToString(), False)])
+        wait_for(lambda: not enc.born, 5, "the rebirth request taken")
+    finally:
+        stop.set()
+        publisher.join(15)
+        engine.stop()
+        # retained availability must not leak into other tests on the same broker
+        commander.publish_all([(m.topic, b"", True) for m in sim.device_births()])
+        commander.close()
+        births.close()
+    assert n_births >= 1
+    assert engine.stats.get("rejected_unknown_device") <= 1  # only the edge node of the NBIRTH
+    assert engine.stats.get("rejected_frigate_late_event") == 0 and engine.stats.get("rejected_sparkplug_seq_gap") == 0
