@@ -150,7 +150,27 @@ class NatsSource:
         self._thread = threading.Thread(target=self._loop.run_forever, name="citywatch-nats", daemon=True)
         self._thread.start()
         self._main_task = asyncio.run_coroutine_threadsafe(self._main(), self._loop)
-        self._started.result(timeout=60)  # start-up errors (retention, buckets, connection) surface here
+        try:
+            self._started.result(timeout=60)  # start-up errors (retention, buckets, connection) surface here
+        except BaseException:
+            self._close_loop()
+            raise
+
+    def _close_loop(self) -> None:
+        async def close():
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            if self._nc is not None and not self._nc.is_closed:
+                await self._nc.close()
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        try:
+            asyncio.run_coroutine_threadsafe(close(), self._loop).result(timeout=10)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+            self._loop.close()
 
     def stop(self) -> None:
         """Save every owned partition's state, release the leases, leave. The pipeline has stopped."""
@@ -161,10 +181,7 @@ class NatsSource:
             asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(timeout=60)
         except Exception:  # noqa: BLE001 - the leases expire anyway; the next owner replays
             self.log.exception("nats shutdown incomplete")
-        self._main_task.cancel()
-        time.sleep(0.05)  # let the cancellation run before the loop stops
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
+        self._close_loop()
 
     # -- the engine's consumer interface (pipeline thread) --------------------------------------------
     def drain(self, max_messages: int, max_bytes: int) -> list[NatsMessage]:
