@@ -51,6 +51,9 @@ RETAINED = ("tele/aq_tasmota_01/LWT", "aq-esphome-01/status", "zigbee2mqtt/fores
 # misconfigured with an empty friendly name publishes there.
 UNMATCHED_TOPIC = "zigbee2mqtt"
 UNKNOWN_TASMOTA_TOPIC = "tele/aq_tasmota_99/SENSOR"
+# Sensors whose devices say they went offline in the second phase: Tasmota LWT, ESPHome status,
+# Zigbee2MQTT availability, Sparkplug DDEATH/NDEATH, Frigate's "offline" (every camera it counted).
+ANNOUNCED_OFFLINE = ("aq-013", "aq-014", "fr-002", "wq-002", "tc-001")
 
 
 @dataclass
@@ -156,6 +159,7 @@ def phase_two(run: Run) -> list[tuple[str, bytes, bool]]:
         *_json_family("tasmota", ["lwt_offline"], 0, retained=("lwt_offline",)),
         *_json_family("esphome", ["status_offline"], 0, retained=("status_offline",)),
         *_json_family("zigbee2mqtt", ["availability_offline"], 0, retained=("availability_offline",)),
+        *_json_family("frigate", ["available_offline"], 0, retained=("available_offline",)),
     ]
 
 
@@ -193,8 +197,7 @@ def run(mosquitto, influxdb, tmp_path_factory):
         second = phase_two(result)
         device.publish_all(second)
         wait_for(lambda: engine.stats.get("messages_acked") >= len(first) + len(second), 20, "second phase stored")
-        announced = ("aq-013", "aq-014", "fr-002", "wq-002")
-        wait_for(lambda: all(result.offline_alerts(s) for s in announced), 15, "offline alerts of announced devices")
+        wait_for(lambda: all(result.offline_alerts(s) for s in ANNOUNCED_OFFLINE), 15, "offline alerts of announced devices")
         wait_for(lambda: len(deadletters.messages) >= engine.stats.get("deadletters"), 5, "every dead letter published")
         time.sleep(0.3)  # anything unexpected still on its way arrives now
         yield result
@@ -230,6 +233,7 @@ def test_tasmota_local_time_units_from_payload_implausible_times_and_health(run)
     assert [(p["pm25"], p["pm10"], p["temperature"]) for p in from_arrival] == [(37.2, 60.1, 30.9), (36.4, 59.0, 31.0)]
     flagged = rows(run.influx, run.db, "SELECT ts_from_arrival FROM scores WHERE sensor = 'aq-013' AND ts_from_arrival = true")
     assert {r["time"] for r in flagged} == {p["time"] for p in from_arrival}
+    assert run.engine.stats.get("source_ts_implausible") == 2
     # STATE: rssi is Wifi.Signal in dBm, not the 0..100 Wifi.RSSI quality
     health = run.points("sensor_health", "aq-013")
     assert health == [{"time": _ts(1795788300, d), "sensor": "aq-013", "domain": "air", "area": "Quang Vinh",
@@ -399,13 +403,13 @@ def test_frigate_vehicles_counted_per_interval_with_a_true_zero(run):
 # -- availability ---------------------------------------------------------------------------------
 
 def test_last_wills_status_and_deaths_make_offline_alerts_at_the_next_device_check(run):
-    for sensor in ("aq-013", "aq-014", "fr-002", "wq-002"):
+    for sensor in ANNOUNCED_OFFLINE:
         alerts = run.offline_alerts(sensor)
         assert len(alerts) == 1 and alerts[0]["level"] == "critical"
         # announced, not inferred from silence: far less silence than offline_min (15 min)
         assert alerts[0]["value"] < 600
     stored = rows(run.influx, run.db, "SELECT sensor, reason FROM alerts WHERE detector = 'no_data' AND level = 'critical'")
-    assert {r["sensor"] for r in stored if r["reason"] == "offline"} == {"aq-013", "aq-014", "fr-002", "wq-002"}
+    assert {r["sensor"] for r in stored if r["reason"] == "offline"} == set(ANNOUNCED_OFFLINE)
     # devices that announced nothing stay as they were
-    for sensor in ("aq-015", "wq-001", "fr-001", "tc-001"):
+    for sensor in ("aq-015", "wq-001", "fr-001"):
         assert run.offline_alerts(sensor) == []
