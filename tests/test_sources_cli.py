@@ -22,6 +22,7 @@ from citywatch.ingest.sources.profile import FAMILIES, SourceProfile
 ROOT = Path(__file__).parent.parent
 DEVICES = Path(__file__).parent / "data" / "devices"
 SPARKPLUG = DEVICES / "sparkplug"
+CONFIG = ROOT / "config" / "citywatch.yaml"  # the sample config, whatever CITYWATCH_CONFIG says
 
 
 def payload_file(tmp_path: Path, family: str, name: str) -> tuple[str, Path]:
@@ -36,7 +37,7 @@ def payload_file(tmp_path: Path, family: str, name: str) -> tuple[str, Path]:
 def parse(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="citywatch sources")
     sources_cli.add_arguments(parser)
-    return parser.parse_args(list(argv))
+    return parser.parse_args([argv[0], "--config", str(CONFIG), *argv[1:]])
 
 
 def run_json(capsys, *argv: str) -> tuple[int, dict]:
@@ -64,8 +65,8 @@ def reasons(report: dict) -> list[str]:
 
 
 def cli(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "citywatch", "sources", *argv], capture_output=True, text=True,
-                          cwd=ROOT, timeout=120)
+    return subprocess.run([sys.executable, "-m", "citywatch", "sources", argv[0], "--config", str(CONFIG), *argv[1:]],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
 
 
 # -- every family ---------------------------------------------------------------------------------
@@ -323,8 +324,8 @@ def test_malformed_payload_is_rejected_not_raised(capsys, tmp_path):
 
 def test_payload_from_stdin(tmp_path):
     topic, path = payload_file(tmp_path, "esphome", "pm_10_0_state")
-    proc = subprocess.run([sys.executable, "-m", "citywatch", "sources", "test", "-f", "esphome", "-t", topic,
-                           "-p", "-", "--arrival", "2026-11-27T14:00:00Z", "--format", "json"],
+    proc = subprocess.run([sys.executable, "-m", "citywatch", "sources", "test", "-c", str(CONFIG), "-f", "esphome",
+                           "-t", topic, "-p", "-", "--arrival", "2026-11-27T14:00:00Z", "--format", "json"],
                           input=path.read_bytes(), capture_output=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
