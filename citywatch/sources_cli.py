@@ -47,7 +47,7 @@ from citywatch.ingest.validate import Rejection, Validator
 from citywatch.registry import Registry, SeriesIndex
 from citywatch.stats import Stats
 
-__all__ = ["add_arguments", "run", "test_messages", "describe_profiles"]
+__all__ = ["add_arguments", "run", "try_messages", "describe_profiles"]
 
 _NS = 1_000_000_000
 _MESSAGE_SPACING_NS = 1_000_000
@@ -127,7 +127,7 @@ class _RecordingMapper(SourceMapper):
 
 
 @dataclass
-class TestReport:
+class SourceTestReport:
     family: str
     messages: list[dict[str, Any]] = field(default_factory=list)
     readings: list[dict[str, Any]] = field(default_factory=list)
@@ -217,8 +217,8 @@ def _rule_for(profiles: list[SourceProfile], topic: str) -> dict[str, Any] | Non
     return None
 
 
-def test_messages(settings: Settings, registry: Registry, profiles: list[SourceProfile],
-                  messages: list[tuple[str, str, bytes]], arrival_ns: int) -> TestReport:
+def try_messages(settings: Settings, registry: Registry, profiles: list[SourceProfile],
+                  messages: list[tuple[str, str, bytes]], arrival_ns: int) -> SourceTestReport:
     """Run (topic, label, payload) messages through the mapper and the validator; what the engine would store."""
     stats = Stats()
     mapper = _RecordingMapper(profiles, registry, stats)
@@ -226,7 +226,7 @@ def test_messages(settings: Settings, registry: Registry, profiles: list[SourceP
     series.add_registry()
     validator = Validator(registry, series, settings.validation, TopicPattern(settings.mqtt.topic), stats,
                           sources=mapper)
-    report = TestReport(profiles[0].family)
+    report = SourceTestReport(profiles[0].family)
     last_arrival = arrival_ns
     for i, (topic, label, payload) in enumerate(messages):
         arrival = arrival_ns + i * _MESSAGE_SPACING_NS
@@ -264,7 +264,7 @@ def _frigate_close_time(mapper: SourceMapper, last_arrival_ns: int) -> int | Non
     return last_arrival_ns + max(c.interval_ns + c.grace_ns for c in counters)
 
 
-def _collect(report: TestReport, validator: Validator, series: SeriesIndex, registry: Registry, batch,
+def _collect(report: SourceTestReport, validator: Validator, series: SeriesIndex, registry: Registry, batch,
              rejections: list[Rejection], records: list[MappedRecord]) -> None:
     for sid, ts, value, flags in zip(batch.series.tolist(), batch.ts.tolist(), batch.value.tolist(),
                                      batch.flags.tolist()):
@@ -303,7 +303,7 @@ def _run_test(args: argparse.Namespace) -> int:
     profiles = _profiles_for(settings, args.family, args.profile)
     messages = [(topics[0] if len(topics) == 1 else topics[i], label, body)
                 for i, (label, body) in enumerate(payloads)]
-    report = test_messages(settings, registry, profiles, messages, arrival_ns)
+    report = try_messages(settings, registry, profiles, messages, arrival_ns)
     if args.format == "json":
         json.dump(report.to_json(), sys.stdout, ensure_ascii=False, indent=2)
         print()
@@ -316,7 +316,7 @@ def _fmt(value: object) -> str:
     return f"{value:.10g}" if isinstance(value, float) else str(value)
 
 
-def _print_report(report: TestReport) -> None:
+def _print_report(report: SourceTestReport) -> None:
     from rich.console import Console
     from rich.table import Table
 
