@@ -44,9 +44,10 @@ whole seconds.
 Encoders keep state where the protocol does: Sparkplug B's births, aliases and sequence numbers
 (`SparkplugEncoder.rebirth` starts a new birth, as a node does on a rebirth command).
 
+>>> from importlib import resources
 >>> from citywatch.registry import Registry
 >>> from citywatch.ingest.sources.mapper import load_profiles
->>> registry = Registry.load("config/sensors/bienhoa.yaml")
+>>> registry = Registry.load(str(resources.files("citywatch.sample_config") / "sensors" / "bienhoa.yaml"))
 >>> formats = DeviceFormats(registry.sensors.values(), load_profiles(["zigbee2mqtt"]))
 >>> enc = formats.encoders["fr-002"]
 >>> msg = enc.encode(np.array([0]), np.array([1795791033000]),

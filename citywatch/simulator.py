@@ -43,6 +43,14 @@ Each sensor is given one format (a deterministic mix unless one is forced):
 
 The topic is ``city/{domain}/{sensor}/telemetry`` unless another pattern is given.
 
+With ``device_formats`` (``citywatch simulate --device-formats``, and the demo), a sensor whose
+registry entry names a device (``source: {family, device}``) publishes instead as that device
+family does — Tasmota, ESPHome, The Things Stack, ChirpStack, Zigbee2MQTT, Sensor.Community,
+Sparkplug B or Frigate (`citywatch.device_formats`) — with the names and units of the family's
+source profile, so its readings reach the engine through the mapping layer. Families whose messages
+carry no time of their own (ESPHome, Sensor.Community) and Frigate's events are published live only,
+not while replaying the past; availability (LWT, status) is published, retained, on connecting.
+
 Faults and events (ground truth)
 --------------------------------
 
@@ -66,6 +74,7 @@ the range check.
 from __future__ import annotations
 
 import argparse
+import base64
 import functools
 import hashlib
 import math
@@ -1381,6 +1390,14 @@ def parse_start(text: str, now: float | None = None) -> float:
     return dt.timestamp()
 
 
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def _csv(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
@@ -1393,7 +1410,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "peaking 18-21 h, O3 early afternoon, afternoon showers in the rainy season. The simulated\n"
         "clock is START + wall time x SPEEDUP. Payload formats: json = {\"ts\": <ms>, metric: value, ...};\n"
         "array = a JSON array of those (a device uploading BATCH readings at once); senml = RFC 8428\n"
-        "with bn \"<sensor>:\", bt, n/u/v.\n\n"
+        "with bn \"<sensor>:\", bt, n/u/v. --device-formats: sensors naming a device (source: {family, device})\n"
+        "publish as that device does (Tasmota, ESPHome, TTN, ChirpStack, Zigbee2MQTT, Sensor.Community,\n"
+        "Sparkplug B, Frigate); --dry-run prints binary (Sparkplug) payloads as base64:<...>.\n\n"
         "Fault kinds: spike (1-3 readings far off), stuck (a metric repeats its value), drift (a metric\n"
         "slides away over hours), dropout (the sensor goes silent), episode (PM2.5/PM10/NO2 rise at all\n"
         "air stations within 3 km). Each injected fault is one JSON line in --truth.\n\n"
@@ -1558,8 +1577,11 @@ def run(args: argparse.Namespace) -> int:
             t1 = sim.start + args.duration * args.speedup
             out = sys.stdout.buffer
             n = 0
-            for m in sim.messages(sim.start, t1, complete_batches=True):
-                out.write(m.topic.encode() + b"\t" + m.payload + b"\n")
+            for m in sim.device_births() + sim.messages(sim.start, t1, complete_batches=True):
+                payload = m.payload
+                if b"\n" in payload or not _is_utf8(payload):  # Sparkplug B protobuf: one line, base64
+                    payload = b"base64:" + base64.b64encode(payload)
+                out.write(m.topic.encode() + b"\t" + payload + b"\n")
                 n += 1
             out.flush()
             say(f"{n} messages for {len(sim.sims)} sensors, {local(sim.start)} .. {local(t1)} local time; "
