@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One-time set-up on a fresh machine: Debian packages (mosquitto, influxdb), a virtualenv, citywatch.
+# One-time set-up on a fresh machine: Debian packages (mosquitto, influxdb, nats-server), a virtualenv, citywatch.
 # Safe to re-run: it only does what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +10,7 @@ need=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
 command -v influxd >/dev/null 2>&1 || need+=(influxdb)
+command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || need+=(nats-server)  # the NATS scale-out source and its tests
 command -v chromium >/dev/null 2>&1 || need+=(chromium)  # the public page's browser test (tests/test_public_page.py)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; elif command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
