@@ -772,6 +772,8 @@ class Simulator:
         if self.fault_rate <= 0 or kind == "episode":
             return []
         metrics = [m for m in continuous_metrics(sim.sensor) if m not in _NO_FAULT_METRICS]
+        if sim.fmt == "device":  # only what the device publishes: a fault elsewhere is unobservable
+            metrics = [m for m in metrics if m in self.devices.encoders[sim.sensor.id].keys]
         if kind != "dropout" and not metrics:
             return []
         iv = sim.interval_ms / 1000.0

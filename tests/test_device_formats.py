@@ -267,3 +267,13 @@ def test_simulated_devices_reach_influxdb_through_the_engine(mosquitto, influxdb
     assert n_births >= 1
     assert engine.stats.get("rejected_unknown_device") <= 1  # only the edge node of the NBIRTH
     assert engine.stats.get("rejected_frigate_late_event") == 0 and engine.stats.get("rejected_sparkplug_seq_gap") == 0
+
+
+def test_faults_fall_on_the_metrics_the_device_publishes():
+    start = math.floor(time.time() / 3600) * 3600 - 30 * 3600.0
+    sim = Simulator(REGISTRY, seed=4, start=start, sensors=["fr-001", "tc-001"], device_formats=True,
+                    faults=("spike", "stuck", "drift"), fault_rate=8.0)
+    faults = sim.faults(start, start + 24 * 3600)
+    assert faults
+    for f in faults:
+        assert f.metric in sim.devices.encoders[f.sensors[0]].keys, f.id
