@@ -231,10 +231,10 @@ def test_sparkplug_session_through_the_command_line():
         ("wq-002", "dissolvedOxygen", 5.25, "mg/L", "2026-11-27T08:01:00Z", False),
     ]
     assert [(a["sensor"], a["online"]) for a in report["availability"]] == [("wq-002", True)]
-    # The edge node itself is no registry sensor: its NBIRTH is dead-lettered like any unknown device.
-    assert reasons(report) == ["unknown_device"]
-    assert report["rejections"][0]["source"] == {"family": "sparkplug", "device": "bienhoa/gw-dongnai-01"}
-    assert proc.returncode == 1
+    # The edge node itself is no registry sensor: the profile's ignore_devices counts its NBIRTH
+    assert reasons(report) == []
+    assert report["counters"]["source_unknown_devices_ignored"] == 1
+    assert proc.returncode == 0
 
 
 def test_sparkplug_data_before_birth_is_explained_and_asks_for_a_rebirth(capsys):

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -154,6 +155,7 @@ class _Profile:
         self.health = [(name, Selector(r.select), r) for name, r in profile.health.items()]
         self.unit_from = {k: Selector(r.unit_from) for k, r in profile.metrics.items() if r.unit_from}
         self.clock = SourceClock(profile.timestamp)
+        self.ignore_devices = re.compile(profile.ignore_devices) if profile.ignore_devices else None
         self.counters = CounterDeltas(profile.counter_max_gap)
         self.stats = stats
         # Stateful decoders are built now, so that bad options fail at start-up, not on a first message.
@@ -343,9 +345,10 @@ class SourceMapper:
                                         else (arrival_ns, True))
         out = MappedRecord(family, dr.device, sensor, health=dr.health, available=dr.available, ts_ns=rec_ts,
                            errors=list(dr.errors))
-        if sensor is None and prof.p.unknown_device == "ignore":
+        if sensor is None and (prof.p.unknown_device == "ignore" or
+                               (prof.ignore_devices is not None and prof.ignore_devices.fullmatch(dr.device))):
             self.stats.inc("source_unknown_devices_ignored")
-            out.health, out.available, out.errors = {}, None, []
+            out.health, out.available = {}, None  # the decoder's errors still count: they are not about the device
             return out
         metrics = prof.p.metrics
         for ts, name, raw, unit in dr.readings:

@@ -28,6 +28,7 @@ or ``ignore`` (known topics that carry nothing for us, e.g. Zigbee2MQTT's bridge
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -162,10 +163,23 @@ class SourceProfile(StrictModel):
     # A device that is in neither `aliases` nor the registry: dead-lettered (reject), or only counted
     # (ignore; for families that report more devices than the city registers, e.g. Frigate's zones).
     unknown_device: Literal["reject", "ignore"] = "reject"
+    # Devices of the family that are not sensors (a Sparkplug edge node itself): a regular expression;
+    # unregistered devices it matches are counted, not dead-lettered.
+    ignore_devices: str | None = None
     counter_max_gap: Duration = 600.0  # a counter silent for longer starts over (no increase across the gap)
     options: dict[str, Any] = Field(default_factory=dict)  # decoder options (frigate: interval_s, labels ...)
 
     _sel = field_validator("device_from", "records")(classmethod(lambda cls, v: _check_selector(v)))
+
+    @field_validator("ignore_devices")
+    @classmethod
+    def _regex(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as exc:
+                raise ValueError(f"ignore_devices: {exc}") from None
+        return v
 
     @field_validator("metrics")
     @classmethod
