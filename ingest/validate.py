@@ -46,8 +46,9 @@ get the checks below from ``unknown_metric`` on. What they say besides readings 
 
 Units: a reading without a unit is taken to be in the registry unit. A different unit is converted
 with `citywatch.units.conversion` (e.g. 0.035 mg/m3 -> 35 ug/m3, 45 % -> 0.45 for a unit "1"); the
-conversion is done with the exact ratio (``(x * 5 - 160) / 9`` for degF -> Cel) so decimal values
-convert without float noise. Metrics that have no registry spec (auto-registered sensors, or
+conversion is done with the exact ratio (``(x * 5 - 160) / 9`` for degF -> Cel), one rounding per
+operation, so most decimal values convert without float noise (a division can still leave one unit in
+the last place: 71.22 % -> 0.7121999999999999). Metrics that have no registry spec (auto-registered sensors, or
 ``unknown_metric: accept``) are stored as sent; their unit is not checked.
 
 Unknown sensors: with ``unknown_sensor: auto_register`` a sensor whose message yields at least one
