@@ -35,15 +35,17 @@ for any crash of the engine).
 from __future__ import annotations
 
 import io
+import uuid
 
 import numpy as np
+import orjson
 
 from citywatch.config import Settings
 from citywatch.evaluate import Evaluator
 from citywatch.partitions import partition_of  # noqa: F401 (also used by the doctest)
 from citywatch.registry import Registry, SeriesIndex
 
-__all__ = ["PartitionStates", "read_blob", "evaluator_arrays"]
+__all__ = ["PartitionStates", "PartitionStateStore", "StateFenced", "read_blob", "evaluator_arrays"]
 
 
 def evaluator_arrays(evaluator: Evaluator) -> dict[str, np.ndarray]:
@@ -130,3 +132,86 @@ class PartitionStates:
             if name in groups:
                 part.restore(groups[name])
         return seq
+
+
+class StateFenced(Exception):
+    """The partition's state key was rewritten by another owner since we last wrote it."""
+
+
+class PartitionStateStore:
+    """Partition states in a NATS key-value bucket, in chunks (asyncio; nats-py `KeyValue`).
+
+    A state of a busy partition outgrows one NATS message (1 MB by default: about 17 kB per series
+    after a few days, compressed), so it is stored as chunks `chunk.<p>.<token>.<i>` of at most
+    `chunk_bytes`, and `partition.<p>` holds a small manifest (sequence, token, chunk count, size)
+    written with compare-and-set: the manifest's revision is the fencing token of the lease protocol
+    (`citywatch.partitions`). A write puts the new chunks first, then the manifest; only after the
+    manifest is in place are the previous chunks removed, so a reader that fenced the manifest always
+    finds the chunks it names. An empty manifest means "no state yet".
+    """
+
+    def __init__(self, kv, chunk_bytes: int = 512 * 1024) -> None:
+        self.kv = kv
+        self.chunk_bytes = chunk_bytes
+
+    async def fence(self, partition: int, owner: str) -> tuple[int, bytes | None]:
+        """Take the state key over (rewrite its manifest): (revision to write against, the state or None)."""
+        from nats.js.errors import KeyNotFoundError
+
+        key = f"partition.{partition}"
+        try:
+            entry = await self.kv.get(key)
+        except KeyNotFoundError:
+            return await self.kv.create(key, b""), None
+        manifest = entry.value or b""
+        rev = await self.kv.update(key, manifest, last=entry.revision)
+        return rev, (await self._read(partition, manifest) if manifest else None)
+
+    async def read(self, partition: int) -> bytes | None:
+        from nats.js.errors import KeyNotFoundError
+
+        try:
+            manifest = (await self.kv.get(f"partition.{partition}")).value or b""
+        except KeyNotFoundError:
+            return None
+        return await self._read(partition, manifest) if manifest else None
+
+    async def _read(self, partition: int, manifest: bytes) -> bytes:
+        meta = orjson.loads(manifest)
+        parts = [(await self.kv.get(f"chunk.{partition}.{meta['token']}.{i}")).value for i in range(meta["chunks"])]
+        blob = b"".join(parts)
+        if len(blob) != meta["size"]:
+            raise ValueError(f"partition {partition}: state has {len(blob)} bytes, its manifest says {meta['size']}")
+        return blob
+
+    async def write(self, partition: int, owner: str, blob: bytes, seq: int, last: int) -> int:
+        """Store a state if the manifest is still at revision `last`; returns the new revision."""
+        from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+
+        key = f"partition.{partition}"
+        token = f"{owner}-{uuid.uuid4().hex[:12]}"  # unique even across restarts of the same instance
+        chunks = [blob[i:i + self.chunk_bytes] for i in range(0, len(blob), self.chunk_bytes)] or [b""]
+        for i, chunk in enumerate(chunks):
+            await self.kv.put(f"chunk.{partition}.{token}.{i}", chunk)
+        try:
+            previous = (await self.kv.get(key)).value or b""
+        except KeyNotFoundError:
+            previous = b""
+        manifest = orjson.dumps({"seq": seq, "token": token, "chunks": len(chunks), "size": len(blob), "owner": owner})
+        try:
+            rev = await self.kv.update(key, manifest, last=last)
+        except KeyWrongLastSequenceError:
+            await self._remove(partition, token, len(chunks))
+            raise StateFenced(partition) from None
+        if previous:
+            meta = orjson.loads(previous)
+            if meta["token"] != token:
+                await self._remove(partition, meta["token"], meta["chunks"])
+        return rev
+
+    async def _remove(self, partition: int, token: str, chunks: int) -> None:
+        for i in range(chunks):
+            try:
+                await self.kv.purge(f"chunk.{partition}.{token}.{i}")
+            except Exception:  # noqa: BLE001 - a leftover chunk only costs space
+                pass

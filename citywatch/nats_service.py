@@ -7,7 +7,6 @@ mapping), and a private instance on free loopback ports for tests and benchmarks
     >>> print(server_config(store_dir="/var/lib/nats", partitions=8))  # doctest: +NORMALIZE_WHITESPACE
     server_name: citywatch
     listen: 127.0.0.1:4222
-    max_payload: 8MB
     jetstream {
       store_dir: "/var/lib/nats"
     }
@@ -20,9 +19,9 @@ mapping), and a private instance on free loopback ports for tests and benchmarks
 
 The MQTT listener needs `server_name` and JetStream (it keeps MQTT sessions in streams of its own).
 MQTT topic `city/air/aq-001/telemetry` arrives as subject `city.air.aq-001.telemetry`, which the
-mapping sends to `citywatch.telemetry.<partition>.air.aq-001`. `max_payload` bounds a partition's
-state snapshot in the key-value store as well as messages: raise it, or the partition count, for
-registries of thousands of sensors. Add accounts, TLS and a cluster block as usual in production.
+mapping sends to `citywatch.telemetry.<partition>.air.aq-001`. Partition states are stored in
+chunks below the default `max_payload` (1 MB), so it need not be raised. Add accounts, TLS and a
+cluster block as usual in production.
 """
 
 from __future__ import annotations
@@ -38,12 +37,11 @@ __all__ = ["server_config", "NatsServer"]
 
 def server_config(store_dir: str, partitions: int, port: int = 4222, mqtt_port: int = 1883, host: str = "127.0.0.1",
                   topic: str = "city/{domain}/{sensor}/telemetry", prefix: str = "citywatch.telemetry",
-                  server_name: str = "citywatch", max_payload: str = "8MB") -> str:
+                  server_name: str = "citywatch") -> str:
     source, destination = telemetry_mapping(topic, prefix, partitions)
     return "\n".join([
         f"server_name: {server_name}",
         f"listen: {host}:{port}",
-        f"max_payload: {max_payload}",
         "jetstream {",
         f'  store_dir: "{store_dir}"',
         "}",

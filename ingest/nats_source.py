@@ -72,7 +72,7 @@ from dataclasses import dataclass
 import structlog
 
 from citywatch.config import ConfigError
-from citywatch.handover import PartitionStates
+from citywatch.handover import PartitionStates, PartitionStateStore, StateFenced
 from citywatch.ingest.mqtt import InboundMessage
 from citywatch.partitions import LeaseLost, Leases, assign, check_ids, topic_to_subject
 
@@ -139,6 +139,7 @@ class NatsSource:
         self._js = None
         self._leases: Leases | None = None
         self._state_kv = None
+        self._store: PartitionStateStore | None = None
         self._state_rev: dict[int, int] = {}
         self._fetchers: dict[int, asyncio.Task] = {}
         self._locks: dict[int, asyncio.Lock] = {}
@@ -316,6 +317,7 @@ class NatsSource:
         except BucketNotFoundError:
             self._state_kv = await self._js.create_key_value(bucket=cfg.state_bucket, history=1)
         await self._check_layout()
+        self._store = PartitionStateStore(self._state_kv)
         self._leases = Leases(lease_kv, self.instance)
         await self._leases.heartbeat()
         self.connected.set()
@@ -377,24 +379,15 @@ class NatsSource:
         return fut
 
     async def _acquire(self, p: int) -> None:
-        from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
-
         if not await self._leases.acquire(p):
             return  # the previous owner still holds it: it releases it, or its lease expires
-        key = f"partition.{p}"
         try:
             # Fence: rewrite the state key, so a previous owner's next (stale) write fails on the revision.
-            try:
-                entry = await self._state_kv.get(key)
-                blob = entry.value or b""
-                self._state_rev[p] = await self._state_kv.update(key, blob, last=entry.revision)
-            except KeyNotFoundError:
-                blob = b""
-                self._state_rev[p] = await self._state_kv.create(key, blob)
+            self._state_rev[p], blob = await self._store.fence(p, self.instance)
             seq = await asyncio.wait_for(asyncio.wrap_future(self._on_pipeline("restore", p, blob)), _WAIT_PIPELINE)
             await self._check_replay(p, seq)
             await self._consume(p, seq)
-        except (KeyWrongLastSequenceError, asyncio.TimeoutError, Exception) as exc:
+        except Exception as exc:  # noqa: BLE001 - e.g. another instance fenced first: retried next round
             self.log.warning("partition not acquired", partition=p, error=repr(exc))
             self._state_rev.pop(p, None)
             await self._leases.release(p)
@@ -507,18 +500,16 @@ class NatsSource:
         self.log.info("partition released", partition=p, seq=seq, instance=self.instance)
 
     async def _save_state(self, p: int, blob: bytes, seq: int) -> bool:
-        from nats.js.errors import KeyWrongLastSequenceError
-
         lock = self._locks.setdefault(p, asyncio.Lock())
         async with lock:
             rev = self._state_rev.get(p)
             if rev is None:
                 return False  # no longer ours
             try:
-                self._state_rev[p] = await self._state_kv.update(f"partition.{p}", blob, last=rev)
+                self._state_rev[p] = await self._store.write(p, self.instance, blob, seq, last=rev)
                 self.stats.inc("nats_state_bytes", len(blob))
                 return True
-            except KeyWrongLastSequenceError:
+            except StateFenced:
                 self.log.warning("partition fenced: another instance owns it now", partition=p, seq=seq)
                 await self._drop(p)
                 return False

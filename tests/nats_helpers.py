@@ -13,7 +13,7 @@ import yaml
 
 from citywatch.config import Settings
 from citywatch.evaluate import Evaluator
-from citywatch.handover import evaluator_arrays, read_blob
+from citywatch.handover import PartitionStateStore, evaluator_arrays, read_blob
 from citywatch.ingest.topics import TopicPattern
 from citywatch.ingest.validate import Validator
 from citywatch.registry import Registry, RegistryFile, SeriesIndex
@@ -101,6 +101,21 @@ def kv_snapshot(url: str, bucket: str) -> dict[str, bytes]:
     return asyncio.run(go())
 
 
+def partition_blobs(url: str, partitions: int) -> dict[int, bytes]:
+    """Each partition's saved state (reassembled from its chunks), for the partitions that have one."""
+    import nats
+
+    async def go():
+        nc = await nats.connect(url)
+        try:
+            store = PartitionStateStore(await nc.jetstream().key_value("citywatch_state"))
+            return {p: blob for p in range(partitions) if (blob := await store.read(p))}
+        finally:
+            await nc.close()
+
+    return asyncio.run(go())
+
+
 def lease_owners(url: str) -> dict[int, str]:
     try:
         entries = kv_snapshot(url, "citywatch_leases")
@@ -115,11 +130,9 @@ def merged_partition_states(url: str, settings: Settings, registry: Registry) ->
     series.add_registry()
     evaluator = Evaluator(settings, series)
     seqs = {}
-    for key, blob in kv_snapshot(url, "citywatch_state").items():
-        if not key.startswith("partition.") or not blob:
-            continue
+    for p, blob in partition_blobs(url, 8).items():
         seq, arrays = read_blob(blob)
-        seqs[int(key.split(".")[1])] = seq
+        seqs[p] = seq
         groups: dict[str, dict[str, np.ndarray]] = {}
         for k, v in arrays.items():
             group, _, name = k.partition("/")

@@ -14,7 +14,7 @@ import citywatch.nats_service
 import citywatch.partitions
 from citywatch.config import ConfigError, Settings
 from citywatch.evaluate import Evaluator
-from citywatch.handover import PartitionStates, evaluator_arrays
+from citywatch.handover import PartitionStates, PartitionStateStore, StateFenced, evaluator_arrays, read_blob
 from citywatch.ingest.nats_source import NatsSource
 from citywatch.ingest.topics import TopicPattern
 from citywatch.ingest.validate import Validator
@@ -172,14 +172,15 @@ def test_a_stale_owner_is_fenced_out_by_lease_and_by_state_revision(tmp_path, na
             # Partition 0: x "stalled", its lease expired and y took it (and fenced the state key).
             await leases.purge("lease.0")
             await leases.create("lease.0", b"y")
-            entry = await state.get("partition.0")
-            await state.update("partition.0", entry.value, last=entry.revision)
-            # Partition 1: only the state key is rewritten by a new owner: x's next save must fail.
-            entry = await state.get("partition.1")
-            await state.update("partition.1", entry.value, last=entry.revision)
+            store = PartitionStateStore(state)
+            _, blob0 = await store.fence(0, "y")
+            # Partition 1: only the state key is taken over by a new owner: x's next save must fail.
+            _, blob1 = await store.fence(1, "y")
             await nc.close()
+            return blob0, blob1
 
-        _run(steal())
+        blob0, blob1 = _run(steal())
+        assert read_blob(blob0)[0] > 0 and read_blob(blob1)[0] > 0  # x's saved states, reassembled from chunks
         wait_for(lambda: 0 not in engine.consumer.owned(), 10, "x dropping partition 0 (lease lost)")
         device.publish_all([telemetry(s, t0 + 60_000, 51.0, 11.0) for s in registry.sensors])
         wait_for(lambda: 1 not in engine.consumer.owned(), 10, "x dropping partition 1 (state write fenced)")
@@ -261,3 +262,34 @@ def test_partition_state_merges_into_a_running_evaluator(tmp_path):
     assert compared > 30
     # B's own state for p was different (the comparison above would be vacuous otherwise)
     assert not np.array_equal(before_b["stuck/last_value"][rows_p], after_b["stuck/last_value"][rows_p])
+
+
+def test_state_store_chunks_large_states_and_fences_stale_writers(nats_server):
+    import os as _os
+
+    import nats
+
+    async def go():
+        nc = await nats.connect(nats_server.url)
+        kv = await nc.jetstream().create_key_value(bucket="state_t", history=1)
+        store = PartitionStateStore(kv, chunk_bytes=512 * 1024)
+        rev_x, none = await store.fence(3, "x")
+        assert none is None
+        big = _os.urandom(1_300_000)  # above nats-server's default 1 MB message limit
+        rev_x = await store.write(3, "x", big, seq=10, last=rev_x)
+        assert await store.read(3) == big
+        rev_x = await store.write(3, "x", big[::-1], seq=20, last=rev_x)
+        assert await store.read(3) == big[::-1]
+        chunks = [k for k in await kv.keys() if k.startswith("chunk.3.")]
+        assert len(chunks) == 3  # the first state's chunks are gone
+        rev_y, taken = await store.fence(3, "y")  # a new owner takes the partition over
+        assert taken == big[::-1]
+        with pytest.raises(StateFenced):
+            await store.write(3, "x", b"stale", seq=30, last=rev_x)
+        assert await store.read(3) == big[::-1]
+        assert len([k for k in await kv.keys() if k.startswith("chunk.3.")]) == 3  # the stale chunks removed
+        await store.write(3, "y", b"fresh", seq=31, last=rev_y)
+        assert await store.read(3) == b"fresh"
+        await nc.close()
+
+    _run(go())
