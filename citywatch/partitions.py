@@ -25,9 +25,10 @@ member list; when an instance joins or leaves, most partitions keep their owner.
 neither pinned consumers (2.11) nor per-key TTLs (2.11), so the protocol is ours and uses only
 compare-and-set and the bucket-wide TTL, which removes a value that was not rewritten in time:
 
-* `member.<instance>` is rewritten every `lease_ttl / 3`: the live instances are the keys present.
+* `member.<instance>` is rewritten every second (or `lease_ttl / 3` if shorter): the live instances
+  are the keys present.
 * `lease.<p>` names the owner of partition p. Acquire: `create` (fails while another owner's lease
-  lives). Renew: `update(last=revision)` every `lease_ttl / 3` - it fails if the lease expired and
+  lives). Renew: `update(last=revision)` at the same pace - it fails if the lease expired and
   someone else took it, and then the instance drops the partition at once. Release: `delete(last=
   revision)`, after the partition's state has been saved, so the next owner starts exactly where
   this one stopped.
