@@ -192,6 +192,14 @@ def test_a_stale_owner_is_fenced_out_by_lease_and_by_state_revision(tmp_path, na
         # fenced only at its save, after storing (harmless: the same points the new owner writes).
         assert others <= stored <= others + len(by_partition[1])
         assert lease_owners(nats_server.url)[0] == "y"
+        # Bad input through the partitioned stream is dead-lettered and counted; the engine goes on.
+        sensor = by_partition[2][0]
+        device.publish_all([(f"city/air/{sensor}/telemetry", b"not json"),
+                            telemetry(sensor, t0 + 120_000, 52.0, 12.0)])
+        wait_for(lambda: engine.stats.snapshot().get("deadletters", 0) >= 1, 10, "the bad message dead-lettered")
+        wait_for(lambda: count(influxdb, db_name, "air", "no2", f"WHERE sensor = '{sensor}'") == 3, 10,
+                 "the next good reading stored")
+        assert engine.running
         assert engine.stats.snapshot().get("nats_partitions_dropped", 0) >= 2
     finally:
         device.close()
@@ -293,3 +301,15 @@ def test_state_store_chunks_large_states_and_fences_stale_writers(nats_server):
         await nc.close()
 
     _run(go())
+
+
+def test_the_documented_sample_config_is_valid_engine_config():
+    import yaml
+
+    import citywatch.ingest.nats_source as module
+
+    block = module.__doc__.split("Options (select with")[1].split("::", 1)[1]
+    doc = yaml.safe_load(block)
+    settings = Settings.model_validate(doc)
+    assert settings.source == "nats" and settings.nats.partitions == 8 and settings.nats.lease_ttl == 10.0
+    assert settings.nats.stream_max_age == 86400.0 and settings.detectors.allowed_lateness == 0
