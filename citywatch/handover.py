@@ -45,7 +45,7 @@ from citywatch.evaluate import Evaluator
 from citywatch.partitions import partition_of  # noqa: F401 (also used by the doctest)
 from citywatch.registry import Registry, SeriesIndex
 
-__all__ = ["PartitionStates", "PartitionStateStore", "StateFenced", "read_blob", "evaluator_arrays"]
+__all__ = ["PartitionStates", "PartitionStateStore", "StateFenced", "encode_blob", "read_blob", "evaluator_arrays"]
 
 
 def evaluator_arrays(evaluator: Evaluator) -> dict[str, np.ndarray]:
@@ -63,6 +63,13 @@ def _groups(arrays: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
         if group != "__meta":
             groups.setdefault(group, {})[name] = value
     return groups
+
+
+def encode_blob(arrays: dict[str, np.ndarray]) -> bytes:
+    """A compressed `.npz` of the arrays (zlib releases the interpreter lock while it compresses)."""
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return buf.getvalue()
 
 
 def read_blob(blob: bytes) -> tuple[int, dict[str, np.ndarray]]:
@@ -104,6 +111,11 @@ class PartitionStates:
 
     def snapshot(self, partition: int, seq: int, full: dict[str, dict[str, np.ndarray]] | None = None) -> bytes:
         """The partition's state as a blob; `full` (from `full_state()`) saves work over several partitions."""
+        return encode_blob(self.snapshot_arrays(partition, seq, full))
+
+    def snapshot_arrays(self, partition: int, seq: int,
+                        full: dict[str, dict[str, np.ndarray]] | None = None) -> dict[str, np.ndarray]:
+        """The partition's state as arrays (copies): `encode_blob` them on another thread, it is most of the cost."""
         if full is None:
             full = self.full_state()
         scratch = self._scratch_for(partition)
@@ -114,9 +126,7 @@ class PartitionStates:
         arrays["__meta/seq"] = np.asarray([seq], np.int64)
         arrays["__meta/partition"] = np.asarray([partition], np.int64)
         arrays["__meta/partitions"] = np.asarray([self.partitions], np.int64)
-        buf = io.BytesIO()
-        np.savez_compressed(buf, **arrays)
-        return buf.getvalue()
+        return arrays
 
     def full_state(self) -> dict[str, dict[str, np.ndarray]]:
         return _groups(evaluator_arrays(self.evaluator))

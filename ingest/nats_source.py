@@ -72,7 +72,7 @@ from dataclasses import dataclass
 import structlog
 
 from citywatch.config import ConfigError
-from citywatch.handover import PartitionStates, PartitionStateStore, StateFenced
+from citywatch.handover import PartitionStates, PartitionStateStore, StateFenced, encode_blob
 from citywatch.ingest.mqtt import InboundMessage
 from citywatch.partitions import LeaseLost, Leases, assign, check_ids, topic_to_subject
 
@@ -112,6 +112,8 @@ class NatsSource:
         if not re.fullmatch(r"[A-Za-z0-9_-]+", self.instance):
             raise ConfigError(f"nats.instance_id {self.instance!r}: only letters, digits, '-' and '_'")
         self.partitions = self.cfg.partitions
+        # No MQTT connection here: the client id would tag every instance's health points alike.
+        settings.mqtt.client_id = self.instance
         self.states = PartitionStates(settings, engine.registry, engine.evaluator, self.partitions)
         self._prefix_tokens = self.cfg.subject_prefix.count(".") + 1
         # The engine's consumer interface.
@@ -234,7 +236,7 @@ class NatsSource:
                 elif kind == "release":
                     engine.settle()  # what was processed of it is stored and its sequence acknowledged
                     seq = self.acked_seq.get(p, 0)
-                    fut.set_result((self.states.snapshot(p, seq), seq))
+                    fut.set_result((self.states.snapshot_arrays(p, seq), seq))
             except Exception as exc:  # noqa: BLE001 - reported to the waiting lease operation
                 fut.set_exception(exc)
         interval = self.cfg.snapshot_interval
@@ -250,9 +252,9 @@ class NatsSource:
         full = self.states.full_state()
         for p in due:
             seq = self.acked_seq[p]
-            blob = self.states.snapshot(p, seq, full)
+            arrays = self.states.snapshot_arrays(p, seq, full)  # compressed off this thread
             self.saved_seq[p] = seq
-            asyncio.run_coroutine_threadsafe(self._save_state(p, blob, seq), self._loop)
+            asyncio.run_coroutine_threadsafe(self._save_state(p, arrays, seq), self._loop)
         self._last_checkpoint = time.monotonic()
         self.stats.inc("nats_snapshots", len(due))
 
@@ -487,25 +489,27 @@ class NatsSource:
         """Hand the partition over: stop fetching, save its state at the last stored sequence, release."""
         await self._stop_fetching(p)
         try:
-            blob, seq = await asyncio.wait_for(asyncio.wrap_future(self._on_pipeline("release", p)), _WAIT_PIPELINE)
+            state, seq = await asyncio.wait_for(asyncio.wrap_future(self._on_pipeline("release", p)), _WAIT_PIPELINE)
         except Exception:  # noqa: BLE001 - keep the lease out of the way: it expires, the next owner replays
             self.log.exception("partition state not saved on release", partition=p)
             await self._drop(p)
             return
-        if await self._save_state(p, blob, seq):
+        if await self._save_state(p, state, seq):
             await self._leases.release(p)
         self._state_rev.pop(p, None)
         await self._delete_consumer(p)
         self.stats.inc("nats_partitions_released")
         self.log.info("partition released", partition=p, seq=seq, instance=self.instance)
 
-    async def _save_state(self, p: int, blob: bytes, seq: int) -> bool:
+    async def _save_state(self, p: int, state: bytes | dict, seq: int) -> bool:
         lock = self._locks.setdefault(p, asyncio.Lock())
         async with lock:
             rev = self._state_rev.get(p)
             if rev is None:
                 return False  # no longer ours
             try:
+                blob = state if isinstance(state, bytes) else \
+                    await asyncio.get_running_loop().run_in_executor(None, encode_blob, state)
                 self._state_rev[p] = await self._store.write(p, self.instance, blob, seq, last=rev)
                 self.stats.inc("nats_state_bytes", len(blob))
                 return True

@@ -116,6 +116,33 @@ def partition_blobs(url: str, partitions: int) -> dict[int, bytes]:
     return asyncio.run(go())
 
 
+def saved_seqs(url: str) -> dict[int, int]:
+    """The stream sequence each partition's saved state covers (from the manifests)."""
+    import nats
+    from nats.js.errors import KeyNotFoundError
+
+    async def go():
+        nc = await nats.connect(url)
+        try:
+            kv = await nc.jetstream().key_value("citywatch_state")
+            out = {}
+            for p in range(8):
+                try:
+                    manifest = (await kv.get(f"partition.{p}")).value
+                except KeyNotFoundError:
+                    continue
+                if manifest:
+                    out[p] = orjson.loads(manifest)["seq"]
+            return out
+        finally:
+            await nc.close()
+
+    try:
+        return asyncio.run(go())
+    except Exception:  # noqa: BLE001 - the bucket does not exist yet
+        return {}
+
+
 def lease_owners(url: str) -> dict[int, str]:
     try:
         entries = kv_snapshot(url, "citywatch_leases")

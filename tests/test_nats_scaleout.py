@@ -18,9 +18,10 @@ import pytest
 
 from citywatch.config import Settings
 from citywatch.nats_service import NatsServer
-from citywatch.partitions import partition_of
-from nats_helpers import (assert_same_state, batch_dependent_keys, lease_owners, merged_partition_states, reference_state, registry_doc,
-                          registry_of, settings_for, telemetry, write_instance_config)
+from citywatch.partitions import assign, partition_of
+from nats_helpers import (assert_same_state, batch_dependent_keys, lease_owners, merged_partition_states,
+                          reference_state, registry_doc, registry_of, saved_seqs, settings_for, telemetry,
+                          write_instance_config)
 from pipeline_helpers import Device, count, rows, start_citywatch_run, wait_for
 
 pytestmark = pytest.mark.integration
@@ -66,6 +67,12 @@ def test_three_instances_one_killed_one_joining_lose_nothing_and_agree_with_one(
     def logs() -> str:
         return "\n".join(f"--- {n}\n" + (tmp_path / f"{n}.log").read_text(errors="replace")[-3000:] for n in procs)
 
+    def waiting(predicate, timeout: float, what: str) -> None:
+        try:
+            wait_for(predicate, timeout, what)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{logs()}") from None
+
     base_ms = (time.time_ns() // 10**6) - (ROUNDS + 30) * 60_000
     messages = [telemetry(f"aq-{i:03d}", base_ms + r * 60_000,
                           no2=round(60 + 40 * ((r + i) % 7) + (170 if (r // 15 + i) % 5 == 0 else 0) + i * 0.25, 2),
@@ -75,8 +82,8 @@ def test_three_instances_one_killed_one_joining_lose_nothing_and_agree_with_one(
     try:
         for name in ("a", "b", "c"):
             launch(name)
-        wait_for(lambda: alive("a", "b", "c") and len(lease_owners(nats_server.url)) == 8 and set(lease_owners(nats_server.url).values())
-                 == {"a", "b", "c"}, 60, "three instances sharing the 8 partitions")
+        waiting(lambda: alive("a", "b", "c") and lease_owners(nats_server.url) == assign(8, ["a", "b", "c"]), 60,
+                "three instances sharing the 8 partitions as assigned")
         owned_by_b = sorted(p for p, o in lease_owners(nats_server.url).items() if o == "b")
 
         infos = []
@@ -85,8 +92,9 @@ def test_three_instances_one_killed_one_joining_lose_nothing_and_agree_with_one(
                 # each sensor always publishes through the same device connection: its order is kept
                 infos.append(devices[int(topic.split("/")[2][3:]) % len(devices)].publish(topic, payload))
             if r == ROUNDS // 3:
-                wait_for(lambda: count(influxdb, db_name, "air", "no2") > 0, 30, "readings being stored")
-                time.sleep(1.5)  # b has saved some partition states: the next owners replay from them
+                # b has saved a state of each of its partitions: the next owners resume from them
+                waiting(lambda: all(saved_seqs(nats_server.url).get(p, 0) > 0 for p in owned_by_b), 30,
+                        "b saving its partitions' states")
                 os.kill(procs["b"][0].pid, signal.SIGKILL)
                 procs["b"][0].wait(10)
             if r == 2 * ROUNDS // 3:
@@ -96,11 +104,11 @@ def test_three_instances_one_killed_one_joining_lose_nothing_and_agree_with_one(
             info.wait_for_publish(30)
 
         total = ROUNDS * SENSORS
-        wait_for(lambda: alive("a", "c", "d") and count(influxdb, db_name, "air", "no2") >= total and count(influxdb, db_name, "air", "pm25") >= total,
-                 60, f"all {total} messages stored\n{logs()}")
-        wait_for(lambda: "d" in set(lease_owners(nats_server.url).values()), 30, f"d owning partitions\n{logs()}")
+        waiting(lambda: alive("a", "c", "d") and count(influxdb, db_name, "air", "no2") >= total
+                and count(influxdb, db_name, "air", "pm25") >= total, 60, f"all {total} messages stored")
+        waiting(lambda: "d" in set(lease_owners(nats_server.url).values()), 30, "d owning partitions")
         # everything evaluated and scored (a scores point per reading), then a graceful stop saves every partition
-        wait_for(lambda: count(influxdb, db_name, "scores", "score") >= 2 * total, 30, f"every reading scored\n{logs()}")
+        waiting(lambda: count(influxdb, db_name, "scores", "score") >= 2 * total, 30, "every reading scored")
         for name in ("a", "c", "d"):
             procs[name][0].send_signal(signal.SIGTERM)
         for name in ("a", "c", "d"):
@@ -126,7 +134,7 @@ def test_three_instances_one_killed_one_joining_lose_nothing_and_agree_with_one(
     events = {n: _events(tmp_path / f"{n}.log") for n in ("a", "c", "d")}
     takeovers = [e for n in ("a", "c") for e in events[n]
                  if e.get("event") == "partition acquired" and e.get("partition") in owned_by_b and e.get("replay_from", 1) > 1]
-    assert takeovers, "no partition of the killed instance was resumed from its saved state"
+    assert {e["partition"] for e in takeovers} == set(owned_by_b), (owned_by_b, takeovers)
     assert any(e.get("event") == "partition acquired" for e in events["d"])
 
     # The union of the partitions' final states equals one evaluator's over the same stream.
@@ -141,6 +149,6 @@ def test_three_instances_one_killed_one_joining_lose_nothing_and_agree_with_one(
     compared, worst = assert_same_state(merged, {k: v for k, v in reference.items() if k not in dependent})
     assert compared > 100
     print(f"\nFIGURES nats scale-out: {ROUNDS * SENSORS} messages, {2 * ROUNDS * SENSORS} readings stored, "
-          f"0 lost; b owned partitions {owned_by_b} when killed, {len(takeovers)} resumed from saved state; "
+          f"0 lost; b owned partitions {owned_by_b} when killed, each resumed from its saved state; "
           f"{compared} state arrays equal to a single evaluator's (floats within {worst:.1e} relative); "
           f"not compared, as batch-dependent within one evaluator: {sorted(dependent)}")
