@@ -23,7 +23,7 @@ from citywatch.partitions import LeaseLost, Leases, assign, check_ids, partition
 from citywatch.pipeline import Engine
 from citywatch.registry import Registry, SeriesIndex
 from citywatch.stats import Stats
-from nats_helpers import lease_owners, registry_doc, registry_of, settings_for, telemetry
+from nats_helpers import lease_owners, registry_doc, registry_of, saved_seqs, settings_for, telemetry
 from pipeline_helpers import Device, count, wait_for
 
 REPO_REGISTRY = "config/sensors/bienhoa.yaml"
@@ -161,7 +161,7 @@ def test_a_stale_owner_is_fenced_out_by_lease_and_by_state_revision(tmp_path, na
         t0 = (time.time_ns() // 10**6) - 3_600_000
         device.publish_all([telemetry(s, t0, 50.0, 10.0) for s in registry.sensors])
         wait_for(lambda: count(influxdb, db_name, "air", "no2") == 32, 20, "first readings stored")
-        wait_for(lambda: engine.consumer.saved_seq.get(0, 0) > 0 and engine.consumer.saved_seq.get(1, 0) > 0, 20,
+        wait_for(lambda: saved_seqs(nats_server.url).get(0, 0) > 0 and saved_seqs(nats_server.url).get(1, 0) > 0, 20,
                  "partition states saved")
 
         async def steal():
