@@ -53,6 +53,13 @@ def cmd_check_config(args) -> int:
     print(f"mqtt {settings.mqtt.url} topic {settings.mqtt.topic}; influxdb {settings.influxdb.url} db {settings.influxdb.database}")
     print(f"detectors: physical_range={'on' if settings.detectors.physical_range else 'off'}, "
           f"{len(settings.detectors.thresholds)} threshold rules")
+    if settings.source == "nats":
+        from citywatch.partitions import check_ids, telemetry_mapping
+
+        check_ids(registry)  # ids become NATS subject tokens
+        source, destination = telemetry_mapping(settings.mqtt.topic, settings.nats.subject_prefix, settings.nats.partitions)
+        print(f"nats {settings.nats.url}: {settings.nats.partitions} partitions; server mapping "
+              f'"{source}": "{destination}"')
     return 0
 
 

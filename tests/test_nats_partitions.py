@@ -313,3 +313,20 @@ def test_the_documented_sample_config_is_valid_engine_config():
     settings = Settings.model_validate(doc)
     assert settings.source == "nats" and settings.nats.partitions == 8 and settings.nats.lease_ttl == 10.0
     assert settings.nats.stream_max_age == 86400.0 and settings.detectors.allowed_lateness == 0
+
+
+def test_check_config_with_the_nats_source_checks_ids_and_prints_the_server_mapping(tmp_path, capsys):
+    import yaml
+
+    from citywatch.cli import main
+
+    doc = registry_doc(2)
+    (tmp_path / "sensors.yaml").write_text(yaml.safe_dump(doc))
+    (tmp_path / "citywatch.yaml").write_text(yaml.safe_dump({"registry": "sensors.yaml", "source": "nats"}))
+    assert main(["check-config", "--config", str(tmp_path / "citywatch.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert '"city.*.*.telemetry": "citywatch.telemetry.{{partition(8,2)}}.{{wildcard(1)}}.{{wildcard(2)}}"' in out
+    doc["sensors"][1]["id"] = "aq.002"
+    (tmp_path / "sensors.yaml").write_text(yaml.safe_dump(doc))
+    assert main(["check-config", "--config", str(tmp_path / "citywatch.yaml")]) == 2
+    assert "'aq.002'" in capsys.readouterr().err
