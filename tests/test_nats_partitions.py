@@ -24,7 +24,7 @@ from citywatch.pipeline import Engine
 from citywatch.registry import Registry, SeriesIndex
 from citywatch.stats import Stats
 from nats_helpers import lease_owners, registry_doc, registry_of, saved_seqs, settings_for, telemetry
-from pipeline_helpers import Device, count, wait_for
+from pipeline_helpers import Device, Listener, count, wait_for
 
 REPO_REGISTRY = "config/sensors/bienhoa.yaml"
 
@@ -200,6 +200,14 @@ def test_a_stale_owner_is_fenced_out_by_lease_and_by_state_revision(tmp_path, na
         wait_for(lambda: count(influxdb, db_name, "air", "no2", f"WHERE sensor = '{sensor}'") == 3, 10,
                  "the next good reading stored")
         assert engine.running
+        # Alerts reach MQTT subscribers of the same server (published as core NATS on the topic's subject).
+        listener = Listener(nats_server.mqtt_port, "city/alerts/#", "alert-listener")
+        try:
+            device.publish_all([telemetry(sensor, t0 + 180_000, 250.0, 12.0)])
+            wait_for(lambda: any(t == f"city/alerts/air/{sensor}" and m["level"] == "critical"
+                                 for t, m in listener.messages), 10, "the NO2 alert over MQTT")
+        finally:
+            listener.close()
         assert engine.stats.snapshot().get("nats_partitions_dropped", 0) >= 2
     finally:
         device.close()
