@@ -146,6 +146,7 @@ class NatsSource:
         self._fetchers: dict[int, asyncio.Task] = {}
         self._locks: dict[int, asyncio.Lock] = {}
         self._pipeline_alive = False
+        self._tasks: set[asyncio.Task] = set()
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -239,16 +240,19 @@ class NatsSource:
                     fut.set_result((self.states.snapshot_arrays(p, seq), seq))
             except Exception as exc:  # noqa: BLE001 - reported to the waiting lease operation
                 fut.set_exception(exc)
-        interval = self.cfg.snapshot_interval
-        if time.monotonic() - self._last_checkpoint >= interval:
-            self._checkpoint(engine)
+        if time.monotonic() - self._last_checkpoint >= self.cfg.snapshot_interval:
+            try:
+                self._checkpoint(engine)
+            except Exception:  # noqa: BLE001 - never stop the engine: the next owner would replay more
+                self._last_checkpoint = time.monotonic()
+                self.stats.inc("nats_snapshot_errors")
+                self.log.exception("partition states not saved")
 
     def _checkpoint(self, engine) -> None:
-        due = [p for p, acc in self._accept.items() if acc and self.acked_seq.get(p, 0) > self.saved_seq.get(p, 0)]
-        if not due:
+        if not self._due():
             return
         engine.settle()
-        due = [p for p, acc in self._accept.items() if acc and self.acked_seq.get(p, 0) > self.saved_seq.get(p, 0)]
+        due = self._due()
         full = self.states.full_state()
         for p in due:
             seq = self.acked_seq[p]
@@ -258,13 +262,19 @@ class NatsSource:
         self._last_checkpoint = time.monotonic()
         self.stats.inc("nats_snapshots", len(due))
 
+    def _due(self) -> list[int]:
+        return [p for p in self.owned() if self.acked_seq.get(p, 0) > self.saved_seq.get(p, 0)]
+
     def owned(self) -> list[int]:
-        return sorted(p for p, acc in self._accept.items() if acc)
+        # list() copies in one step: the loop thread may add partitions meanwhile
+        return sorted(p for p, acc in list(self._accept.items()) if acc)
 
     # -- loop thread ----------------------------------------------------------------------------------
     def _publish_nowait(self, subject: str, payload: bytes) -> None:
         if self._nc is not None and not self._nc.is_closed:
-            self._loop.create_task(self._nc.publish(subject, payload))
+            task = self._loop.create_task(self._nc.publish(subject, payload))
+            self._tasks.add(task)  # the loop keeps only weak references to tasks
+            task.add_done_callback(self._tasks.discard)
 
     async def _main(self) -> None:
         try:

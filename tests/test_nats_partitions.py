@@ -338,3 +338,27 @@ def test_check_config_with_the_nats_source_checks_ids_and_prints_the_server_mapp
     (tmp_path / "sensors.yaml").write_text(yaml.safe_dump(doc))
     assert main(["check-config", "--config", str(tmp_path / "citywatch.yaml")]) == 2
     assert "'aq.002'" in capsys.readouterr().err
+
+
+def test_a_failing_snapshot_is_counted_and_logged_and_the_engine_goes_on(tmp_path, nats_server, influxdb, db_name,
+                                                                        monkeypatch):
+    registry = registry_of(registry_doc(8))
+    engine = Engine(_source_settings(tmp_path, nats_server, influxdb, db_name, "x"), registry, source=NatsSource)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("snapshot bug")
+
+    monkeypatch.setattr(engine.consumer.states, "snapshot_arrays", broken)
+    engine.start()
+    device = Device(nats_server.mqtt_port, client_id="snap-dev")
+    try:
+        wait_for(lambda: engine.consumer.owned() == list(range(8)), 20, "x owning every partition")
+        t0 = (time.time_ns() // 10**6) - 3_600_000
+        device.publish_all([telemetry(s, t0, 50.0, 10.0) for s in registry.sensors])
+        wait_for(lambda: engine.stats.snapshot().get("nats_snapshot_errors", 0) >= 1, 20, "a failed snapshot counted")
+        device.publish_all([telemetry(s, t0 + 60_000, 51.0, 10.0) for s in registry.sensors])
+        wait_for(lambda: count(influxdb, db_name, "air", "no2") == 16, 20, "later readings stored")
+        assert engine.running
+    finally:
+        device.close()
+        engine.stop()
