@@ -362,3 +362,28 @@ def test_a_failing_snapshot_is_counted_and_logged_and_the_engine_goes_on(tmp_pat
     finally:
         device.close()
         engine.stop()
+
+
+def test_devices_on_a_mosquitto_bridged_into_nats_reach_the_partitions(tmp_path, nats_server, influxdb, db_name):
+    from citywatch.services import Mosquitto
+
+    # nats-server's MQTT listener refuses Mosquitto's private bridge flag, and '.' in client ids or in
+    # the bridge's notification topic (which carries the client id).
+    bridge = "\n".join(["connection citywatch-nats", f"address 127.0.0.1:{nats_server.mqtt_port}",
+                        "bridge_protocol_version mqttv311", "try_private false", "notifications false",
+                        "remote_clientid citywatch-bridge", "cleansession false", "topic city/+/+/telemetry out 1"])
+    broker = Mosquitto(tmp_path / "mosquitto", extra_config=bridge)
+    broker.start()
+    registry = registry_of(registry_doc(8))
+    engine = Engine(_source_settings(tmp_path, nats_server, influxdb, db_name, "x"), registry, source=NatsSource)
+    engine.start()
+    device = Device(broker.port, client_id="bridged-dev")
+    try:
+        wait_for(lambda: engine.consumer.owned() == list(range(8)), 20, "x owning every partition")
+        t0 = (time.time_ns() // 10**6) - 3_600_000
+        device.publish_all([telemetry(s, t0 + k * 60_000, 50.0 + k, 10.0) for k in range(5) for s in registry.sensors])
+        wait_for(lambda: count(influxdb, db_name, "air", "no2") == 40, 20, "bridged readings stored")
+    finally:
+        device.close()
+        engine.stop()
+        broker.stop()
