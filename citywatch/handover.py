@@ -12,10 +12,11 @@ A blob is a compressed `.npz` holding `<part>/<array>` entries (as the engine's 
 `__meta/seq` (the last stream sequence of this partition whose readings the state includes),
 `__meta/partition` and `__meta/partitions`.
 
+    >>> from importlib import resources
     >>> from citywatch.config import Settings
     >>> from citywatch.registry import Registry, SeriesIndex
     >>> from citywatch.evaluate import Evaluator
-    >>> registry = Registry.load(Settings().resolve("config/sensors/bienhoa.yaml"))
+    >>> registry = Registry.load(str(resources.files("citywatch.sample_config") / "sensors" / "bienhoa.yaml"))
     >>> settings = Settings(detectors={"state_file": None})
     >>> series = SeriesIndex(registry); series.add_registry()
     >>> ev = Evaluator(settings, series)
