@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import doctest
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,7 +27,7 @@ from citywatch.stats import Stats
 from nats_helpers import lease_owners, registry_doc, registry_of, saved_seqs, settings_for, telemetry
 from pipeline_helpers import Device, Listener, count, wait_for
 
-REPO_REGISTRY = "config/sensors/bienhoa.yaml"
+REPO_REGISTRY = Path(__file__).resolve().parent.parent / "config" / "sensors" / "bienhoa.yaml"
 
 
 @pytest.fixture
