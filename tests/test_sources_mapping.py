@@ -416,3 +416,31 @@ def test_configuration_problems_name_what_would_lose_data(registry):
     assert any("family 'tasmota' has 2 profiles" in p for p in problems)
     assert any("'plug' -> 'aq-999'" in p for p in problems)
     assert any("'wq-001' names a ttn device" in p for p in problems)
+
+
+def test_records_split_a_backlog_and_captures_name_readings(registry):
+    profile = SourceProfile.model_validate({
+        "family": "gw", "topics": [{"filter": "gw/{site}/{device}"}], "device": "{site}-{device}",
+        "records": "samples[*]", "readings": [{"select": "{chip}.*", "name": "{chip}_{key}"}],
+        "metrics": {"sds_pm25": "pm25", "bme_t": {"metric": "temperature", "unit": "degF"}},
+        "timestamp": {"fields": ["t"], "max_past": 10 * 365 * 86400}, "aliases": {"bh-17": "aq-016"}})
+    payload = json.dumps({"samples": [{"t": 1795788000, "sds": {"pm25": 30}, "bme": {"t": 86}},
+                                      {"t": 1795788060, "sds": {"pm25": "31.5"}},
+                                      {"sds": {"pm25": 33}}]}).encode()
+    records = SourceMapper([profile], registry).map("gw/bh/17", payload, ARRIVAL)
+    assert [r.device for r in records] == ["bh-17"] * 3
+    assert readings(records) == [("aq-016", 1795788000 * S, "pm25", 30, None, 0),
+                                 ("aq-016", 1795788000 * S, "temperature", 86, "degF", 0),
+                                 ("aq-016", 1795788060 * S, "pm25", 31.5, None, 0),
+                                 ("aq-016", ARRIVAL, "pm25", 33, None, int(FLAG_TS_FROM_ARRIVAL))]
+
+
+def test_sensors_list_json_shows_each_family_source(capsys):
+    from citywatch.cli import main
+
+    assert main(["sensors", "list", "--format", "json"]) == 0
+    rows = {r["id"]: r for r in json.loads(capsys.readouterr().out)}
+    sources = {r["source"]["family"]: (sid, r["source"]["device"]) for sid, r in rows.items() if r["source"]}
+    assert set(sources) == set(FAMILIES)
+    assert sources["zigbee2mqtt"] == ("fr-002", "forest/station 3/soil")
+    assert rows["aq-001"]["source"] is None
