@@ -412,8 +412,8 @@ class NatsSource:
         info = await self._js.stream_info(self.cfg.stream)
         if seq > 0 and info.state.first_seq > seq + 1:
             self.stats.inc("nats_replay_gaps")
-            self.log.error("partition state is older than the stream's retention: readings in between are not "
-                           "evaluated; raise nats.stream_max_age", partition=p, state_seq=seq,
+            self.log.error("partition state is older than the stream's first message: readings of it may have "
+                           "aged out unevaluated; raise nats.stream_max_age", partition=p, state_seq=seq,
                            stream_first_seq=info.state.first_seq)
 
     async def _consume(self, p: int, seq: int) -> None:
