@@ -19,6 +19,7 @@ bench: setup
 	$(VENV)/bin/python benchmarks/detector_bench.py
 	$(VENV)/bin/python benchmarks/ingest_bench.py --allowed-lateness 0
 	$(VENV)/bin/python benchmarks/notify_bench.py
+	$(VENV)/bin/python benchmarks/sources_bench.py
 	@$(VENV)/bin/python -c "import river" 2>/dev/null || $(VENV)/bin/python -m pip install -q -e ".[bench]"
 	$(VENV)/bin/python benchmarks/river_bench.py
 
