@@ -48,14 +48,18 @@ def _events(log_path) -> list[dict]:
     return out
 
 
-def test_three_instances_one_killed_one_joining_lose_nothing_and_agree_with_one(tmp_path, nats_server, influxdb, db_name):
+# "1s": states saved at most every second; "0s": after every stored batch.
+@pytest.mark.parametrize("snapshot_interval", ["1s", "0s"])
+def test_three_instances_one_killed_one_joining_lose_nothing_and_agree_with_one(tmp_path, nats_server, influxdb, db_name,
+                                                                                snapshot_interval):
     doc = registry_doc(SENSORS)
     registry = registry_of(doc)
     assert len({partition_of(s, 8) for s in registry.sensors}) == 8  # every partition has sensors
     procs: dict[str, tuple[subprocess.Popen, object]] = {}
 
     def launch(name: str) -> None:
-        raw = settings_for(nats_server.url, nats_server.mqtt_url, influxdb.url, db_name, tmp_path / name, name)
+        raw = settings_for(nats_server.url, nats_server.mqtt_url, influxdb.url, db_name, tmp_path / name, name,
+                           snapshot_interval=snapshot_interval)
         log = (tmp_path / f"{name}.log").open("w")
         procs[name] = (start_citywatch_run(write_instance_config(tmp_path, doc, raw, name), log), log)
 
@@ -148,7 +152,8 @@ def test_three_instances_one_killed_one_joining_lose_nothing_and_agree_with_one(
     assert dependent <= {"stuck/diff_short", "stuck/diff_long", "stuck/n_diff"}, dependent
     compared, worst = assert_same_state(merged, {k: v for k, v in reference.items() if k not in dependent})
     assert compared > 100
-    print(f"\nFIGURES nats scale-out: {ROUNDS * SENSORS} messages, {2 * ROUNDS * SENSORS} readings stored, "
+    print(f"\nFIGURES nats scale-out (snapshot_interval {snapshot_interval}): {ROUNDS * SENSORS} messages, "
+          f"{2 * ROUNDS * SENSORS} readings stored, "
           f"0 lost; b owned partitions {owned_by_b} when killed, each resumed from its saved state; "
           f"{compared} state arrays equal to a single evaluator's (floats within {worst:.1e} relative); "
           f"not compared, as batch-dependent within one evaluator: {sorted(dependent)}")
