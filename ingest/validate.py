@@ -143,6 +143,7 @@ REASONS: tuple[str, ...] = (
     "sparkplug_unknown_alias",
     "sparkplug_unnamed_metric",
     "sparkplug_unsupported_type",
+    "sparkplug_too_many_nodes",
     "frigate_late_event",
     "frigate_implausible_time",
     "frigate_too_many_devices",

@@ -527,3 +527,13 @@ if __name__ == "__main__":
         write_fixtures(Path(sys.argv[2]))
     else:
         sys.exit("usage: python tests/test_sparkplug.py --write-fixtures DIRECTORY")
+
+
+def test_edge_node_sessions_are_bounded():
+    decoder = SparkplugDecoder(max_nodes=2)
+    for node in ("a", "b", "c"):
+        birth = new_payload(timestamp_ms=1764230400000, seq=0)
+        add_metric(birth, DataType.UInt64, 1, name="bdSeq")
+        records = decoder.decode(f"spBv1.0/g/NBIRTH/{node}", birth.SerializeToString(), arrival_ns=0)
+    assert records[0].errors[0].startswith("sparkplug_too_many_nodes")
+    assert len(decoder._nodes) == 2

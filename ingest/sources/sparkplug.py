@@ -133,10 +133,14 @@ def _ns(ms: int | None) -> int | None:
 class SparkplugDecoder:
     """Sparkplug B messages -> `DeviceRecord`s, keeping each edge node's session (aliases, seq)."""
 
-    def __init__(self, *, rebirth_interval_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, *, rebirth_interval_s: float = 60.0, max_nodes: int = 10_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         if not rebirth_interval_s > 0:
             raise ValueError(f"sparkplug option rebirth_interval_s must be > 0 seconds, got {rebirth_interval_s!r}")
+        if not max_nodes >= 1:
+            raise ValueError(f"sparkplug option max_nodes must be >= 1, got {max_nodes!r}")
         self.rebirth_interval_s = float(rebirth_interval_s)
+        self.max_nodes = int(max_nodes)  # sessions kept: a client inventing node ids cannot grow memory
         self._clock = clock
         self._nodes: dict[tuple[str, str], _NodeSession] = {}
 
@@ -158,6 +162,9 @@ class SparkplugDecoder:
             return [DeviceRecord(device=device_id, errors=[f"malformed_protobuf: {exc}"])]
         session = self._nodes.get((group, node))
         if session is None:
+            if len(self._nodes) >= self.max_nodes:
+                return [DeviceRecord(device=device_id, errors=[
+                    f"sparkplug_too_many_nodes: {self.max_nodes} edge node sessions are kept (option max_nodes)"])]
             session = self._nodes[(group, node)] = _NodeSession(group, node)
         handler = {
             "NBIRTH": self._node_birth, "NDATA": self._data, "NDEATH": self._node_death,
