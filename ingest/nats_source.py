@@ -303,6 +303,9 @@ class NatsSource:
                                       error_cb=self._on_error, disconnected_cb=self._on_disconnect,
                                       reconnected_cb=self._on_reconnect)
         self._js = self._nc.jetstream()
+        version = self._nc.connected_server_version
+        if (version.major, version.minor, version.patch) < (2, 9, 10):
+            self.log.warning("nats-server older than 2.9.10, the oldest tested", server_version=str(version))
         subjects = [f"{cfg.subject_prefix}.>"]
         try:
             info = await self._js.stream_info(cfg.stream)
@@ -333,7 +336,8 @@ class NatsSource:
         self._leases = Leases(lease_kv, self.instance)
         await self._leases.heartbeat()
         self.connected.set()
-        self.log.info("nats source started", instance=self.instance, partitions=self.partitions, stream=cfg.stream)
+        self.log.info("nats source started", instance=self.instance, partitions=self.partitions, stream=cfg.stream,
+                      server_version=str(self._nc.connected_server_version))
 
     async def _check_layout(self) -> None:
         """Every instance must split the stream the same way: the first one records the partition count."""
