@@ -31,8 +31,9 @@ thread of this object. Alerts and dead letters are published as core NATS messag
 subject (`city/alerts/air/aq-001` -> `city.alerts.air.aq-001`), which MQTT clients of the same
 server receive as that topic.
 
-With nats-server 2.9 the leases are ours (no pinned consumers, no per-key TTL; the bucket-wide TTL
-expires leases). Per-partition detector state is handed over; cross-sensor comparisons only see
+nats-server 2.9 has neither pinned consumers nor per-key TTLs, so the leases are ours (the
+bucket-wide TTL expires them); newer servers run the same protocol (their pinned consumer groups
+and per-key TTLs are not used yet). Per-partition detector state is handed over; cross-sensor comparisons only see
 partitions the same instance owns (see `citywatch.handover`).
 
 Options (select with `source: nats` or `citywatch run --source nats`)::
