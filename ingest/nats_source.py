@@ -31,6 +31,9 @@ thread of this object. Alerts and dead letters are published as core NATS messag
 subject (`city/alerts/air/aq-001` -> `city.alerts.air.aq-001`), which MQTT clients of the same
 server receive as that topic.
 
+Only the house telemetry topic (`mqtt.topic`) is partitioned: the device families' own topics
+(`sources:`) are not consumed by this source.
+
 nats-server 2.9 has neither pinned consumers nor per-key TTLs, so the leases are ours (the
 bucket-wide TTL expires them); newer servers run the same protocol (their pinned consumer groups
 and per-key TTLs are not used yet). Per-partition detector state is handed over; cross-sensor comparisons only see
