@@ -122,8 +122,11 @@ class WaterQuality:
         self.station_class = [classes.get(sid, water_class) for sid in self.stations]
         n = len(self.stations)
         bounds = [[qcvn08_bounds(p, c) for p in self.judged] for c in self.station_class]
-        self.low = np.array([[np.nan if lo is None else lo for lo, _ in row] for row in bounds]).reshape(n, -1)
-        self.high = np.array([[np.nan if hi is None else hi for _, hi in row] for row in bounds]).reshape(n, -1)
+        # shaped (stations, judged metrics) also when there are none of either (an air-only registry)
+        self.low = np.array([[np.nan if lo is None else lo for lo, _ in row] for row in bounds],
+                            dtype=float).reshape(n, len(self.judged))
+        self.high = np.array([[np.nan if hi is None else hi for _, hi in row] for row in bounds],
+                             dtype=float).reshape(n, len(self.judged))
         self.means = BucketMeans(series)
         self.hist = np.full((n, len(self.probes), WINDOW), np.nan)
         self.col_hour = np.full((n, WINDOW), -1, np.int64)

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import time
 
 import numpy as np
 import pytest
 
 from citywatch.batch import ReadingBatch
+from citywatch.config import Settings
 from citywatch.detectors.indices import vn_wqi
+from citywatch.evaluate import Evaluator
 from citywatch.registry import Registry, RegistryFile, SeriesIndex
+from citywatch.stats import Stats
 from citywatch.water_index import WaterQuality, qcvn08_bounds
 
 HOUR_NS = 3_600_000_000_000
@@ -363,3 +367,19 @@ def test_the_index_cli_agrees_with_the_live_stage(series, tmp_path, capsys):
     out = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert [(float(r["value"]), int(r["category"])) for r in out] == [live[H0 + h] for h in range(4)]
     assert len({v for v, _ in live.values()}) == 4  # four different hours, four different values
+
+
+def test_an_air_only_registry_runs_without_water_stations():
+    reg = RegistryFile.model_validate({"sensors": [{"id": "aq-1", "domain": "air", "area": "x", "lat": 11, "lon": 107,
+                                                    "interval": 60, "metrics": {"pm25": {"unit": "ug/m3"}}}]})
+    series = SeriesIndex(Registry({s.id: s for s in reg.sensors}))
+    series.add_registry()
+    ev = Evaluator(Settings(), series, Stats())
+    t0 = int(time.time()) * 10**9
+    for i in range(3):
+        lines, _ = ev.ingest(ReadingBatch.from_columns(np.array([0], np.int32), np.array([t0 + i * 60 * 10**9]),
+                                                       np.array([12.0]), np.zeros(1, np.uint8)), time.time_ns())
+        assert any(line.startswith("air,") for line in lines)
+    snap = ev.stateful()["__water"].snapshot()
+    assert snap["hist"].shape[0] == 0
+    ev.stateful()["__water"].restore(snap)
