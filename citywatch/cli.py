@@ -53,6 +53,15 @@ def cmd_check_config(args) -> int:
     print(f"mqtt {settings.mqtt.url} topic {settings.mqtt.topic}; influxdb {settings.influxdb.url} db {settings.influxdb.database}")
     print(f"detectors: physical_range={'on' if settings.detectors.physical_range else 'off'}, "
           f"{len(settings.detectors.thresholds)} threshold rules")
+    if settings.sources.enabled and settings.sources.profiles:
+        from citywatch.ingest.sources.mapper import configuration_problems, load_profiles
+
+        profiles = load_profiles(settings.sources.profiles, settings.base_dir)
+        named = sum(1 for s in registry.sensors.values() if s.source is not None)
+        print(f"sources: {', '.join(p.family for p in profiles)}; {named} registry sensors name their device")
+        problems = configuration_problems(profiles, registry)
+        for problem in problems:
+            print(f"warning: {problem}")
     if settings.source == "nats":
         from citywatch.partitions import check_ids, telemetry_mapping
 

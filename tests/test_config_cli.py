@@ -152,3 +152,19 @@ def test_index_command_over_a_csv(tmp_path, capsys):
     expect = vn_aqi_hourly({"pm25": np.array(pm25)})
     assert float(last["value"]) == float(expect.value[-1]) and int(last["category"]) == int(expect.category[-1])
     assert main(["index", "vn-aqi", "--input", str(tmp_path / "missing.csv")]) == 2
+
+
+def test_check_config_checks_the_device_source_profiles(tmp_path, capsys):
+    assert main(["check-config", "--config", str(SAMPLE)]) == 0
+    assert "8 registry sensors name their device" in capsys.readouterr().out
+    registry = (SAMPLE.parent / "sensors" / "bienhoa.yaml").resolve()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"registry: {registry}\nsources:\n  profiles: [tasmota, nope]\n")
+    assert main(["check-config", "--config", str(bad)]) == 2
+    assert "no shipped profile 'nope'" in capsys.readouterr().err
+    odd = tmp_path / "odd.yaml"
+    odd.write_text(f"registry: {registry}\nsources:\n  profiles:\n    - tasmota\n"
+                   "    - {family: gw, topics: [{filter: 'gw/{device}'}], aliases: {gw-1: aq-999}}\n")
+    assert main(["check-config", "--config", str(odd)]) == 0
+    out = capsys.readouterr().out
+    assert "'gw-1' -> 'aq-999': no such sensor" in out and "names a ttn device" in out
