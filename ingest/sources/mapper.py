@@ -145,7 +145,7 @@ def _number(raw: object) -> float | None:
 class _Profile:
     """A profile compiled once: filters, selectors, clock, counters, its decoders."""
 
-    def __init__(self, profile: SourceProfile, stats: Stats) -> None:
+    def __init__(self, profile: SourceProfile) -> None:
         self.p = profile
         self.rules = [(TopicFilter(r.filter), r) for r in profile.topics]
         self.readings = [(Selector(r.select) if r.select else None, r) for r in profile.readings]
@@ -157,7 +157,6 @@ class _Profile:
         self.clock = SourceClock(profile.timestamp)
         self.ignore_devices = re.compile(profile.ignore_devices) if profile.ignore_devices else None
         self.counters = CounterDeltas(profile.counter_max_gap)
-        self.stats = stats
         # Stateful decoders are built now, so that bad options fail at start-up, not on a first message.
         decoders = {r.decoder for r in profile.topics}
         self.sparkplug = self.frigate = None
@@ -175,7 +174,7 @@ class SourceMapper:
     def __init__(self, profiles: list[SourceProfile], registry: Registry, stats: Stats | None = None) -> None:
         self.registry = registry
         self.stats = stats or Stats()
-        self.profiles = [_Profile(p, self.stats) for p in profiles]
+        self.profiles = [_Profile(p) for p in profiles]
 
     @property
     def subscriptions(self) -> list[str]:
