@@ -204,7 +204,14 @@ class SourceMapper:
         for prof in self.profiles:
             if prof.frigate is not None:
                 out.extend(self._finish(prof, r, None, now_ns) for r in prof.frigate.tick(now_ns))
+                self._take_frigate_stats(prof)
         return out
+
+    def _take_frigate_stats(self, prof: _Profile) -> None:
+        """The counter's own events (ids forgotten or evicted, zeros withheld) into the engine's counters."""
+        for name, n in prof.frigate.stats.items():
+            self.stats.inc(name if name.startswith("frigate_") else f"frigate_{name}", n)
+        prof.frigate.stats.clear()
 
     def commands(self) -> list[tuple[str, bytes]]:
         """Messages to publish back to devices (Sparkplug rebirth requests)."""
@@ -238,7 +245,9 @@ class SourceMapper:
         if rule.decoder == "sparkplug":
             return [self._finish(prof, r, None, arrival_ns) for r in prof.sparkplug.decode(topic, payload, arrival_ns)]
         if rule.decoder == "frigate":
-            return [self._finish(prof, r, None, arrival_ns) for r in prof.frigate.feed(topic, payload, arrival_ns)]
+            records = prof.frigate.feed(topic, payload, arrival_ns)
+            self._take_frigate_stats(prof)
+            return [self._finish(prof, r, None, arrival_ns) for r in records]
         device = (rule.device or prof.p.device).format_map(_Caps(caps))
         if rule.decoder == "text" or rule.kind == "availability":
             try:
