@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import structlog
 
+from citywatch.nats_service import NatsServer
 from citywatch.services import InfluxDB, Mosquitto, missing_binaries
 
 REPO = Path(__file__).resolve().parent.parent
@@ -35,6 +36,15 @@ def influxdb(services_dir) -> InfluxDB:
     db.start()
     yield db
     db.stop()
+
+
+@pytest.fixture
+def nats_server(tmp_path) -> NatsServer:
+    """A private nats-server (JetStream, MQTT listener, 8 telemetry partitions) per test."""
+    server = NatsServer(tmp_path / "nats", partitions=8)
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

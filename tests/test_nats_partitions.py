@@ -19,7 +19,6 @@ from citywatch.handover import PartitionStates, PartitionStateStore, StateFenced
 from citywatch.ingest.nats_source import NatsSource
 from citywatch.ingest.topics import TopicPattern
 from citywatch.ingest.validate import Validator
-from citywatch.nats_service import NatsServer
 from citywatch.partitions import LeaseLost, Leases, assign, check_ids, partition_of
 from citywatch.pipeline import Engine
 from citywatch.registry import Registry, SeriesIndex
@@ -28,14 +27,6 @@ from nats_helpers import lease_owners, registry_doc, registry_of, saved_seqs, se
 from pipeline_helpers import Device, Listener, count, wait_for
 
 REPO_REGISTRY = Path(__file__).resolve().parent.parent / "config" / "sensors" / "bienhoa.yaml"
-
-
-@pytest.fixture
-def nats_server(tmp_path):
-    server = NatsServer(tmp_path / "nats", partitions=8)
-    server.start()
-    yield server
-    server.stop()
 
 
 def _run(coro):

@@ -17,7 +17,6 @@ import time
 import pytest
 
 from citywatch.config import Settings
-from citywatch.nats_service import NatsServer
 from citywatch.partitions import assign, partition_of
 from nats_helpers import (assert_same_state, batch_dependent_keys, lease_owners, merged_partition_states,
                           reference_state, registry_doc, registry_of, saved_seqs, settings_for, telemetry,
@@ -28,14 +27,6 @@ pytestmark = pytest.mark.integration
 
 SENSORS = 32
 ROUNDS = 120  # one message (no2 + pm25) per sensor per round, 60 s of event time apart
-
-
-@pytest.fixture
-def nats_server(tmp_path):
-    server = NatsServer(tmp_path / "nats", partitions=8)
-    server.start()
-    yield server
-    server.stop()
 
 
 def _events(log_path) -> list[dict]:
