@@ -74,13 +74,14 @@ class Device:
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
 
-    def publish(self, topic: str, payload, qos: int = 1):
+    def publish(self, topic: str, payload, qos: int = 1, retain: bool = False):
         if not isinstance(payload, (bytes, str)):
             payload = orjson.dumps(payload)
-        return self.client.publish(topic, payload, qos=qos)
+        return self.client.publish(topic, payload, qos=qos, retain=retain)
 
     def publish_all(self, messages, timeout: float = 30.0) -> None:
-        infos = [self.publish(t, p) for t, p in messages]
+        """Publish (topic, payload) or (topic, payload, retain) in order; wait until the broker has each."""
+        infos = [self.publish(*m[:2], retain=len(m) > 2 and m[2]) for m in messages]
         for info in infos:
             info.wait_for_publish(timeout)
 

@@ -89,27 +89,6 @@ def shift_frigate_event(event: dict[str, Any], delta_s: int) -> dict[str, Any]:
     return out
 
 
-class MqttDevice:
-    """A field device's MQTT client: QoS 1, retained where the device retains (LWT, status)."""
-
-    def __init__(self, port: int, client_id: str) -> None:
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
-        self.client.max_inflight_messages_set(1000)
-        self.client.max_queued_messages_set(0)
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-
-    def publish_all(self, messages: list[tuple[str, bytes, bool]], timeout: float = 30.0) -> None:
-        """Publish (topic, payload, retain) in order and wait until the broker has every one."""
-        infos = [self.client.publish(topic, payload, qos=1, retain=retain) for topic, payload, retain in messages]
-        for info in infos:
-            info.wait_for_publish(timeout)
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
 class RawListener:
     """Collects (topic, payload bytes) of a topic filter, for messages that are not JSON (protobuf)."""
 

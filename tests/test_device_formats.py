@@ -202,8 +202,8 @@ def test_simulated_devices_reach_influxdb_through_the_engine(mosquitto, influxdb
     from citywatch.device_formats import SparkplugEncoder
     from citywatch.ingest.sources.sparkplug_payload import DataType, add_metric, new_payload
     from citywatch.pipeline import Engine
-    from pipeline_helpers import engine_settings, rows, wait_for
-    from sources_helpers import MqttDevice, RawListener
+    from pipeline_helpers import Device, engine_settings, rows, wait_for
+    from sources_helpers import RawListener
 
     # Frigate counting per 10 s with a 5 s grace, so that counts close within seconds.
     frigate = load_profiles(["frigate"])[0].model_dump()
@@ -218,7 +218,7 @@ def test_simulated_devices_reach_influxdb_through_the_engine(mosquitto, influxdb
     sim = Simulator(registry, seed=2, start=time.time() - 600, speedup=300.0, device_formats=True,
                     source_profiles=load_profiles(entries))
     births = RawListener(mosquitto.port, "spBv1.0/+/NBIRTH/+", f"{db_name}-births")
-    commander = MqttDevice(mosquitto.port, f"{db_name}-host")
+    commander = Device(mosquitto.port, f"{db_name}-host")
     stop = threading.Event()
     publisher = threading.Thread(target=sim.publish_forever, args=(mosquitto.url,),
                                  kwargs={"stop": stop, "client_id": f"{db_name}-devices"}, daemon=True)

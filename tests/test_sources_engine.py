@@ -24,8 +24,8 @@ from citywatch.pipeline import Engine
 from citywatch.registry import Registry
 from citywatch.services import InfluxDB
 
-from pipeline_helpers import Listener, engine_settings, rows, wait_for
-from sources_helpers import (DEVICES, MqttDevice, RawListener, device_message, payload_bytes, shift_frigate_event,
+from pipeline_helpers import Device, Listener, engine_settings, rows, wait_for
+from sources_helpers import (DEVICES, RawListener, device_message, payload_bytes, shift_frigate_event,
                              shift_sparkplug, shifted_message)
 
 pytestmark = pytest.mark.integration
@@ -182,7 +182,7 @@ def run(mosquitto, influxdb, tmp_path_factory):
     deadletters = Listener(mosquitto.port, "city/deadletter/#", f"{db}-deadletters")
     alerts = Listener(mosquitto.port, "city/alerts/#", f"{db}-alerts")
     commands = RawListener(mosquitto.port, "spBv1.0/+/NCMD/+", f"{db}-ncmd")
-    device = MqttDevice(mosquitto.port, f"{db}-devices")
+    device = Device(mosquitto.port, f"{db}-devices")
     result.deadletters, result.alerts, result.commands = deadletters.messages, alerts.messages, commands.messages
     engine.start()
     try:
