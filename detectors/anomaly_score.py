@@ -49,6 +49,21 @@ per event: the score is reported in full only when it exceeds the running peak o
 (decaying with a time constant of ``refractory`` = 200 readings); otherwise it is multiplied by
 ``damping`` (0.5). An event that keeps getting worse still raises the score.
 
+**Shared deviations** (``coherence``). A shower raises the turbidity and lowers the conductivity of
+every river station it falls on, and fills every rain gauge under it: real, and no sensor's fault.
+In the domains of ``coherence.domains`` (water and forest: there a deviation shared by the stations
+around is weather), a reading that would warn is damped (score x ``damping``, 0.5: below warning)
+when its neighbours (same metric, same domain, within ``radius_km`` = 5 km, up to ``k`` = 8; from
+the registry coordinates) share it: at least ``max(min(min_support, available), ceil(
+support_fraction x available))`` of the neighbours that reported within ``max_age`` (or two of
+their intervals) are off their own streaming median the same way by ``support_z`` (2) sigma and by
+``support_ratio`` (0.2) of the reading's own z (a spike is not explained by neighbours moving a
+little). Each reading is compared with what its neighbours had reported by its event time. In the
+air, shared deviations are pollution episodes, wanted at once (and named ``area_event`` by the
+spatial detector), so the air is judged sensor by sensor. Sensors without coordinates (replayed
+files) have no neighbours and are always judged alone. On the simulated city this removed most of
+the profile's false alarms after rain without losing a fault (`tests/test_simulator_scenarios.py`).
+
 **Warm-up, levels, output.** The first ``warmup`` (200) readings of a series only learn (level
 -1, score NaN); the envelopes are still young for a while after that, so false alarms are more
 frequent in the next few hundred readings (a new record is likelier in a short history). Levels:
@@ -89,7 +104,7 @@ category out (7 categories; the threshold chosen on the other 6 and applied to t
 400) are chosen on the other 6 as well - that choice is unstable, the full-subset score moving by
 less than 1.8 points across the grid. `benchmarks/nab_bench.py` reproduces the full-subset figures.
 
-State: 24 float64 per series (192 bytes). Sample configuration: see `SAMPLE_CONFIG`.
+State: 25 float64 and one int64 per series (208 bytes). Sample configuration: see `SAMPLE_CONFIG`.
 
 Example: a river-level probe, noise around 2 m, that jumps by 0.8 m at reading 300:
 
@@ -111,6 +126,27 @@ True
 (300, 'new_extreme', 2)
 >>> len(alarms)  # one event, one alarm: the readings after it are damped
 1
+
+Three river stations a kilometre apart. A shower raises the turbidity at all of them: the
+deviation is shared and no station warns; later one station alone jumps, and it does:
+
+>>> water = {"turbidity": MetricSpec(unit="NTU", min=0, max=4000)}
+>>> river = [Sensor(id=f"wq-{i}", domain="water", area="a", lat=10.95 + 0.01 * i, lon=106.82, interval=300,
+...                 metrics=water) for i in range(3)]
+>>> series = SeriesIndex(Registry({s.id: s for s in river}))
+>>> series.add_registry()
+>>> turbidity = 30.0 + np.random.default_rng(2).normal(0, 0.5, (3, 700))
+>>> turbidity[:, 400:] += np.clip(np.arange(300) / 6.0, 0, 30)   # runoff over half an hour
+>>> turbidity[1, 650] += 80.0                                      # a lone excursion
+>>> def levels(det):
+...     return np.stack([det.process(ReadingBatch.from_columns([0, 1, 2], [k * 300 * 10**9] * 3,
+...                                                           turbidity[:, k])).level for k in range(700)], axis=1)
+>>> shared = levels(AnomalyScore(series))
+>>> int((shared[:, 400:650] > 0).sum()), [int(x) for x in np.flatnonzero(shared[1, 650:] > 0) + 650]
+(0, [650])
+>>> alone = levels(AnomalyScore(series, AnomalyConfig(coherence=None)))   # every station judged alone
+>>> int((alone[:, 400:650] > 0).sum())
+3
 """
 
 from __future__ import annotations
@@ -118,17 +154,18 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
-from citywatch.batch import ReadingBatch
-from citywatch.config import StrictModel
+from citywatch.batch import ReadingBatch, last_index_where
+from citywatch.config import Duration, StrictModel
 from citywatch.detectors._streaming import StreamingDetector, levels_from_score
 from citywatch.detectors.base import LEVEL_NOT_EVALUATED, LEVEL_OK, DetectorOutput
 from citywatch.detectors.ewma_cusum import CUSUM_FIELDS, CusumConfig, cusum_step
+from citywatch.detectors.neighbours import NeighbourConfig, NeighbourGraph, latest_neighbour_values
 from citywatch.detectors.robust_zscore import ROBUST_FIELDS, RobustZConfig, robust_step
 from citywatch.detectors.range_novelty import envelope_step
 from citywatch.detectors.variance_shift import VARIANCE_FIELDS, VarianceConfig, variance_step
 from citywatch.registry import SeriesIndex
 
-__all__ = ["AnomalyConfig", "AnomalyScore", "SAMPLE_CONFIG"]
+__all__ = ["AnomalyConfig", "AnomalyScore", "CoherenceConfig", "SAMPLE_CONFIG"]
 
 SAMPLE_CONFIG = """\
 detectors:
@@ -146,7 +183,31 @@ detectors:
     robust: {memory: 32, warmup: 32}      # see robust_zscore
     cusum: {memory: 50, k: 0.5, clip: 3}  # see ewma_cusum
     variance: {short_memory: 10, long_memory: 200}  # see variance_shift
+    coherence:              # a deviation the neighbours share is the area's (rain), not the sensor's;
+                            # null = judge every sensor alone
+      domains: [water, forest]             # where shared deviations are weather (runoff, showers);
+                            # in air they are pollution episodes, wanted at once
+      neighbours: {radius_km: 5.0, k: 8}   # same-metric sensors of the same domain
+      support_z: 2.0        # a neighbour off its own median by this many sigma, the same way, supports ...
+      support_ratio: 0.2    # ... if also by this fraction of the reading's own z (a spike is not shared)
+      min_support: 2        # at least this many supporting neighbours (or all there are) ...
+      support_fraction: 0.3 # ... and this fraction of the neighbours that reported recently
+      max_age: 10m          # a neighbour's latest reading older than this (or two of its intervals) is unused
+      damping: 0.5          # factor on the score of a shared deviation
 """
+
+
+class CoherenceConfig(StrictModel):
+    """When a deviation is the area's: see "Shared deviations" in the module docstring."""
+
+    domains: list[str] | None = Field(default_factory=lambda: ["water", "forest"])
+    neighbours: NeighbourConfig = Field(default_factory=lambda: NeighbourConfig(radius_km=5.0, k=8))
+    support_z: float = Field(default=2.0, gt=0.0)
+    support_ratio: float = Field(default=0.2, ge=0.0, le=1.0)
+    min_support: int = Field(default=2, ge=1)
+    support_fraction: float = Field(default=0.3, gt=0.0, le=1.0)
+    max_age: Duration = 600.0
+    damping: float = Field(default=0.5, ge=0.0, le=1.0)
 
 
 class AnomalyConfig(StrictModel):
@@ -165,6 +226,7 @@ class AnomalyConfig(StrictModel):
     damping: float = Field(default=0.5, ge=0.0, le=1.0)
     warning: float = Field(default=0.8, gt=0.0, le=1.0)
     critical: float = Field(default=0.9, gt=0.0, le=1.0)
+    coherence: CoherenceConfig | None = Field(default_factory=CoherenceConfig)
 
 
 # The statistics whose per-series envelopes calibrate the score, and the reason each one reports.
@@ -178,6 +240,9 @@ FEATURE_FIELDS: dict[str, tuple[type, float]] = {
     **{f"env_hi_{f}": (np.float64, 0.0) for f in FEATURES},
     **{f"env_lo_{f}": (np.float64, 0.0) for f in FEATURES},
     "al_peak": (np.float64, 0.0),
+    # the latest signed robust z of the series and its event time, for its neighbours
+    "co_z": (np.float64, np.nan),
+    "co_ts": (np.int64, 0),
 }
 
 
@@ -195,7 +260,7 @@ class AnomalyScore(StreamingDetector):
     name = "anomaly"
     reasons = ("ok", "new_extreme", "level_shift", "spike", "variance_shift")
     state_fields = {**ROBUST_FIELDS, **CUSUM_FIELDS, **VARIANCE_FIELDS, **FEATURE_FIELDS}
-    step_outputs = ("seen", "score", "which")
+    step_outputs = ("seen", "score", "which", "z")
 
     def __init__(self, series: SeriesIndex, cfg: AnomalyConfig | None = None) -> None:
         self.cfg = cfg or AnomalyConfig()
@@ -203,7 +268,27 @@ class AnomalyScore(StreamingDetector):
         self._warmup = max(c.warmup, c.robust.warmup, c.cusum.warmup, c.variance.warmup)
         self._half = c.half * np.where(_DERIVED, c.statistics_scale, 1.0)[:, None]
         self._decay = 0.0 if c.refractory <= 0 else float(np.exp(-1.0 / c.refractory))
+        self.graph = NeighbourGraph(series, c.coherence.neighbours) if c.coherence is not None else None
+        self._max_age_ns = np.zeros(0, np.int64)
+        self._coherent = np.zeros(0, bool)  # series whose shared deviations are damped
         super().__init__(series)
+
+    def _on_new_series(self, start: int, stop: int) -> None:
+        if self.graph is None:
+            return
+        self.graph.update()
+        co = self.cfg.coherence
+        grown = np.zeros(self._capacity, np.int64)
+        grown[: len(self._max_age_ns)] = self._max_age_ns[: self._capacity]
+        coherent = np.zeros(self._capacity, bool)
+        coherent[: len(self._coherent)] = self._coherent[: self._capacity]
+        reg = self.series.registry
+        for sid in range(start, stop):
+            sensor = reg.get(self.series.sensor_ids[sid])
+            interval = float(sensor.interval) if sensor is not None and sensor.interval else 0.0
+            grown[sid] = int(round(max(co.max_age, 2 * interval) * 1e9))
+            coherent[sid] = co.domains is None or self.series.domains[sid] in co.domains
+        self._max_age_ns, self._coherent = grown, coherent
 
     def _step(self, state, x, ts):
         cfg = self.cfg
@@ -239,10 +324,34 @@ class AnomalyScore(StreamingDetector):
         prior = peak * self._decay
         out = np.where(combined > prior, combined, cfg.damping * combined)
         peak[...] = np.maximum(prior, combined)
-        return seen, out, which.astype(np.float64)
+        return seen, out, which.astype(np.float64), np.where(seen >= cfg.robust.warmup, z, np.nan)
+
+    def _shared(self, z: np.ndarray, rows: np.ndarray, batch: ReadingBatch) -> np.ndarray:
+        """Which of `rows` deviate as enough of their neighbours do (see the module docstring)."""
+        co = self.cfg.coherence
+        zn = latest_neighbour_values(self.graph, batch.series, batch.ts, z, rows, self.state["co_z"],
+                                     self.state["co_ts"], self._max_age_ns)
+        own = z[rows]
+        available = np.isfinite(zn).sum(axis=1)
+        bar = np.maximum(co.support_z, co.support_ratio * np.abs(own))[:, None]
+        supporting = (np.isfinite(zn) & (np.sign(zn) == np.sign(own)[:, None]) & (np.abs(zn) >= bar)).sum(axis=1)
+        needed = np.maximum(np.minimum(co.min_support, available), np.ceil(co.support_fraction * available))
+        return self._coherent[batch.series[rows]] & np.isfinite(own) & (own != 0) & (supporting >= np.maximum(needed, 1))
 
     def _evaluate(self, stats: dict[str, np.ndarray], batch: ReadingBatch) -> DetectorOutput:
         score = stats["score"]
+        z = stats["z"]
+        if self.graph is not None:
+            self.graph.update()
+            flagged = np.flatnonzero(score >= self.cfg.warning)
+            if len(flagged):
+                shared = flagged[self._shared(z, flagged, batch)]
+                score[shared] *= self.cfg.coherence.damping
+            # carry each series' latest z to the next batch, for its neighbours
+            at = last_index_where(np.isfinite(z), batch.group_start)[batch.is_last]
+            ok = at >= 0
+            self.state["co_z"][batch.series[at[ok]]] = z[at[ok]]
+            self.state["co_ts"][batch.series[at[ok]]] = batch.ts[at[ok]]
         level = levels_from_score(score, self.cfg.warning, self.cfg.critical)
         reason = np.where(level > LEVEL_OK, _REASON_OF_FEATURE[stats["which"].astype(np.intp)], 0).astype(np.int16)
         threshold = np.where(level == 2, self.cfg.critical, self.cfg.warning)

@@ -17,6 +17,9 @@ Interface (used by the spatial and drift detectors):
   padded.
 * ``graph.count``: int64 array ``(n_series,)``; the number of real neighbours per row.
 * ``graph.neighbours(sid)``: the real neighbour ids of one series (convenience, for tests/tools).
+* ``latest_neighbour_values(graph, ...)``: for some rows of a sorted batch, each neighbour's latest
+  value at or before the row's event time (from the batch, else carried from earlier batches),
+  NaN if it has none or it is too old.
 
 A typical vectorised use: given a per-series array ``z`` (NaN where unknown),
 ``zn = np.where(graph.index >= 0, z[graph.index], np.nan)`` is the neighbours' values, one row per
@@ -52,7 +55,7 @@ from pydantic import Field
 from citywatch.config import StrictModel
 from citywatch.registry import SeriesIndex
 
-__all__ = ["NeighbourConfig", "NeighbourGraph", "haversine_km", "SAMPLE_CONFIG"]
+__all__ = ["NeighbourConfig", "NeighbourGraph", "haversine_km", "latest_neighbour_values", "SAMPLE_CONFIG"]
 
 EARTH_RADIUS_KM = 6371.0088  # mean Earth radius (IUGG)
 
@@ -150,3 +153,39 @@ class NeighbourGraph:
         self.index = index
         self.distance_km = dist
         self.count = (index >= 0).sum(axis=1).astype(np.int64)
+
+
+def latest_neighbour_values(graph: NeighbourGraph, series: np.ndarray, ts: np.ndarray, values: np.ndarray,
+                            rows: np.ndarray, carried: np.ndarray, carried_ts: np.ndarray,
+                            max_age_ns: np.ndarray) -> np.ndarray:
+    """(len(rows) x k): each neighbour's latest value at or before each row's event time.
+
+    `series`, `ts`, `values`: a (series, ts)-sorted batch and one value per row (NaN: none). A
+    neighbour's latest row in the batch at or before the row's time is used, else its value carried
+    from earlier batches (`carried`, `carried_ts`: per series) if not newer than the row. Values
+    older than the row's `max_age_ns` (per series of the row) are NaN, as are padded slots.
+    """
+    nb = graph.index[series[rows]]  # (m, k)
+    t = ts[rows]
+    have = np.flatnonzero(np.isfinite(values))
+    times = np.unique(ts)
+    width = len(times) + 1
+    # a searchsorted over keys (series, dense time rank): the batch is sorted by (series, ts)
+    key_have = series[have].astype(np.int64) * width + np.searchsorted(times, ts[have])
+    nb_safe = np.maximum(nb, 0)
+    key_q = nb_safe * width + np.searchsorted(times, t)[:, None]
+    pos = np.searchsorted(key_have, key_q, side="right") - 1
+    found = (pos >= 0) & (nb >= 0)
+    pos_c = np.maximum(pos, 0)
+    if len(have):
+        found &= series[have][pos_c] == nb_safe
+        vn = np.where(found, values[have][pos_c], np.nan)
+        tn = np.where(found, ts[have][pos_c], 0)
+    else:
+        vn = np.full(nb.shape, np.nan)
+        tn = np.zeros(nb.shape, np.int64)
+    use = ~found & (nb >= 0) & (carried_ts[nb_safe] <= t[:, None])
+    vn = np.where(use, carried[nb_safe], vn)
+    tn = np.where(use, carried_ts[nb_safe], tn)
+    fresh = (t[:, None] - tn) <= max_age_ns[series[rows]][:, None]
+    return np.where((found | use) & fresh, vn, np.nan)
