@@ -55,10 +55,10 @@ In the domains of ``coherence.domains`` (water and forest: there a deviation sha
 around is weather), a reading that would warn is damped (score x ``damping``, 0.5: below warning)
 when its neighbours (same metric, same domain, within ``radius_km`` = 5 km, up to ``k`` = 8; from
 the registry coordinates) share it: at least ``max(min(min_support, available), ceil(
-support_fraction x available))`` of the neighbours that reported within ``max_age`` (or two of
-their intervals) are off their own streaming median the same way by ``support_z`` (2) sigma and by
-``support_ratio`` (0.2) of the reading's own z (a spike is not explained by neighbours moving a
-little). Each reading is compared with what its neighbours had reported by its event time. In the
+support_fraction x available))`` (1 and 0.1: one neighbour, as a shower may cover only two stations
+of a group) of the neighbours that reported within ``max_age`` (or two of their intervals) are off
+their own streaming median the same way by ``support_z`` (2) sigma and by ``support_ratio`` (0.2)
+of the reading's own z (a spike is not explained by neighbours moving a little). Each reading is compared with what its neighbours had reported by its event time. In the
 air, shared deviations are pollution episodes, wanted at once (and named ``area_event`` by the
 spatial detector), so the air is judged sensor by sensor. Sensors without coordinates (replayed
 files) have no neighbours and are always judged alone. On the simulated city this removed most of
@@ -190,8 +190,8 @@ detectors:
       neighbours: {radius_km: 5.0, k: 8}   # same-metric sensors of the same domain
       support_z: 2.0        # a neighbour off its own median by this many sigma, the same way, supports ...
       support_ratio: 0.2    # ... if also by this fraction of the reading's own z (a spike is not shared)
-      min_support: 2        # at least this many supporting neighbours (or all there are) ...
-      support_fraction: 0.3 # ... and this fraction of the neighbours that reported recently
+      min_support: 1        # at least this many supporting neighbours ...
+      support_fraction: 0.1 # ... and this fraction of the neighbours that reported recently
       max_age: 10m          # a neighbour's latest reading older than this (or two of its intervals) is unused
       damping: 0.5          # factor on the score of a shared deviation
 """
@@ -204,8 +204,8 @@ class CoherenceConfig(StrictModel):
     neighbours: NeighbourConfig = Field(default_factory=lambda: NeighbourConfig(radius_km=5.0, k=8))
     support_z: float = Field(default=2.0, gt=0.0)
     support_ratio: float = Field(default=0.2, ge=0.0, le=1.0)
-    min_support: int = Field(default=2, ge=1)
-    support_fraction: float = Field(default=0.3, gt=0.0, le=1.0)
+    min_support: int = Field(default=1, ge=1)
+    support_fraction: float = Field(default=0.1, gt=0.0, le=1.0)
     max_age: Duration = 600.0
     damping: float = Field(default=0.5, ge=0.0, le=1.0)
 
