@@ -32,6 +32,11 @@ A reading with ``|z| >= z_warn`` (WARNING; CRITICAL from ``z_crit``) is then:
   sees it;
 * ``no_neighbours`` when no neighbour is available (none within the radius, or none recent).
 
+A deviation lasts until ``|z|`` falls below ``reset_fraction`` (0.75) of ``z_warn`` (WARNING
+meanwhile), and while it lasts an ``area_event`` turns ``sensor_suspect`` only after ``area_hold``
+(3) readings in a row say so: a deviation hovering around ``z_warn``, or neighbours hovering around
+the support bar, are one situation, not an alert every few readings.
+
 Otherwise OK. Score in [0, 1]: 0.5 * |z| / z_warn below z_warn, then linear to 1.0 at z_crit.
 Output `threshold`: the baseline mean the reading was compared with (in the metric's unit).
 
@@ -79,6 +84,15 @@ Sensor 0 alone jumps by 40 µg/m³: a suspect sensor. Then all four rise by 40: 
 >>> det.area_events()[3]["sensors"], det.area_events()[3]["area"]
 (['aq-3', 'aq-2', 'aq-1', 'aq-0'], 'Trung Dũng')
 
+A deviation lasts until it falls below 0.75 z_warn: sensor 0 alone jumps by 40, then reads 14 high
+(about 5.6 and 5.9 scales, under z_warn) and then normal: one alert, not three.
+
+>>> det = SpatialDetector(series)
+>>> rng = np.random.default_rng(3)
+>>> _ = det.process(batch(range(60), [0, 0, 0, 0]))
+>>> [int(det.process(batch([60 + k], [off, 0, 0, 0])).level[0]) for k, off in enumerate([40, 14, 14, 0])]
+[2, 1, 1, 0]
+
 Causality has a cost: a reading is compared with what its neighbours had reported *by its event
 time*. When an area changes suddenly, the sensors that report first still see their neighbours'
 old readings and come out as ``sensor_suspect``; the neighbours reporting after them see the
@@ -125,6 +139,8 @@ detectors:
     min_scale_fraction: 0.002     # smallest scale, as a fraction of the physical range ...
     min_scale_level_fraction: 0.01   # ... and of the baseline level (saturated, nearly constant series)
     min_scale: {}                 # per-metric smallest scale in the metric's unit, e.g. {pm25: 2.0}
+    area_hold: 3                  # an area event turns "sensor suspect" after this many such readings in a row
+    reset_fraction: 0.75          # a deviation lasts until |z| falls below this fraction of z_warn
 """
 
 REASON_OK = 0
@@ -161,6 +177,8 @@ class SpatialConfig(StrictModel):
     min_scale_fraction: float = Field(default=0.002, ge=0)
     min_scale_level_fraction: float = Field(default=0.01, ge=0)
     min_scale: dict[str, float] = Field(default_factory=dict)
+    area_hold: int = Field(default=3, ge=1)
+    reset_fraction: float = Field(default=0.75, gt=0, le=1)
 
     @model_validator(mode="after")
     def _check(self) -> "SpatialConfig":
@@ -196,6 +214,8 @@ class SpatialDetector(Detector):
         "ts": (np.int64, 0),  # event time of the last reading learned
         "z": (np.float64, np.nan),  # the latest evaluated deviation ...
         "z_ts": (np.int64, 0),  # ... and its event time
+        "shown": (np.int16, REASON_OK),  # the reason reported for the deviation in progress ...
+        "doubt": (np.int32, 0),  # ... and how many readings in a row have since looked like a lone sensor
     }
 
     def __init__(self, series: SeriesIndex, config: SpatialConfig | None = None,
@@ -334,6 +354,42 @@ class SpatialDetector(Detector):
         fresh = (t[:, None] - tn) <= self._max_age_ns[sid[rows]][:, None]
         return np.where((found | use) & fresh, zn, np.nan)
 
+    def _hysteresis(self, sid: np.ndarray, az: np.ndarray, level: np.ndarray, reason: np.ndarray,
+                    supported: np.ndarray, available: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The levels and reasons reported, given those found for the (series, ts)-sorted evaluated
+        rows: a deviation lasts until |z| falls below `reset_fraction` x z_warn, and during it an area
+        event becomes a suspect sensor only after `area_hold` readings in a row say so (the
+        neighbours' deviations hover around the support bar); anything else changes at once."""
+        cfg = self.config
+        lasting = (level == LEVEL_OK) & (az >= cfg.reset_fraction * cfg.z_warn)
+        # readings between the reset and the warning level: classified too, in case the deviation goes on
+        found = np.where(available == 0, REASON_NO_NEIGHBOURS,
+                         np.where(supported, REASON_AREA_EVENT, REASON_SENSOR_SUSPECT))
+        reason = np.where(lasting, found, reason)
+        out = reason.copy()
+        level = level.copy()
+        if len(sid) == 0:
+            return level, out
+        new = np.ones(len(sid), bool)
+        new[1:] = sid[1:] != sid[:-1]
+        rank = np.arange(len(sid)) - np.maximum.accumulate(np.where(new, np.arange(len(sid)), 0))
+        shown, doubt = self.state["shown"], self.state["doubt"]
+        hold = self.config.area_hold
+        for r in range(int(rank.max()) + 1):
+            at = np.flatnonzero(rank == r)
+            s = sid[at]
+            # a reading between the reset and the warning level continues a deviation, or is ok
+            goes_on = lasting[at] & (shown[s] != REASON_OK)
+            found = np.where(lasting[at] & ~goes_on, REASON_OK, reason[at])
+            level[at] = np.where(goes_on, LEVEL_WARNING, level[at])
+            doubting = (shown[s] == REASON_AREA_EVENT) & (found == REASON_SENSOR_SUSPECT)
+            d = np.where(doubting, doubt[s] + 1, 0)
+            keep = doubting & (d < hold)
+            out[at] = np.where(keep, REASON_AREA_EVENT, found)
+            shown[s] = out[at]
+            doubt[s] = np.where(keep, d, 0)
+        return level, out
+
     def _process(self, batch: ReadingBatch) -> DetectorOutput:
         cfg = self.config
         n = len(batch)
@@ -361,6 +417,7 @@ class SpatialDetector(Detector):
             ~deviating, REASON_OK,
             np.where(available == 0, REASON_NO_NEIGHBOURS,
                      np.where(support >= needed, REASON_AREA_EVENT, REASON_SENSOR_SUSPECT)))
+        level, reason = self._hysteresis(sid[rows], az, level, reason, support >= needed, available)
         out.level[rows] = level
         out.reason[rows] = reason
         out.score[rows] = np.where(az < cfg.z_warn, 0.5 * az / cfg.z_warn,
