@@ -228,10 +228,13 @@ class ForecastsConfig(StrictModel):
     # What must cross a limit to warn: the interval's bound on the side of the limit, or the median.
     bound: Literal["upper", "median"] = "upper"
     aqi_category: int = Field(default=3, ge=2, le=6)  # warn when an AQI is forecast to reach this category
-    models: dict[Literal["aqi", "water", "traffic"], Literal["seasonal_naive", "holt_winters", "ar_deseasonalised"]] = \
+    models: dict[Literal["aqi", "water", "traffic"],
+                 Literal["seasonal_naive", "holt_winters", "ar_deseasonalised", "combination"]] = \
         Field(default_factory=lambda: {"aqi": "holt_winters", "water": "holt_winters", "traffic": "ar_deseasonalised"})
-    holt_winters: dict[Literal["alpha", "beta", "phi", "delta", "omega", "ar_memory"], float] = Field(default_factory=dict)
+    holt_winters: dict[Literal["alpha", "beta", "phi", "delta", "omega", "ar_memory", "robust"], float] = \
+        Field(default_factory=dict)
     ar_deseasonalised: dict[Literal["order", "forgetting", "profile_gain"], float] = Field(default_factory=dict)
+    combination: dict[Literal["memory", "sharpness", "min_evidence"], float] = Field(default_factory=dict)
 
 
 class SourcesConfig(StrictModel):

@@ -41,9 +41,10 @@ Options (section ``forecasts:`` of config/citywatch.yaml)::
       level: 0.8                    # central prediction interval
       bound: upper                  # upper | median: what must cross a limit to warn
       aqi_category: 3               # warn when an AQI is forecast to reach this category
-      models: {aqi: holt_winters, water: holt_winters, traffic: ar_deseasonalised}
+      models: {aqi: holt_winters, water: holt_winters, traffic: ar_deseasonalised}  # or combination
       holt_winters: {}              # parameters, see citywatch/detectors/forecast/holt_winters.py
       ar_deseasonalised: {}         # parameters, see citywatch/detectors/forecast/ar_deseasonalised.py
+      combination: {}               # parameters, see citywatch/detectors/forecast/combination.py
 """
 
 from __future__ import annotations
@@ -107,9 +108,12 @@ class ForecastStage:
         self.config = config
         indices = indices or IndicesConfig()
         models = {**DEFAULT_MODELS, **config.models}
-        params = {"holt_winters": dict(config.holt_winters), "ar_deseasonalised": dict(config.ar_deseasonalised)}
+        params = {"holt_winters": dict(config.holt_winters), "ar_deseasonalised": dict(config.ar_deseasonalised),
+                  "combination": dict(config.combination)}
         if "order" in params["ar_deseasonalised"]:
             params["ar_deseasonalised"]["order"] = int(params["ar_deseasonalised"]["order"])
+        if "min_evidence" in params["combination"]:
+            params["combination"]["min_evidence"] = int(params["combination"]["min_evidence"])
 
         def make(kind: str) -> _Kind:
             keys = SeriesKeys()

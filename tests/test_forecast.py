@@ -36,7 +36,7 @@ def seasonal(t: np.ndarray) -> np.ndarray:
     return 10 * np.sin(2 * np.pi * t / 24) + 4 * np.cos(2 * np.pi * t / 12)
 
 
-@pytest.mark.parametrize("module", ["base", "seasonal_naive", "holt_winters", "ar_deseasonalised"])
+@pytest.mark.parametrize("module", ["base", "seasonal_naive", "holt_winters", "ar_deseasonalised", "combination"])
 def test_doctests_and_sample_config(module):
     mod = importlib.import_module(f"citywatch.detectors.forecast.{module}")
     result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)

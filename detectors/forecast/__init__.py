@@ -4,7 +4,9 @@
 * `HoltWinters` (`holt_winters`): double-seasonal exponential smoothing (daily and weekly profiles)
   with an AR(1) adjustment of its errors;
 * `ArDeseasonalised` (`ar_deseasonalised`): an hour-of-week profile and an AR(p) on the rest,
-  estimated online by recursive least squares.
+  estimated online by recursive least squares;
+* `Combination` (`combination`): all of them at once, weighted per series and horizon by their
+  recent out-of-sample errors.
 
 All share `Forecaster` (`base.py`): online updates in event time, revisions of the latest hour,
 empirical prediction intervals per horizon, snapshot and restore. `build_forecaster` makes one
@@ -15,14 +17,16 @@ from __future__ import annotations
 
 from citywatch.detectors.forecast.ar_deseasonalised import ArDeseasonalised
 from citywatch.detectors.forecast.base import Forecaster, SeriesKeys
+from citywatch.detectors.forecast.combination import Combination
 from citywatch.detectors.forecast.holt_winters import HoltWinters
 from citywatch.detectors.forecast.seasonal_naive import SeasonalNaive
 
-__all__ = ["ArDeseasonalised", "Forecaster", "HoltWinters", "MODELS", "SeasonalNaive", "SeriesKeys",
+__all__ = ["ArDeseasonalised", "Combination", "Forecaster", "HoltWinters", "MODELS", "SeasonalNaive", "SeriesKeys",
            "build_forecaster"]
 
 MODELS: dict[str, type[Forecaster]] = {
     "seasonal_naive": SeasonalNaive, "holt_winters": HoltWinters, "ar_deseasonalised": ArDeseasonalised,
+    "combination": Combination,
 }
 
 

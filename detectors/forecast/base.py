@@ -175,16 +175,25 @@ class Forecaster(SeriesState):
         self.state["hour"][ids] = hours
         self._issue(ids, hours)
 
-    def _record_errors(self, ids: np.ndarray, hours: np.ndarray, values: np.ndarray) -> None:
-        H, K = self.horizon, self.error_window
+    def forecasts_for(self, ids: np.ndarray, hours: np.ndarray, state: dict[str, np.ndarray] | None = None
+                      ) -> np.ndarray:
+        """(len(ids), horizon): the forecasts issued for `hours` 1..horizon hours before (NaN: none).
+
+        From `state` (default the current one; `before` for an hour being revised)."""
+        state = self.state if state is None else state
+        H = self.horizon
         h = np.arange(1, H + 1)
         origin = hours[:, None] - h[None, :]  # (m, H): the hour each forecast of this hour was issued at
         slot = origin % H
-        issued_hour = np.take_along_axis(self.state["issued_hour"][ids], slot, axis=1)
-        issued = self.state["issued"][ids].reshape(len(ids), H, H)
+        issued_hour = np.take_along_axis(state["issued_hour"][ids], slot, axis=1)
+        issued = state["issued"][ids].reshape(len(ids), H, H)
         forecast = issued[np.arange(len(ids))[:, None], slot, h[None, :] - 1]
-        err = values[:, None] - forecast
-        ok = (issued_hour == origin) & np.isfinite(err)
+        return np.where(issued_hour == origin, forecast, np.nan)
+
+    def _record_errors(self, ids: np.ndarray, hours: np.ndarray, values: np.ndarray) -> None:
+        H, K = self.horizon, self.error_window
+        err = values[:, None] - self.forecasts_for(ids, hours)
+        ok = np.isfinite(err)
         rows, hz = np.nonzero(ok)
         n_err = self.state["n_errors"]
         pos = n_err[ids[rows], hz] % K

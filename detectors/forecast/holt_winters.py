@@ -18,7 +18,12 @@ For a value ``y`` at hour ``t`` (``s`` = hours since the last value, 1 without a
   profile's start-up errors for weeks);
 * like Taylor, the one-step errors are treated as AR(1): ``lambda`` is estimated online from
   exponentially weighted moments of consecutive errors (``ar_memory`` hours), clipped to
-  [0, 0.98], and ``lambda^h * r`` is added to the h-hour forecast.
+  [0, 0.98], and ``lambda^h * r`` is added to the h-hour forecast;
+* with ``robust = k > 0`` (Huber-type robust smoothing, after Gelper, Fried and Croux 2010), the
+  error is clipped to ``k`` times its usual size (an exponentially weighted mean of the clipped
+  absolute errors over about a week, from the second day) before it is shared out, so a spike
+  (a travel time of 2,900 s among 200s) moves level and profiles no more than a large ordinary
+  error. Off by default; the combination (`combination`) runs a member with ``robust = 2``.
 
 Forecast h hours after ``t``: ``L + (phi + ... + phi^h) B + D[t+h] + W[t+h] + lambda^h r``.
 A gap of missing hours carries level, trend and profiles over (the damped trend runs across it);
@@ -49,7 +54,7 @@ from citywatch.detectors.forecast.base import Forecaster
 __all__ = ["HoltWinters", "SAMPLE_CONFIG", "DEFAULTS"]
 
 DAY, WEEK = 24, 168
-DEFAULTS = {"alpha": 0.02, "beta": 0.0, "phi": 0.9, "delta": 0.1, "omega": 0.0, "ar_memory": 336.0}
+DEFAULTS = {"alpha": 0.02, "beta": 0.0, "phi": 0.9, "delta": 0.1, "omega": 0.0, "ar_memory": 336.0, "robust": 0.0}
 
 SAMPLE_CONFIG = """\
 forecasts:
@@ -61,6 +66,7 @@ forecasts:
     delta: 0.1                  # daily profile
     omega: 0.0                  # weekly profile (0: none; traffic: 0.1)
     ar_memory: 336              # hours of one-step errors that estimate the AR(1) adjustment
+    robust: 0                   # clip errors at this many times their usual size (0: no clipping)
 """
 
 
@@ -79,11 +85,13 @@ class HoltWinters(Forecaster):
         "day": (np.float64, 0.0, DAY), "day_n": (np.int64, 0, DAY),
         "week": (np.float64, 0.0, WEEK), "week_n": (np.int64, 0, WEEK),
         "last_error": (np.float64, 0.0), "sxy": (np.float64, 0.0), "sxx": (np.float64, 0.0),
+        "spread": (np.float64, np.nan),
     }
 
     def __init__(self, series, horizon: int = 24, level: float = 0.8, *, alpha: float = DEFAULTS["alpha"],
                  beta: float = DEFAULTS["beta"], phi: float = DEFAULTS["phi"], delta: float = DEFAULTS["delta"],
-                 omega: float = DEFAULTS["omega"], ar_memory: float = DEFAULTS["ar_memory"], **kwargs) -> None:
+                 omega: float = DEFAULTS["omega"], ar_memory: float = DEFAULTS["ar_memory"],
+                 robust: float = DEFAULTS["robust"], **kwargs) -> None:
         for name, v in (("alpha", alpha), ("beta", beta), ("delta", delta), ("omega", omega)):
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"holt_winters.{name} must be in [0, 1], got {v}")
@@ -93,7 +101,10 @@ class HoltWinters(Forecaster):
             raise ValueError(f"holt_winters.phi must be in (0, 1], got {phi}")
         if ar_memory < 0:
             raise ValueError("holt_winters.ar_memory cannot be negative (0 turns the AR(1) adjustment off)")
+        if robust < 0:
+            raise ValueError(f"holt_winters.robust cannot be negative (0: no clipping), got {robust}")
         self.alpha, self.beta, self.phi, self.delta, self.omega = alpha, beta, phi, delta, omega
+        self.robust = float(robust)
         self.ar_forget = 1.0 - 1.0 / ar_memory if ar_memory >= 1 else 0.0
         self.use_ar = ar_memory > 0
         super().__init__(series, horizon=horizon, level=level, **kwargs)
@@ -114,6 +125,15 @@ class HoltWinters(Forecaster):
         level = np.where(first, values, st["level"][ids])
         base = level + _damped_sum(self.phi, steps) * st["trend"][ids]
         r = np.where(first, 0.0, values - base - st["day"][ids, d] - st["week"][ids, w])
+        if self.robust > 0:
+            # Huber: an error beyond `robust` times the usual absolute error is learnt as if it were
+            # that size, so one spike does not drag level and profiles (Gelper, Fried & Croux 2010)
+            spread = st["spread"][ids]
+            limit = np.where(np.isfinite(spread) & (st["n"][ids] > DAY), self.robust * spread, np.inf)
+            r = np.clip(r, -limit, limit)
+            g = np.maximum(1.0 / DAY / 7, 1.0 / np.maximum(st["n"][ids], 1))
+            a_r = np.abs(r)
+            st["spread"][ids] = np.where(first, np.nan, np.where(np.isfinite(spread), spread + g * (a_r - spread), a_r))
         n = st["n"][ids] + 1
         dn = st["day_n"][ids, d] + 1
         # the weekly profile learns once the daily one has had a week (else it would keep the
