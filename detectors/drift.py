@@ -17,7 +17,10 @@ Per series (sensor x metric), in event time, two comparisons:
   the current residual is at least half as far off on the same side (a burst that has passed, but
   still lifts the recent average, is not), and the neighbours do not themselves stand out the other
   way (the median of their own latest ``z`` at half the limit or more, opposite: a pollution episode
-  or a shower over the neighbours makes a sensor beside it look low, but the deviation is theirs).
+  or a shower over the neighbours makes a sensor beside it look low, but the deviation is theirs),
+  nor does any (`shared_neighbours`) stand out the same way (its own ``z`` at the limit or more,
+  same sign: a calibration drift is one device's; a shower over two stations of a cluster, or the
+  inside of an episode, is the area's).
 * **drift_baseline** - the series' daily level (an EWMA over `own_window`, so the daily cycle
   cancels out) against its own long baseline (`own_baseline_window`) and spread (of the daily level), judged after
   `own_min_history`; ``|z| >= own_z`` is a drift. Slow (calibration drifts over days and weeks);
@@ -97,6 +100,7 @@ detectors:
     neighbours: 6                 # up to this many nearest same-metric neighbours ...
     neighbour_radius_km: 10       # ... within this distance (null: any distance)
     min_neighbours: 3             # fewer usable neighbours: only the own baseline is judged
+    shared_neighbours: 2          # this many neighbours off the same way (by neighbour_z): the area's, not a drift
     max_staleness: 30m            # a neighbour level older than this is not used
     exclude: [precipitation]      # metrics not judged
     neighbour_exclude: [averageVehicleSpeed]  # metrics not compared with neighbours (speed depends on the road;
@@ -127,6 +131,7 @@ class DriftConfig(StrictModel):
     neighbours: int = Field(default=6, ge=1, le=64)
     neighbour_radius_km: float | None = Field(default=10.0, gt=0)
     min_neighbours: int = Field(default=3, ge=1)
+    shared_neighbours: int = Field(default=2, ge=1)
     max_staleness: Duration = 1800.0
     exclude: list[str] = Field(default_factory=lambda: ["precipitation"])
     neighbour_exclude: list[str] = Field(default_factory=lambda: ["averageVehicleSpeed"])
@@ -332,6 +337,9 @@ class DriftDetector(Detector):
         # If the neighbours themselves stand out the other way (a pollution episode over them, a shower),
         # the difference is theirs, not this sensor's.
         hit_nb &= ~self._neighbours_deviate(sid, ts, -np.sign(z_nb))
+        # A calibration drift is one device's: if a neighbour stands out the same way against its own
+        # neighbours (a shower over two stations of a cluster, the inside of an episode), it is the area's.
+        hit_nb &= ~self._neighbours_deviate(sid, ts, np.sign(z_nb), shared=True)
         hit_own = np.abs(z_own) >= cfg.own_z
         # Hysteresis: a drift that is on stays on until both z fall below half their limits, so a
         # passing transient (a common step the neighbours' levels catch up with a reading later) does
@@ -384,8 +392,10 @@ class DriftDetector(Detector):
         out.threshold[keep] = threshold
         return out
 
-    def _neighbours_deviate(self, sid: np.ndarray, ts: np.ndarray, direction: np.ndarray) -> np.ndarray:
-        """Rows whose fresh neighbours' latest z, by median, is at least half the limit in `direction`."""
+    def _neighbours_deviate(self, sid: np.ndarray, ts: np.ndarray, direction: np.ndarray,
+                            shared: bool = False) -> np.ndarray:
+        """Rows whose fresh neighbours' latest z, by median, is at least half the limit in `direction`
+        (with `shared`: rows where at least `shared_neighbours` of them reach the limit itself)."""
         cfg = self.config
         st = self.state
         nb = self.graph.index[sid]
@@ -394,6 +404,10 @@ class DriftDetector(Detector):
         fresh = valid & (ts[:, None] - st["last_ts"][nbc] <= int(cfg.max_staleness * 1e9))
         z = np.where(fresh, st["z_nb"][nbc], np.nan)
         out = np.zeros(len(sid), bool)
+        if shared:
+            with np.errstate(invalid="ignore"):
+                agree = (z * direction[:, None] >= cfg.neighbour_z).sum(axis=1)
+            return (direction != 0) & (agree >= cfg.shared_neighbours)
         some = fresh.any(axis=1)
         if some.any():
             med = np.nanmedian(z[some], axis=1)
