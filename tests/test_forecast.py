@@ -383,3 +383,97 @@ def test_forecasts_stay_within_the_physical_range():
     values = [float(f[k]) for f in fields for k in ("value", "lower", "upper") if k in f]
     assert min(values) == 0.0  # the unclipped forecasts of this series go below zero
     assert all(0.0 <= v <= 100.0 for v in values)
+
+
+# -- the combination ------------------------------------------------------------------------------
+
+def _mae_after(f, y: np.ndarray, start: int, h: int = 6) -> float:
+    """Mean absolute error of the h-hours-ahead forecasts issued from hour `start` on."""
+    n, T = y.shape
+    ids = np.arange(n)
+    errors = []
+    for t in range(T - h):
+        f.update(ids, np.full(n, t), y[:, t])
+        if t >= start:
+            errors.append(np.abs(f.forecast(ids)[0][:, h - 1] - y[:, t + h]))
+    return float(np.nanmean(errors))
+
+
+def test_combination_follows_the_member_that_does_best_on_each_series():
+    from citywatch.detectors.forecast import Combination
+
+    local = np.random.default_rng(11)
+    T = 24 * 35
+    t = np.arange(T)
+    weekly = 100 + 40 * (t % 168 < 120) * np.sin(np.pi * (t % 24) / 24)  # fixed week, no noise
+    daily = 50 + seasonal(t) + 3 * local.standard_normal(T)  # a day-shaped profile in noise
+    f = Combination(keys(2), horizon=6)
+    feed(f, np.vstack([weekly, daily]))
+    labels = list(f.members)
+    w = f.member_weights(np.arange(2))  # (series, members, horizon)
+    assert labels[w[0].sum(axis=1).argmax()] == "seasonal_naive_week"
+    # on the noisy daily series, the smoothed profiles beat copying a noisy value from a day/week ago
+    naive = [labels.index(m) for m in ("seasonal_naive_day", "seasonal_naive_week")]
+    smoothers = [j for j in range(len(labels)) if j not in naive]
+    assert (w[1, naive].max(axis=0) < w[1, smoothers].min(axis=0)).all()
+    assert w[1, naive].sum() < 0.25 * w[1].sum()
+    assert np.allclose(w.sum(axis=1), 1.0)
+
+
+def test_combination_beats_its_members_where_none_fits_throughout():
+    from citywatch.detectors.forecast import Combination
+
+    local = np.random.default_rng(5)
+    T = 24 * 49
+    t = np.arange(T)
+    # four weeks of a fixed weekly rhythm, then three of a noisy daily one with spikes
+    y = np.where(t < 24 * 28, 100 + 40 * (t % 168 < 120) * np.sin(np.pi * (t % 24) / 24),
+                 80 + seasonal(t) + 2 * local.standard_normal(T))
+    y[local.choice(np.arange(24 * 30, T), 12, replace=False)] += 500  # spikes
+    y = y[None, :]
+    start = 24 * 14
+    combined = _mae_after(Combination(keys(1), horizon=6), y, start)
+    members = {label: _mae_after(cls(keys(1), horizon=6, **params), y, start)
+               for label, (cls, params) in __import__("citywatch.detectors.forecast.combination",
+                                                      fromlist=["MEMBERS"]).MEMBERS.items()}
+    assert combined < min(members.values()), (combined, members)
+
+
+def test_robust_holt_winters_is_not_dragged_by_spikes():
+    T = 24 * 28
+    t = np.arange(T)
+    clean = 50 + seasonal(t)
+    spiky = clean.copy()
+    spiky[[24 * 21 + 3, 24 * 22 + 9, 24 * 23 + 15]] += 1000
+    future = t[-1] + np.arange(1, 25)
+    errors = {}
+    for robust in (0.0, 2.0):
+        f = HoltWinters(keys(1), horizon=24, robust=robust)
+        feed(f, spiky[None, :])
+        errors[robust] = np.abs(f.forecast(np.array([0]))[0][0] - (50 + seasonal(future))).max()
+    assert errors[2.0] < 0.1 * errors[0.0]
+    assert errors[2.0] < 5.0
+    with pytest.raises(ValueError, match="robust"):
+        HoltWinters(keys(1), robust=-1)
+
+
+def test_combination_through_the_stage_config():
+    from citywatch.config import ConfigError
+
+    series, air, stage = _stage(models={"aqi": "combination", "water": "combination", "traffic": "combination"},
+                                combination={"memory": 72, "sharpness": 2, "min_evidence": 12})
+    f = stage.kinds["water"].forecaster
+    assert f.name == "combination" and (f.memory, f.sharpness, f.min_evidence) == (72.0, 2.0, 12)
+    flat = lambda h: {("wq-1", "NH4"): 0.1 + 0.01 * np.sin(h), ("tc-1", "intensity"): 30.0 + h % 24}
+    lines, _ = _run_hours(series, air, stage, range(24 * 100, 24 * 103), flat)
+    assert any(ln.startswith("forecasts,") and "metric=NH4" in ln and "upper=" in ln for ln in lines)
+    # a snapshot carries the members' states: the restored stage forecasts the same
+    snap = stage.snapshot()
+    series2, air2, stage2 = _stage(models={"aqi": "combination", "water": "combination", "traffic": "combination"},
+                                   combination={"memory": 72, "sharpness": 2, "min_evidence": 12})
+    stage2.restore(snap)
+    ids = np.arange(len(stage.kinds["water"].keys))
+    for a, b in zip(stage.kinds["water"].forecaster.forecast(ids), stage2.kinds["water"].forecaster.forecast(ids)):
+        np.testing.assert_allclose(a, b, equal_nan=True)
+    with pytest.raises(ConfigError, match="combination"):
+        _stage(models={"water": "combination"}, combination={"sharpness": -1})

@@ -20,6 +20,10 @@ out-of-sample errors, per series and per horizon (Bates and Granger, 1969):
   `min_evidence` errors at that horizon. A median, not a mean: a member gone astray (seasonal-naive
   repeating last week's spike) cannot drag the forecast, which is what the absolute errors the
   members are judged on call for;
+* like Holt-Winters, the combined median's one-hour errors are treated as AR(1) (``lambda`` from
+  exponentially weighted moments of consecutive errors over about two weeks, clipped to
+  [0, 0.98]) and ``lambda^h`` times the last error is added: after a sudden step the median of
+  members that have not seen it yet is carried along with it at once;
 * a series (or horizon) with no member past `min_evidence` yet is forecast by the first member in
   `MEMBERS` order that has a forecast (Holt-Winters: its profile is a running mean from the
   first day).
@@ -49,7 +53,7 @@ from __future__ import annotations
 import numpy as np
 
 from citywatch.detectors.forecast.ar_deseasonalised import ArDeseasonalised
-from citywatch.detectors.forecast.base import Forecaster
+from citywatch.detectors.forecast.base import NO_HOUR, Forecaster
 from citywatch.detectors.forecast.holt_winters import HoltWinters
 from citywatch.detectors.forecast.seasonal_naive import SeasonalNaive
 
@@ -65,6 +69,7 @@ MEMBERS: dict[str, tuple[type[Forecaster], dict]] = {
     "ar_deseasonalised": (ArDeseasonalised, {}),
 }
 DEFAULTS = {"memory": 168.0, "sharpness": 4.0, "min_evidence": 24}
+_AR_FORGET = 1.0 - 1.0 / 336  # the AR(1) adjustment's memory, hours
 _SCORE_CLIP = 3.0  # an error is scored at most this many times the best member's score
 
 SAMPLE_CONFIG = """\
@@ -108,7 +113,9 @@ class Combination(Forecaster):
             for label, (cls, params) in MEMBERS.items()
         }
         M = len(self.members)
-        self.model_fields = {"score": (np.float64, np.nan, M * horizon), "evidence": (np.int64, 0, M * horizon)}
+        self.model_fields = {"score": (np.float64, np.nan, M * horizon), "evidence": (np.int64, 0, M * horizon),
+                             "next": (np.float64, np.nan), "next_hour": (np.int64, NO_HOUR),
+                             "last_error": (np.float64, np.nan), "sxy": (np.float64, 0.0), "sxx": (np.float64, 0.0)}
         super().__init__(series, horizon=horizon, level=level, **kwargs)
 
     def _learn(self, ids: np.ndarray, hours: np.ndarray, values: np.ndarray, gap: np.ndarray) -> None:
@@ -137,6 +144,14 @@ class Combination(Forecaster):
             score[:, j] = np.where(ok, np.where(np.isfinite(old), old + gain * (err - old), err), old)
             evidence[:, j] = n
             member.update(ids, hours, values)
+        # AR(1) of the combined median's one-hour errors (as Holt-Winters does with its own)
+        st = self.state
+        e = np.where(st["next_hour"][ids] == hours, values - st["next"][ids], np.nan)
+        prev = st["last_error"][ids]
+        pair = np.isfinite(e) & np.isfinite(prev) & (gap == 0)
+        st["sxy"][ids] = np.where(pair, _AR_FORGET * st["sxy"][ids] + prev * e, st["sxy"][ids])
+        st["sxx"][ids] = np.where(pair, _AR_FORGET * st["sxx"][ids] + prev * prev, st["sxx"][ids])
+        st["last_error"][ids] = e
         self.state["score"][ids] = score.reshape(m, M * H)
         self.state["evidence"][ids] = evidence.reshape(m, M * H)
 
@@ -178,7 +193,15 @@ class Combination(Forecaster):
     def _predict(self, ids: np.ndarray, hours: np.ndarray) -> np.ndarray:
         points = self._member_points(ids)
         w = self._weights(ids, points)
-        return _weighted_median(points, w)
+        median = _weighted_median(points, w)
+        st = self.state
+        st["next"][ids], st["next_hour"][ids] = median[:, 0], hours + 1
+        sxx, sxy = st["sxx"][ids], st["sxy"][ids]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            lam = np.clip(np.where(sxx > 0, sxy / sxx, 0.0), 0.0, 0.98)
+        last = st["last_error"][ids]
+        h = np.arange(1, self.horizon + 1)
+        return median + np.where(np.isfinite(last), last, 0.0)[:, None] * lam[:, None] ** h[None, :]
 
     # -- restart: the members' states beside the combination's --------------------------------------
     def snapshot(self) -> dict[str, np.ndarray]:
