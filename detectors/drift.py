@@ -18,9 +18,9 @@ Per series (sensor x metric), in event time, two comparisons:
   still lifts the recent average, is not), and the neighbours do not themselves stand out the other
   way (the median of their own latest ``z`` at half the limit or more, opposite: a pollution episode
   or a shower over the neighbours makes a sensor beside it look low, but the deviation is theirs),
-  nor does any (`shared_neighbours`) stand out the same way (its own ``z`` at the limit or more,
-  same sign: a calibration drift is one device's; a shower over two stations of a cluster, or the
-  inside of an episode, is the area's).
+  nor do `shared_neighbours` (2) of them stand out the same way (their own ``z`` at the limit or
+  more, same sign; a drift on or pending ends while they do): a calibration drift is one device's,
+  a shower over part of a cluster or the inside of an episode is the area's.
 * **drift_baseline** - the series' daily level (an EWMA over `own_window`, so the daily cycle
   cancels out) against its own long baseline (`own_baseline_window`) and spread (of the daily level), judged after
   `own_min_history`; ``|z| >= own_z`` is a drift. Slow (calibration drifts over days and weeks);
@@ -173,6 +173,24 @@ class DriftDetector(Detector):
     True
     >>> reasons[levels.index(1)], max(levels), max(levels[:48 * 6])                     # no alarm before
     ('drift_neighbours', 2, 0)
+
+    Six stations, of which three read high together from hour 48 (a local event over part of the
+    group): each has two neighbours standing out the same way, so none drifts; judged alone
+    (``shared_neighbours`` above the group's size) all three would:
+
+    >>> sensors = [Sensor(id=f"aq-{i}", domain="air", area="Tân Phong", lat=10.95 + 0.01 * i, lon=106.84,
+    ...                   interval=600, metrics=temp) for i in range(6)]
+    >>> series = SeriesIndex(Registry({s.id: s for s in sensors}))
+    >>> series.add_registry()
+    >>> values = 29 + 3.5 * np.sin(2 * np.pi * t / 86400) + np.random.default_rng(1).normal(0, 0.1, (6, len(t)))
+    >>> values[:3] += np.clip((t - 2 * 86400) / 3600, 0, None) * 0.5
+    >>> def alarms(config):
+    ...     det = DriftDetector(series, config)
+    ...     return sum(int((det.process(ReadingBatch.from_columns(list(range(6)), [ti * 10**9] * 6,
+    ...                                                           values[:, i])).level > 0).sum())
+    ...                for i, ti in enumerate(t))
+    >>> alarms(DriftConfig(min_history="16h")), alarms(DriftConfig(min_history="16h", shared_neighbours=6)) > 0
+    (0, True)
     """
 
     name = "drift"
@@ -339,7 +357,8 @@ class DriftDetector(Detector):
         hit_nb &= ~self._neighbours_deviate(sid, ts, -np.sign(z_nb))
         # A calibration drift is one device's: if a neighbour stands out the same way against its own
         # neighbours (a shower over two stations of a cluster, the inside of an episode), it is the area's.
-        hit_nb &= ~self._neighbours_deviate(sid, ts, np.sign(z_nb), shared=True)
+        shared = self._neighbours_deviate(sid, ts, np.sign(z_nb), shared=True)
+        hit_nb &= ~shared
         hit_own = np.abs(z_own) >= cfg.own_z
         # Hysteresis: a drift that is on stays on until both z fall below half their limits, so a
         # passing transient (a common step the neighbours' levels catch up with a reading later) does
@@ -350,6 +369,7 @@ class DriftDetector(Detector):
                | (np.abs(np.where(ready_nb, nbr["z_now"], 0.0)) < cfg.neighbour_z / 2))
         at = last_index_where(on_evt | off_evt, gs)
         cond = np.where(at >= 0, on_evt[np.maximum(at, 0)], st["on"][sid])
+        cond &= ~(shared & ~hit_own)  # while the neighbours share it, it is no drift of this sensor
         hit_nb = hit_nb | (cond & ~hit_own & (np.abs(z_nb) / cfg.neighbour_z >= np.abs(z_own) / cfg.own_z))
 
         # Persistence ("for" in event time), carried across batches.
