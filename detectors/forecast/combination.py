@@ -2,8 +2,9 @@
 
 No single model wins everywhere: Holt-Winters with a daily profile suits AQI and water probes, the
 AR model on the deseasonalised series suits traffic counts and temperatures with a weekly rhythm,
-a robust Holt-Winters (errors clipped, see `holt_winters`) suits spiky, gappy travel times, and on
-a series with a short or irregular history seasonal-naive is still hard to beat. Rather than
+robust Holt-Winters (errors clipped, see `holt_winters`; with and without a weekly profile) suit
+spiky, gappy travel times, and on a series with a short or irregular history seasonal-naive is
+still hard to beat. Rather than
 tuning a model per series (which needs someone to look at the future), the combination runs the
 members of `MEMBERS` side by side on every series and weighs their forecasts by their own recent
 out-of-sample errors, per series and per horizon (Bates and Granger, 1969):
@@ -65,7 +66,7 @@ MEMBERS: dict[str, tuple[type[Forecaster], dict]] = {
     "holt_winters_robust": (HoltWinters, {"robust": 2.0}),
     "seasonal_naive_week": (SeasonalNaive, {"period": 168}),
     "seasonal_naive_day": (SeasonalNaive, {"period": 24}),
-    "holt_winters_weekly": (HoltWinters, {"omega": 0.1}),
+    "holt_winters_weekly_robust": (HoltWinters, {"omega": 0.1, "robust": 2.0}),
     "ar_deseasonalised": (ArDeseasonalised, {}),
 }
 DEFAULTS = {"memory": 168.0, "sharpness": 4.0, "min_evidence": 24}
