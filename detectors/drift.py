@@ -19,7 +19,7 @@ Per series (sensor x metric), in event time, two comparisons:
   way (the median of their own latest ``z`` at half the limit or more, opposite: a pollution episode
   or a shower over the neighbours makes a sensor beside it look low, but the deviation is theirs),
   nor do `shared_neighbours` (2) of them stand out the same way (their own ``z`` at the limit or
-  more, same sign; a drift on or pending ends while they do): a calibration drift is one device's,
+  more, same sign; a pending drift ends while they do): a calibration drift is one device's,
   a shower over part of a cluster or the inside of an episode is the area's.
 * **drift_baseline** - the series' daily level (an EWMA over `own_window`, so the daily cycle
   cancels out) against its own long baseline (`own_baseline_window`) and spread (of the daily level), judged after
@@ -174,8 +174,8 @@ class DriftDetector(Detector):
     >>> reasons[levels.index(1)], max(levels), max(levels[:48 * 6])                     # no alarm before
     ('drift_neighbours', 2, 0)
 
-    Six stations, of which three read high together from hour 48 (a local event over part of the
-    group): each has two neighbours standing out the same way, so none drifts; judged alone
+    Six stations, of which three read high together, in step, from hour 48 (a local event over part
+    of the group): each has two neighbours standing out the same way, so none drifts; judged alone
     (``shared_neighbours`` above the group's size) all three would:
 
     >>> sensors = [Sensor(id=f"aq-{i}", domain="air", area="Tân Phong", lat=10.95 + 0.01 * i, lon=106.84,
@@ -183,7 +183,8 @@ class DriftDetector(Detector):
     >>> series = SeriesIndex(Registry({s.id: s for s in sensors}))
     >>> series.add_registry()
     >>> values = 29 + 3.5 * np.sin(2 * np.pi * t / 86400) + np.random.default_rng(1).normal(0, 0.1, (6, len(t)))
-    >>> values[:3] += np.clip((t - 2 * 86400) / 3600, 0, None) * 0.5
+    >>> values[1:3] = values[0]                                           # three stations in the same air ...
+    >>> values[:3] += np.clip((t - 2 * 86400) / 3600, 0, None) * 0.5     # ... that rises from hour 48
     >>> def alarms(config):
     ...     det = DriftDetector(series, config)
     ...     return sum(int((det.process(ReadingBatch.from_columns(list(range(6)), [ti * 10**9] * 6,
@@ -369,7 +370,10 @@ class DriftDetector(Detector):
                | (np.abs(np.where(ready_nb, nbr["z_now"], 0.0)) < cfg.neighbour_z / 2))
         at = last_index_where(on_evt | off_evt, gs)
         cond = np.where(at >= 0, on_evt[np.maximum(at, 0)], st["on"][sid])
-        cond &= ~(shared & ~hit_own)  # while the neighbours share it, it is no drift of this sensor
+        # While the neighbours share it, a pending drift is none of this sensor's (one already reported
+        # stays, so that a deviation at the bar does not come and go).
+        reported = st["on"][sid] & (ts - st["since"][sid] >= int(cfg.persist * 1e9))
+        cond &= ~(shared & ~hit_own & ~reported)
         hit_nb = hit_nb | (cond & ~hit_own & (np.abs(z_nb) / cfg.neighbour_z >= np.abs(z_own) / cfg.own_z))
 
         # Persistence ("for" in event time), carried across batches.
