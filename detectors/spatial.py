@@ -110,7 +110,7 @@ from pydantic import Field, model_validator
 from citywatch.batch import ReadingBatch, last_index_where
 from citywatch.config import Duration, StrictModel
 from citywatch.detectors.base import LEVEL_CRITICAL, LEVEL_OK, LEVEL_WARNING, Detector, DetectorOutput
-from citywatch.detectors.neighbours import NeighbourConfig, NeighbourGraph
+from citywatch.detectors.neighbours import NeighbourConfig, NeighbourGraph, latest_neighbour_values
 from citywatch.registry import SeriesIndex
 
 __all__ = ["SpatialDetector", "SpatialConfig", "SAMPLE_CONFIG"]
@@ -323,36 +323,8 @@ class SpatialDetector(Detector):
 
     def _neighbour_z(self, batch: ReadingBatch, z: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """(len(rows) x k) the neighbours' latest z at or before each row's time; NaN if none/too old."""
-        sid, ts = batch.series, batch.ts
-        nb = self.graph.index[sid[rows]]  # (m, k)
-        t = ts[rows]
-        # Latest evaluated row of the neighbour in this batch at or before t: a searchsorted over
-        # keys (series, dense time rank); the batch is sorted by (series, ts).
-        have = np.flatnonzero(np.isfinite(z))
-        times = np.unique(ts)
-        width = len(times) + 1
-        key_have = sid[have].astype(np.int64) * width + np.searchsorted(times, ts[have])
-        t_rank = np.searchsorted(times, t)
-        nb_safe = np.maximum(nb, 0)
-        key_q = nb_safe * width + t_rank[:, None]
-        pos = np.searchsorted(key_have, key_q, side="right") - 1
-        found = (pos >= 0) & (nb >= 0)
-        pos_c = np.maximum(pos, 0)
-        if len(have):
-            found &= sid[have][pos_c] == nb_safe
-            zn = np.where(found, z[have][pos_c], np.nan)
-            tn = np.where(found, ts[have][pos_c], 0)
-        else:
-            zn = np.full(nb.shape, np.nan)
-            tn = np.zeros(nb.shape, np.int64)
-        # Otherwise the state carried from earlier batches (if not newer than the row).
-        carried = ~found & (nb >= 0)
-        st_z, st_t = self.state["z"][nb_safe], self.state["z_ts"][nb_safe]
-        use = carried & (st_t <= t[:, None])
-        zn = np.where(use, st_z, zn)
-        tn = np.where(use, st_t, tn)
-        fresh = (t[:, None] - tn) <= self._max_age_ns[sid[rows]][:, None]
-        return np.where((found | use) & fresh, zn, np.nan)
+        return latest_neighbour_values(self.graph, batch.series, batch.ts, z, rows, self.state["z"],
+                                       self.state["z_ts"], self._max_age_ns)
 
     def _hysteresis(self, sid: np.ndarray, az: np.ndarray, level: np.ndarray, reason: np.ndarray,
                     supported: np.ndarray, available: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
