@@ -148,6 +148,7 @@ class _Profile:
     def __init__(self, profile: SourceProfile) -> None:
         self.p = profile
         self.rules = [(TopicFilter(r.filter), r) for r in profile.topics]
+        self.state_at = {id(r): Selector(r.select) for r in profile.topics if r.select}  # availability in JSON
         self.readings = [(Selector(r.select) if r.select else None, r) for r in profile.readings]
         self.pivots = {id(r): (Selector(r.pivot.select), r.pivot) for r in profile.readings if r.pivot}
         self.records = Selector(profile.records) if profile.records else None
@@ -256,7 +257,8 @@ class SourceMapper:
                 return [self._finish(prof, DeviceRecord(device, errors=[f"malformed_text: not UTF-8 ({exc.reason})"]),
                                      None, arrival_ns)]
             if rule.kind == "availability":
-                return [self._finish(prof, self._availability(rule, device, text), None, arrival_ns)]
+                return [self._finish(prof, self._availability(rule, prof.state_at.get(id(rule)), device, text),
+                                     None, arrival_ns)]
             name = (rule.name or "value").format_map(_Caps(caps))
             return [self._finish(prof, DeviceRecord(device, readings=[(None, name, text, None)]), None, arrival_ns)]
         try:
@@ -285,11 +287,11 @@ class SourceMapper:
         return out
 
     @staticmethod
-    def _availability(rule: TopicRule, device: str, text: str) -> DeviceRecord:
+    def _availability(rule: TopicRule, state_at: Selector | None, device: str, text: str) -> DeviceRecord:
         state: object = text
-        if rule.select is not None:
+        if state_at is not None:
             try:
-                state = Selector(rule.select).first(orjson.loads(text), text)
+                state = state_at.first(orjson.loads(text), text)
             except orjson.JSONDecodeError:
                 state = text  # Zigbee2MQTT's legacy plain "online" beside the JSON {"state": "online"}
         if state in rule.online:
