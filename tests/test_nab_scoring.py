@@ -191,17 +191,17 @@ def test_nab_benchmark_script_on_a_small_corpus(tmp_path, capsys):
     import importlib.util
     from pathlib import Path
 
-    data = tmp_path / "nab" / "data" / "cat"
-    data.mkdir(parents=True)
     rng = np.random.default_rng(1)
     windows = {}
     for k in range(2):
+        data = tmp_path / "nab" / "data" / ("cat", "dog")[k]
+        data.mkdir(parents=True)
         values = 10 + rng.normal(0, 1, 800)
         values[600:605] += 30
         stamps = [str(np.datetime64("2015-01-01T00:00") + np.timedelta64(5 * i, "m")).replace("T", " ") + ":00"
                   for i in range(800)]
         (data / f"f{k}.csv").write_text("timestamp,value\n" + "".join(f"{t},{v:.3f}\n" for t, v in zip(stamps, values)))
-        windows[f"cat/f{k}.csv"] = [[stamps[590] + ".000000", stamps[640] + ".000000"]]
+        windows[f"{data.name}/f{k}.csv"] = [[stamps[590] + ".000000", stamps[640] + ".000000"]]
     (tmp_path / "nab" / "labels").mkdir()
     (tmp_path / "nab" / "labels" / "windows.json").write_text(json.dumps(windows))
 
@@ -215,4 +215,12 @@ def test_nab_benchmark_script_on_a_small_corpus(tmp_path, capsys):
     for name, res in direct.results.items():
         assert f"{name:<20} {res.normalised:7.2f}" in out
     assert "cat/f0.csv" in out and "2 files, 1600 rows, 2 windows" in out
+    # leave one category out: each file scored at the threshold swept on the other one alone
+    std = nab.PROFILES["standard"]
+    files = {n: direct.labels[n] for n in ("cat/f0.csv", "dog/f1.csv")}
+    scores = {n: nab.read_results_file(tmp_path / "results" / n)[1] for n in files}
+    raw = sum(nab.score_file(files[held], scores[held], nab.sweep([files[other]], [scores[other]], std).threshold, std)
+              for held, other in (("cat/f0.csv", "dog/f1.csv"), ("dog/f1.csv", "cat/f0.csv")))
+    whole = direct.results["standard"]
+    assert f"leave one category out (standard): {100 * (raw - whole.null) / (whole.perfect - whole.null):.2f}" in out
     assert module.main([str(tmp_path / "missing")]) == 2
