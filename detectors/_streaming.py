@@ -89,6 +89,11 @@ class StreamingDetector(Detector):
     """
 
     step_outputs: ClassVar[tuple[str, ...]] = ()
+    # Wide fields (e.g. one column per time bin) that `_step` reads and writes in `self.state` itself,
+    # by the global series ids of the active runs (`self._step_series`), instead of getting views of
+    # a gathered copy: gathering and scattering them whole per batch would cost more than the step.
+    direct_fields: ClassVar[tuple[str, ...]] = ()
+    _step_series: np.ndarray = np.empty(0, np.int64)
 
     def _process(self, batch: ReadingBatch) -> DetectorOutput:
         n = len(batch)
@@ -102,12 +107,13 @@ class StreamingDetector(Detector):
             return out
         sub = batch if len(rows) == n else batch.take(rows)
         layout = RunLayout.of(sub.series)
-        local = {k: self.state[k][layout.series] for k in self.state_fields}
+        local = {k: self.state[k][layout.series] for k in self.state_fields if k not in self.direct_fields}
         stats = {k: np.empty(len(sub), np.float64) for k in self.step_outputs}
         x_all, ts_all = sub.value, sub.ts
         for p, m in enumerate(layout.active.tolist()):
             at = layout.first_row[:m] + p
             view = {k: v[:m] for k, v in local.items()}
+            self._step_series = layout.series[:m]
             for name, value in zip(self.step_outputs, self._step(view, x_all[at], ts_all[at])):
                 stats[name][at] = value
         for k, v in local.items():

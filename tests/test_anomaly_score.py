@@ -151,10 +151,10 @@ def test_scale_and_offset_do_not_change_the_scores():
 
 def test_irregular_timestamps_give_the_same_scores_as_regular_ones():
     """Memories count readings: the gaps between event times do not enter the statistics (the time
-    of day does, in the daily statistic only; without it the times are only an order)."""
+    of week does, in the profile statistic only; without it the times are only an order)."""
     values = noise(1200, 13)
     values[1000] = 20.0
-    cfg = AnomalyConfig(daily=None)
+    cfg = AnomalyConfig(profile=None)
     gaps = np.random.default_rng(14).integers(1, 600, 1200)
     irregular = AnomalyScore(make_index(), cfg).process(
         ReadingBatch.from_columns(np.zeros(1200), np.cumsum(gaps) * 10**9, values))
@@ -206,27 +206,45 @@ def daily_cycle(days: int, seed: int, noise_sd: float = 0.3, step: int = 300) ->
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_a_missing_daily_swing_stands_out_by_the_time_of_day(seed):
+def test_a_missing_daily_swing_stands_out_by_the_time_of_week(seed):
     """Day 10's swing stays flat at its mean: every value lies well inside the series' range, so only
-    the time-of-day profile tells. It builds up over hours, so it does not reach a warning (each
-    reading widens the envelope a little, see the module's Limits), but it scores above every clean
-    day since the profile's warm-up, and about three times what the profile scores without the
-    daily statistic."""
+    the time-of-week profile (ready after a week) tells. It builds up over hours, so it does not
+    reach a warning (each reading widens the envelope a little), but it scores above every clean day
+    since the profile's warm-up, and at least twice what the profile scores without the statistic."""
     ts, values = daily_cycle(12, seed)
     per_day = 288
     day10 = slice(10 * per_day, 11 * per_day)
     values[day10] = 50 + np.random.default_rng(seed + 10).normal(0, 0.3, per_day)
     batch = ReadingBatch.from_columns(np.zeros(len(values)), ts, values)
     out = AnomalyScore(make_index()).process(batch)
-    blind = AnomalyScore(make_index(), AnomalyConfig(daily=None)).process(batch)
+    blind = AnomalyScore(make_index(), AnomalyConfig(profile=None)).process(batch)
     assert alarms(out).tolist() == [] or alarms(out)[0] >= day10.start
     flat_day = np.nanmax(out.score[day10])
-    assert flat_day > np.nanmax(out.score[4 * per_day: day10.start])
+    assert flat_day > np.nanmax(out.score[8 * per_day: day10.start])
     assert np.nanmax(blind.score[day10]) < 0.5 * flat_day
 
 
-def test_the_daily_profile_needs_whole_bins_of_the_day():
-    with pytest.raises(ValueError, match="divide the day"):
-        AnomalyConfig.model_validate({"daily": {"bins": 7}})
-    assert AnomalyConfig.model_validate({"daily": {"bins": 48}}).daily.bins == 48
-    assert AnomalyScore(make_index(), AnomalyConfig.model_validate({"daily": {"bins": 48}})).state["dp_mean"].shape[1] == 48
+def test_the_profile_needs_whole_bins_of_its_period():
+    with pytest.raises(ValueError, match="divide the period"):
+        AnomalyConfig.model_validate({"profile": {"bins": 7, "period": "1d"}})
+    cfg = AnomalyConfig.model_validate({"profile": {"bins": 48, "period": "1d"}})
+    assert AnomalyScore(make_index(), cfg).state["tp_mean"].shape[1] == 48
+
+
+def test_the_profile_is_independent_of_the_batches_and_survives_a_snapshot():
+    """Its wide state is updated in place by series id (not gathered per batch): batches of any size
+    and a restart in the middle give the same scores as one pass."""
+    ts, values = daily_cycle(10, 4)
+    values[9 * 288 + 60: 9 * 288 + 120] -= 15.0  # a missing morning on day 9
+    batch = ReadingBatch.from_columns(np.zeros(len(values)), ts, values)
+    whole = AnomalyScore(make_index()).process(batch).score
+    det = AnomalyScore(make_index())
+    parts = []
+    for k, start in enumerate(range(0, len(values), 997)):
+        if k == 2:
+            snap = det.snapshot()
+            det = AnomalyScore(make_index())
+            det.restore(snap)
+        parts.append(det.process(batch.take(np.arange(start, min(start + 997, len(values))))).score)
+    np.testing.assert_allclose(np.concatenate(parts), whole, rtol=1e-12, equal_nan=True)
+    assert np.nanmax(whole[9 * 288 + 60: 9 * 288 + 130]) > np.nanmax(whole[8 * 288: 9 * 288])

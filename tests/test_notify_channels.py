@@ -705,7 +705,7 @@ def test_detector_reasons_have_words_in_both_languages():
 
     codes = ["above_warn", "above_crit", "below_warn", "below_crit", "pending", "below_physical_min",
              "above_physical_max", "late", "offline", "spike", "level_shift", "level_up", "level_down",
-             "variance_shift", "variance_up", "variance_down", "unusual_for_time_of_day", "new_range", "new_high", "new_low", "new_extreme",
+             "variance_shift", "variance_up", "variance_down", "unusual_for_the_time", "new_range", "new_high", "new_low", "new_extreme",
              "drift_baseline", "drift_neighbours", "above_expected", "below_expected", "sensor_suspect",
              "area_event", "stuck", "flatline", "zero_unlikely", "dead_camera", "true_zero", "warming_up",
              "no_neighbours"]
