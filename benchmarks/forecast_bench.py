@@ -48,6 +48,7 @@ MODELS = {
     "holt_winters_weekly": ("holt_winters", {"omega": 0.1}),
     "ar_deseasonalised": ("ar_deseasonalised", {}),
     "holt_winters_robust": ("holt_winters", {"robust": 2.0}),
+    "recent_median": ("recent_median", {"window": 24}),
     "combination": ("combination", {}),
 }
 # The model the engine runs for each kind of series (`forecasts.models`, citywatch/forecast_stage.py);

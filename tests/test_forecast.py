@@ -36,7 +36,8 @@ def seasonal(t: np.ndarray) -> np.ndarray:
     return 10 * np.sin(2 * np.pi * t / 24) + 4 * np.cos(2 * np.pi * t / 12)
 
 
-@pytest.mark.parametrize("module", ["base", "seasonal_naive", "holt_winters", "ar_deseasonalised", "combination"])
+@pytest.mark.parametrize("module", ["base", "seasonal_naive", "holt_winters", "ar_deseasonalised", "recent_median",
+                                    "combination"])
 def test_doctests_and_sample_config(module):
     mod = importlib.import_module(f"citywatch.detectors.forecast.{module}")
     result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
@@ -414,8 +415,10 @@ def test_combination_follows_the_member_that_does_best_on_each_series():
     assert labels[w[0].sum(axis=1).argmax()] == "seasonal_naive_week"
     # on the noisy daily series, the smoothed profiles beat copying a noisy value from a day/week ago
     naive = [labels.index(m) for m in ("seasonal_naive_day", "seasonal_naive_week")]
-    smoothers = [j for j in range(len(labels)) if j not in naive]
+    flat = labels.index("recent_median")  # no profile at all: the worst on a day-shaped series
+    smoothers = [j for j in range(len(labels)) if j not in naive and j != flat]
     assert (w[1, naive].max(axis=0) < w[1, smoothers].min(axis=0)).all()
+    assert (w[1, flat] < w[1, naive].min(axis=0)).all()
     assert w[1, naive].sum() < 0.25 * w[1].sum()
     assert np.allclose(w.sum(axis=1), 1.0)
 
@@ -477,3 +480,28 @@ def test_combination_through_the_stage_config():
         np.testing.assert_allclose(a, b, equal_nan=True)
     with pytest.raises(ConfigError, match="combination"):
         _stage(models={"water": "combination"}, combination={"sharpness": -1})
+
+
+def test_recent_median_is_a_flat_level_that_ignores_spikes_and_gaps():
+    from citywatch.detectors.forecast import RecentMedian
+
+    T = 24 * 4
+    y = 60 + rng.normal(0, 1, T)
+    y[[30, 50, 70]] = 400.0  # spikes
+    y[80:90] = np.nan  # a gap: the median is that of the values before it
+    f = RecentMedian(keys(1), horizon=6)
+    feed(f, y[None, :])
+    median = f.forecast(np.array([0]))[0][0]
+    assert np.allclose(median, median[0]) and abs(median[0] - 60) < 1.0
+    with pytest.raises(ValueError, match="window"):
+        RecentMedian(keys(1), window=0)
+
+
+def test_combination_intervals_leave_out_the_start_up_errors():
+    from citywatch.detectors.forecast import Combination
+
+    f = Combination(keys(1), horizon=4, min_evidence=24)
+    T = 24 * 3
+    feed(f, (50 + seasonal(np.arange(T)))[None, :])
+    # errors at horizon 1 only from the value after the warm-up of min_evidence + horizon values
+    assert f.state["n_errors"][0, 0] == T - (24 + 4)

@@ -5,6 +5,8 @@
   with an AR(1) adjustment of its errors;
 * `ArDeseasonalised` (`ar_deseasonalised`): an hour-of-week profile and an AR(p) on the rest,
   estimated online by recursive least squares;
+* `RecentMedian` (`recent_median`): a flat forecast at the median of the last day's values (no
+  seasonal profile: the level of a series whose daily rhythm is weak or keeps changing);
 * `Combination` (`combination`): all of them at once, weighted per series and horizon by their
   recent out-of-sample errors.
 
@@ -19,14 +21,15 @@ from citywatch.detectors.forecast.ar_deseasonalised import ArDeseasonalised
 from citywatch.detectors.forecast.base import Forecaster, SeriesKeys
 from citywatch.detectors.forecast.combination import Combination
 from citywatch.detectors.forecast.holt_winters import HoltWinters
+from citywatch.detectors.forecast.recent_median import RecentMedian
 from citywatch.detectors.forecast.seasonal_naive import SeasonalNaive
 
-__all__ = ["ArDeseasonalised", "Combination", "Forecaster", "HoltWinters", "MODELS", "SeasonalNaive", "SeriesKeys",
-           "build_forecaster"]
+__all__ = ["ArDeseasonalised", "Combination", "Forecaster", "HoltWinters", "MODELS", "RecentMedian", "SeasonalNaive",
+           "SeriesKeys", "build_forecaster"]
 
 MODELS: dict[str, type[Forecaster]] = {
     "seasonal_naive": SeasonalNaive, "holt_winters": HoltWinters, "ar_deseasonalised": ArDeseasonalised,
-    "combination": Combination,
+    "recent_median": RecentMedian, "combination": Combination,
 }
 
 

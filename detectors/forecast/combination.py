@@ -3,8 +3,9 @@
 No single model wins everywhere: Holt-Winters with a daily profile suits AQI and water probes, the
 AR model on the deseasonalised series suits traffic counts and temperatures with a weekly rhythm,
 robust Holt-Winters (errors clipped, see `holt_winters`; with and without a weekly profile) suit
-spiky, gappy travel times, and on a series with a short or irregular history seasonal-naive is
-still hard to beat. Rather than
+spiky, gappy travel times, the median of the last day's values (`recent_median`, no profile at
+all) suits a road's speed whose daily dip is weak and irregular, and on a series with a short or
+irregular history seasonal-naive is still hard to beat. Rather than
 tuning a model per series (which needs someone to look at the future), the combination runs the
 members of `MEMBERS` side by side on every series and weighs their forecasts by their own recent
 out-of-sample errors, per series and per horizon (Bates and Granger, 1969):
@@ -27,7 +28,10 @@ out-of-sample errors, per series and per horizon (Bates and Granger, 1969):
   members that have not seen it yet is carried along with it at once;
 * a series (or horizon) with no member past `min_evidence` yet is forecast by the first member in
   `MEMBERS` order that has a forecast (Holt-Winters: its profile is a running mean from the
-  first day).
+  first day). The errors of that start-up (a series' first ``min_evidence + horizon`` values,
+  until every horizon has members judged by their errors) do not go into the prediction
+  intervals: they are not errors the combination still makes, and on a young series they would
+  widen its intervals for a week.
 
 Everything is an array operation over all series at once; the state is each member's state plus an
 (members x horizon) table of scores and error counts per series; snapshots carry the members'
@@ -56,6 +60,7 @@ import numpy as np
 from citywatch.detectors.forecast.ar_deseasonalised import ArDeseasonalised
 from citywatch.detectors.forecast.base import NO_HOUR, Forecaster
 from citywatch.detectors.forecast.holt_winters import HoltWinters
+from citywatch.detectors.forecast.recent_median import RecentMedian
 from citywatch.detectors.forecast.seasonal_naive import SeasonalNaive
 
 __all__ = ["Combination", "MEMBERS", "SAMPLE_CONFIG", "DEFAULTS"]
@@ -68,6 +73,7 @@ MEMBERS: dict[str, tuple[type[Forecaster], dict]] = {
     "seasonal_naive_day": (SeasonalNaive, {"period": 24}),
     "holt_winters_weekly_robust": (HoltWinters, {"omega": 0.1, "robust": 2.0}),
     "ar_deseasonalised": (ArDeseasonalised, {}),
+    "recent_median": (RecentMedian, {"window": 24}),
 }
 DEFAULTS = {"memory": 168.0, "sharpness": 4.0, "min_evidence": 24}
 _AR_FORGET = 1.0 - 1.0 / 336  # the AR(1) adjustment's memory, hours
@@ -108,6 +114,7 @@ class Combination(Forecaster):
         if min_evidence < 1:
             raise ValueError(f"combination.min_evidence must be at least 1, got {min_evidence}")
         self.memory, self.sharpness, self.min_evidence = float(memory), float(sharpness), int(min_evidence)
+        self.warm_up = self.min_evidence + int(horizon)  # values before the errors count for the intervals
         # the members' own intervals are never used: the smallest error rings
         self.members: dict[str, Forecaster] = {
             label: cls(series, horizon=horizon, level=level, error_window=2, min_errors=1, **params)
@@ -116,10 +123,19 @@ class Combination(Forecaster):
         M = len(self.members)
         self.model_fields = {"score": (np.float64, np.nan, M * horizon), "evidence": (np.int64, 0, M * horizon),
                              "next": (np.float64, np.nan), "next_hour": (np.int64, NO_HOUR),
-                             "last_error": (np.float64, np.nan), "sxy": (np.float64, 0.0), "sxx": (np.float64, 0.0)}
+                             "last_error": (np.float64, np.nan), "sxy": (np.float64, 0.0), "sxx": (np.float64, 0.0),
+                             "seen": (np.int64, 0)}
         super().__init__(series, horizon=horizon, level=level, **kwargs)
 
+    def _record_errors(self, ids: np.ndarray, hours: np.ndarray, values: np.ndarray) -> None:
+        """Only past the warm-up: the start-up forecasts (one member's first-day profile) would widen
+        the intervals for a week with errors the combination no longer makes."""
+        warm = self.state["seen"][ids] >= self.warm_up
+        if warm.any():
+            super()._record_errors(ids[warm], hours[warm], values[warm])
+
     def _learn(self, ids: np.ndarray, hours: np.ndarray, values: np.ndarray, gap: np.ndarray) -> None:
+        self.state["seen"][ids] += 1
         H, M, m = self.horizon, len(self.members), len(ids)
         score = self.state["score"][ids].reshape(m, M, H)
         evidence = self.state["evidence"][ids].reshape(m, M, H)
