@@ -759,3 +759,27 @@ def test_unsorted_batches_are_refused(make):
         make(series).process(ReadingBatch.from_columns([1, 0], [0, 0], [1.0, 2.0]))
     with pytest.raises(ValueError, match="sorted"):
         make(series).process(ReadingBatch.from_columns([0, 0], [MINUTE, 0], [1.0, 2.0]))
+
+
+@pytest.mark.parametrize("chunk", [None, 2])
+def test_a_queue_seen_by_a_companion_metric_is_not_a_spike(chunk):
+    """Occupancy jumps for a minute: with the speed dropping at the same minute it is a queue passing
+    the detector (traffic, not a fault); with the speed steady, or speed rising, it is a spike; with
+    no companions configured, it is a spike either way."""
+    series = index(sensor("tc-1", "traffic", occupancy=("1", 0, 1), averageVehicleSpeed=("km/h", 0, 160)))
+    occupancy = np.clip(noisy(300, 0.01, 3, 2, level=0.2), 0, 1)
+    speed = noisy(300, 1.0, 1, 3, level=45.0)
+    occupancy[200] = 0.6
+    ids = np.r_[np.zeros(300), np.ones(300)]
+    ts = np.r_[np.arange(300), np.arange(300)] * MINUTE
+
+    def spikes(speed_at_200: float, cfg: SpikeConfig | None = None) -> list[int]:
+        s = speed.copy()
+        s[200] = speed_at_200
+        level, _ = feed(SpikeDetector(series, cfg), ids, ts, np.r_[occupancy, s], chunk=chunk)
+        return np.flatnonzero(level >= LEVEL_WARNING).tolist()
+
+    assert spikes(12.0) == []  # occupancy up, speed down: a queue
+    assert spikes(speed[200]) == [201]  # speed steady: the occupancy reading is off
+    assert spikes(80.0) == [201, 501]  # speed up: both off, not a queue
+    assert spikes(12.0, SpikeConfig(companions={})) == [201, 501]
