@@ -26,21 +26,25 @@ signal (the same seed, no faults) to tell what the readings show (rules in `scen
   exceeds 3 noise sd (the clean series' reading-to-reading noise: 1.4826 MAD of its first
   differences / sqrt 2).
 
-Figures (printed with -s; seed 7 / 3 / 21): precision 0.954 / 0.955 / 0.921 (of 943 / 751 / 784
+Figures (printed with -s; seed 7 / 3 / 21): precision 0.964 / 0.965 / 0.951 (of 926 / 738 / 756
 alerts); recall (median delay in intervals) dropout 1.00 (1.3) / 0.99 (1.2) / 1.00 (1.3), stuck 0.99
-(3 / 3 / 2), spike 0.99 / 0.96 / 0.96 (0), drift 0.74 (26) / 0.71 (33) / 0.68 (59), episodes 1.0
+(3 / 3 / 2), spike 0.99 / 0.96 / 0.96 (0), drift 0.74 (26) / 0.71 (36) / 0.67 (60), episodes 1.0
 (7.4 / none scheduled / 4.5). Unobservable: 19 / 18 / 20 spikes, 9 / 5 / 8 stuck runs, 4 / 8 / 13
 drifts, 2 / 4 / 3 dropouts. The rain's coherent response is no longer a fault: the `anomaly` profile
 damps deviations its water and forest neighbours share, `drift` leaves offsets two neighbours share,
 and `spatial` holds a deviation until it has clearly ended (precision was 0.942 / 0.927 / 0.873 with
-the same recall). What is left: on seed 21, a shower over the two stations of a river cluster the
-others do not get (drifts against neighbours on five metrics), spikes of occupancy and speed on
-empty roads at dawn, runs of zero counts at night; drifts of weather metrics (temperature, humidity,
-vehicle speed) are compared with their own baseline only, which judges after eight days, so most of
-the missed drifts are theirs; a stuck run needs about three repeats at a 90-day false-alarm budget.
+the same recall). Queues at dawn are no longer spikes: `spike` lets an occupancy jump pass when the
+speed drops in the same minute (0.921 -> 0.941 on seed 21), and `traffic_zero` warns below a joint
+probability of 1e-4, not 1e-3 (ordinary quiet minutes at night: -> 0.951). Seed 21's drift recall
+fell from 0.68 to 0.67 with that: one drifting occupancy sensor had been "found" by a queue's spike
+alert an hour before its drift showed. What is left: drifts of weather metrics (temperature,
+humidity, vehicle speed) are compared with their own baseline only, which judges after eight days,
+so most of the missed drifts are theirs, and a drift that builds up from zero is confirmed long
+after it first exceeds 3 noise sd; a stuck run needs about three repeats at a 90-day false-alarm
+budget; the remaining false alerts are mostly drifts against neighbours under local showers.
 Inside episodes about 80 % of the spatial alerts say "area event"; elsewhere most say "sensor
-suspect". The issue's target (0.95 / 0.95 / 2 intervals) is met for dropouts and spikes, for stuck
-recall and for precision on seeds 7 and 3; the assertions below hold what is reached on every
+suspect". The issue's target (0.95 / 0.95 / 2 intervals) is met for precision on every seed, for
+dropouts and spikes, and for stuck recall; the assertions below hold what is reached on every
 seed, so that it cannot slip back unnoticed.
 """
 
@@ -233,12 +237,12 @@ def test_fault_and_event_alerts_on_a_simulated_city(city_day):
     assert set(kinds) - {"episode"} == set(FAULT_KINDS) - {"episode"}  # seed 3 happens to schedule no episode
     assert min(ks.observable for kind, ks in kinds.items() if kind != "episode") >= 80
     # What is reached on every seed (module docstring); the issue's 0.95 / 0.95 / 2 intervals is met
-    # by dropouts, by stuck and spike recall, by spike delays and by precision on two seeds of three.
-    assert precision >= 0.92
+    # by precision, by dropouts, by stuck and spike recall and by spike delays.
+    assert precision >= 0.95
     assert kinds["dropout"].recall >= 0.99 and kinds["dropout"].median_delay <= 2.0
     assert kinds["stuck"].recall >= 0.99 and kinds["stuck"].median_delay <= 3.0
     assert kinds["spike"].recall >= 0.95 and kinds["spike"].median_delay <= 1.0
-    assert kinds["drift"].recall >= 0.68 and kinds["drift"].median_delay <= 60.0
+    assert kinds["drift"].recall >= 0.67 and kinds["drift"].median_delay <= 60.0
     if "episode" in kinds:
         assert kinds["episode"].recall == 1.0 and kinds["episode"].median_delay <= 8.0
 
