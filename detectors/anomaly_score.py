@@ -283,7 +283,7 @@ FEATURE_FIELDS: dict[str, tuple[type, float]] = {
     **{f"env_lo_{f}": (np.float64, 0.0) for f in FEATURES},
     "al_peak": (np.float64, 0.0),
     # the time-of-week profile: one column per bin (the width follows `ProfileConfig.bins`), the
-    # bins' means and their visits (saturating: only the first `memory` count)
+    # bins' means and their visits (saturating at 255; past `memory` the gain stays 1 / memory)
     "tp_mean": (np.float64, 0.0, 168),
     "tp_n": (np.uint8, 0, 168),
     "tp_t0": (np.int64, 0),  # event time of the series' first reading

@@ -42,9 +42,9 @@ Sample configuration: see `SAMPLE_CONFIG`.
 
 from __future__ import annotations
 
-import numpy as np
 from typing import Literal
 
+import numpy as np
 from pydantic import Field
 
 from citywatch.batch import ReadingBatch, last_index_where
