@@ -248,3 +248,25 @@ def test_the_profile_is_independent_of_the_batches_and_survives_a_snapshot():
         parts.append(det.process(batch.take(np.arange(start, min(start + 997, len(values))))).score)
     np.testing.assert_allclose(np.concatenate(parts), whole, rtol=1e-12, equal_nan=True)
     assert np.nanmax(whole[9 * 288 + 60: 9 * 288 + 130]) > np.nanmax(whole[8 * 288: 9 * 288])
+
+
+def test_each_series_keeps_its_own_profile_in_shared_batches():
+    """Three series of different lengths in two batches whose longest run (processed first) is a
+    different series each time score exactly as each does alone: the profile is read and written by
+    global series id, not by the position of the series' run in the batch."""
+    cycles = [daily_cycle(d, 30 + k) for k, d in enumerate((8, 9, 10))]
+    cycles[1][1][8 * 288 + 60: 8 * 288 + 120] += 12.0  # an unusual morning on one series only
+    ids = np.concatenate([np.full(len(v), k) for k, (_, v) in enumerate(cycles)])
+    ts = np.concatenate([t for t, _ in cycles])
+    values = np.concatenate([v for _, v in cycles])
+    first = ts < np.where(ids == 0, 6, 1) * 86400 * 10**9  # series 0 leads the first batch, 2 the second
+    cfg = AnomalyConfig(coherence=None)  # same place: no neighbours' damping either way
+    det = AnomalyScore(make_index(3), cfg)
+    together = np.empty(len(values))
+    for part in (first, ~first):
+        rows = np.flatnonzero(part)
+        rows = rows[np.lexsort((ts[rows], ids[rows]))]
+        together[rows] = det.process(ReadingBatch.from_columns(ids[rows], ts[rows], values[rows])).score
+    for k, (t, v) in enumerate(cycles):
+        alone = AnomalyScore(make_index(3), cfg).process(ReadingBatch.from_columns(np.full(len(v), k), t, v)).score
+        np.testing.assert_array_equal(together[ids == k], alone)
