@@ -1,6 +1,6 @@
 """NAB benchmark: the default detector profile over a NAB corpus, scored by the NAB rules.
 
-    python benchmarks/nab_bench.py NAB_DIR [--out DIR] [--batch-size N] [--quiet]
+    python benchmarks/nab_bench.py NAB_DIR [--out DIR] [--batch-size N] [--quiet] [--anomaly JSON]
 
 NAB_DIR is laid out like NAB: ``data/<category>/<file>.csv`` and ``labels/windows.json``. The data
 go through the same code as ``citywatch replay --nab-output OUT NAB_DIR/data`` (one configuration
@@ -14,12 +14,14 @@ each category scored at the threshold swept over the other categories, normalise
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from citywatch import nab, replay
+from citywatch.detectors.anomaly_score import AnomalyConfig, AnomalyScore
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="keep the results folder here (default: a temporary one)")
     ap.add_argument("--batch-size", type=int, default=replay.DEFAULT_BATCH_SIZE, help="readings per detector batch")
     ap.add_argument("--quiet", "-q", action="store_true", help="no per-file table")
+    ap.add_argument("--anomaly", default=None, metavar="JSON",
+                    help='options of the profile instead of its defaults, e.g. \'{"profile": null}\' (detectors.anomaly)')
     args = ap.parse_args(argv)
 
     data, windows = args.nab_dir / "data", args.nab_dir / "labels" / "windows.json"
@@ -38,7 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or Path(tmp) / "results"
         t0 = time.perf_counter()
-        replay.replay_nab(data, out, batch_size=args.batch_size)
+        factory = None
+        if args.anomaly is not None:
+            cfg = AnomalyConfig.model_validate(json.loads(args.anomaly))
+            factory = lambda series: AnomalyScore(series, cfg)  # noqa: E731
+        replay.replay_nab(data, out, factory, batch_size=args.batch_size)
         t1 = time.perf_counter()
         corpus = nab.score_results(out, windows)
         t2 = time.perf_counter()

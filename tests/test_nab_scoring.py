@@ -214,6 +214,7 @@ def test_nab_benchmark_script_on_a_small_corpus(tmp_path, capsys):
     direct = nab.score_results(tmp_path / "results", tmp_path / "nab" / "labels" / "windows.json")
     for name, res in direct.results.items():
         assert f"{name:<20} {res.normalised:7.2f}" in out
+    assert direct.results["standard"].normalised > 0
     assert "cat/f0.csv" in out and "2 files, 1600 rows, 2 windows" in out
     # leave one category out: each file scored at the threshold swept on the other one alone
     std = nab.PROFILES["standard"]
@@ -223,4 +224,7 @@ def test_nab_benchmark_script_on_a_small_corpus(tmp_path, capsys):
               for held, other in (("cat/f0.csv", "dog/f1.csv"), ("dog/f1.csv", "cat/f0.csv")))
     whole = direct.results["standard"]
     assert f"leave one category out (standard): {100 * (raw - whole.null) / (whole.perfect - whole.null):.2f}" in out
+    # the profile's options from the command line: one that never finishes its warm-up detects nothing
+    assert module.main([str(tmp_path / "nab"), "--quiet", "--anomaly", '{"warmup": 100000}']) == 0
+    assert f"{'standard':<20} {0.0:7.2f}" in capsys.readouterr().out
     assert module.main([str(tmp_path / "missing")]) == 2
