@@ -18,6 +18,7 @@ import json
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 from citywatch import nab, replay
@@ -42,10 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or Path(tmp) / "results"
         t0 = time.perf_counter()
-        factory = None
-        if args.anomaly is not None:
-            cfg = AnomalyConfig.model_validate(json.loads(args.anomaly))
-            factory = lambda series: AnomalyScore(series, cfg)  # noqa: E731
+        factory = None if args.anomaly is None else partial(
+            AnomalyScore, cfg=AnomalyConfig.model_validate(json.loads(args.anomaly)))
         replay.replay_nab(data, out, factory, batch_size=args.batch_size)
         t1 = time.perf_counter()
         corpus = nab.score_results(out, windows)

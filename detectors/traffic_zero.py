@@ -26,8 +26,8 @@ not evaluated (reason ``warming_up``). Score: 0 at joint probability 1, 0.5 at `
 
 Why ``warn_p`` is 1e-4: every zero reading tests its run again, and a city's cameras see many
 zero runs a night, so at 1e-3 a few warnings a day came from ordinary quiet minutes (3 to 8 per
-simulated day, `tests/test_simulator_scenarios.py`); at 1e-4 they are rare, and a dead camera on a main road in the daytime is still critical at its first zero
-(the example below).
+simulated day, `tests/test_simulator_scenarios.py`); at 1e-4 they are rare, and a dead camera on a
+main road in the daytime is still critical at its first zero (the example below).
 
 One zero at 08:00 on a main road (``mu`` around 60, ``P(X = 0)`` about 1e-26) is a dead camera at
 once; at 03:00 on a main road (``mu`` about 2, ``P(X = 0)`` about 0.13) a handful of zeros in a row
